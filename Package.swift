@@ -1,0 +1,45 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Dependencies point inward: tunctl → TunnelIO → TunnelCore → TunnelCrypto → C modules.
+let package = Package(
+    name: "tunctl",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "tunctl", targets: ["tunctl"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CSodium", path: "Sources/CSodium", pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]),
+        .systemLibrary(
+            name: "CBlake2", path: "Sources/CBlake2", pkgConfig: "libb2",
+            providers: [.apt(["libb2-dev"])]),
+        .target(name: "CLinuxShim", path: "Sources/CLinuxShim"),
+        .target(name: "TunnelCrypto", dependencies: ["CSodium", "CBlake2"]),
+        .target(name: "TunnelCore", dependencies: ["TunnelCrypto"]),
+        .target(
+            name: "TunnelIO",
+            dependencies: [
+                "TunnelCore", "CLinuxShim",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(name: "TunnelTestSupport", dependencies: ["TunnelCore"]),
+        .executableTarget(
+            name: "tunctl",
+            dependencies: [
+                "TunnelIO", "TunnelCore", "TunnelCrypto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(name: "TunnelCryptoTests", dependencies: ["TunnelCrypto"]),
+        .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", "TunnelTestSupport"]),
+        .testTarget(name: "TunnelIOTests", dependencies: ["TunnelIO", "TunnelTestSupport"]),
+        .testTarget(name: "tunctlTests", dependencies: ["tunctl", "TunnelCore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

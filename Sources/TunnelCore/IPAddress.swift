@@ -1,0 +1,274 @@
+/// An IPv4 or IPv6 address held as a host-order integer, so prefix arithmetic is plain shifting.
+/// Parsed once at the boundary (config, UAPI, packet header); everything inside uses this type.
+public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
+    case v4(UInt32)
+    case v6(UInt128)
+
+    /// Bits in an address of this family: 32 or 128.
+    public var bitWidth: Int {
+        switch self {
+        case .v4: return 32
+        case .v6: return 128
+        }
+    }
+
+    public var isV4: Bool {
+        if case .v4 = self { return true }
+        return false
+    }
+
+    /// Parses dotted-quad IPv4 or RFC 4291 textual IPv6 (with `::` and an embedded IPv4 tail).
+    /// Zone identifiers (`%eth0`) are not accepted.
+    public init?(_ text: some StringProtocol) {
+        if text.contains(":") {
+            guard let value = IPAddress.parseV6(Substring(text)) else { return nil }
+            self = .v6(value)
+        } else {
+            guard let value = IPAddress.parseV4(Substring(text)) else { return nil }
+            self = .v4(value)
+        }
+    }
+
+    /// Reads an address from network-order bytes: 4 bytes give IPv4, 16 give IPv6.
+    public init?(networkBytes bytes: UnsafeRawBufferPointer) {
+        switch bytes.count {
+        case 4:
+            var value: UInt32 = 0
+            for byte in bytes { value = value << 8 | UInt32(byte) }
+            self = .v4(value)
+        case 16:
+            var value: UInt128 = 0
+            for byte in bytes { value = value << 8 | UInt128(byte) }
+            self = .v6(value)
+        default:
+            return nil
+        }
+    }
+
+    /// Network-order bytes (4 or 16).
+    public var networkBytes: [UInt8] {
+        switch self {
+        case .v4(let value):
+            return (0..<4).map { UInt8(truncatingIfNeeded: value >> (24 - 8 * $0)) }
+        case .v6(let value):
+            return (0..<16).map { UInt8(truncatingIfNeeded: value >> (120 - 8 * $0)) }
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .v4(let value):
+            return (0..<4).map { String(UInt8(truncatingIfNeeded: value >> (24 - 8 * $0))) }
+                .joined(separator: ".")
+        case .v6(let value):
+            return IPAddress.formatV6(value)
+        }
+    }
+
+    public static func < (lhs: IPAddress, rhs: IPAddress) -> Bool {
+        switch (lhs, rhs) {
+        case (.v4(let a), .v4(let b)): return a < b
+        case (.v6(let a), .v6(let b)): return a < b
+        case (.v4, .v6): return true
+        case (.v6, .v4): return false
+        }
+    }
+
+    private static func parseV4(_ text: Substring) -> UInt32? {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        var value: UInt32 = 0
+        for part in parts {
+            guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }),
+                let octet = UInt8(part)
+            else { return nil }
+            // A leading zero is ambiguous (octal in some parsers): refuse it rather than guess.
+            if part.count > 1 && part.first == "0" { return nil }
+            value = value << 8 | UInt32(octet)
+        }
+        return value
+    }
+
+    private static func parseV6(_ text: Substring) -> UInt128? {
+        var groups: [UInt16] = []
+        var tail: [UInt16] = []
+        var sawDoubleColon = false
+        let halves = text.components(separatedBy: "::")
+        guard halves.count <= 2 else { return nil }
+        func parseGroups(_ part: String, allowV4Tail: Bool) -> [UInt16]? {
+            if part.isEmpty { return [] }
+            var result: [UInt16] = []
+            let pieces = part.split(separator: ":", omittingEmptySubsequences: false)
+            for (index, piece) in pieces.enumerated() {
+                if allowV4Tail && index == pieces.count - 1 && piece.contains(".") {
+                    guard let v4 = parseV4(piece) else { return nil }
+                    result.append(UInt16(v4 >> 16))
+                    result.append(UInt16(v4 & 0xffff))
+                } else {
+                    guard (1...4).contains(piece.count), let group = UInt16(piece, radix: 16) else {
+                        return nil
+                    }
+                    result.append(group)
+                }
+            }
+            return result
+        }
+        if halves.count == 2 {
+            sawDoubleColon = true
+            guard let head = parseGroups(halves[0], allowV4Tail: false),
+                let rest = parseGroups(halves[1], allowV4Tail: true)
+            else { return nil }
+            groups = head
+            tail = rest
+            guard groups.count + tail.count <= 7 else { return nil }
+        } else {
+            guard let all = parseGroups(halves[0], allowV4Tail: true), all.count == 8 else {
+                return nil
+            }
+            groups = all
+        }
+        if sawDoubleColon {
+            groups += [UInt16](repeating: 0, count: 8 - groups.count - tail.count) + tail
+        }
+        var value: UInt128 = 0
+        for group in groups { value = value << 16 | UInt128(group) }
+        return value
+    }
+
+    /// RFC 5952 form: lowercase, leading zeros dropped, the longest run (≥ 2) of zero groups as `::`.
+    private static func formatV6(_ value: UInt128) -> String {
+        let groups = (0..<8).map { UInt16(truncatingIfNeeded: value >> (112 - 16 * $0)) }
+        var bestStart = -1
+        var bestLength = 0
+        var index = 0
+        while index < 8 {
+            if groups[index] == 0 {
+                var end = index
+                while end < 8 && groups[end] == 0 { end += 1 }
+                if end - index > bestLength {
+                    bestStart = index
+                    bestLength = end - index
+                }
+                index = end
+            } else {
+                index += 1
+            }
+        }
+        if bestLength < 2 { bestStart = -1 }
+        var text = ""
+        index = 0
+        while index < 8 {
+            if index == bestStart {
+                text += "::"
+                index += bestLength
+                continue
+            }
+            if !text.isEmpty && !text.hasSuffix(":") { text += ":" }
+            text += String(groups[index], radix: 16)
+            index += 1
+        }
+        return text
+    }
+}
+
+/// An address with a prefix length, as in `AllowedIPs = 198.18.0.0/15`.
+/// `masked` gives the network form; the table stores prefixes masked.
+public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
+    public let address: IPAddress
+    public let length: Int
+
+    /// Fails when `length` exceeds the family's width.
+    public init?(address: IPAddress, length: Int) {
+        guard length >= 0, length <= address.bitWidth else { return nil }
+        self.address = address
+        self.length = length
+    }
+
+    /// Parses `ADDR/LEN`; a bare address means a host prefix (/32 or /128).
+    public init?(_ text: some StringProtocol) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count <= 2, let address = IPAddress(parts[0]) else { return nil }
+        var length = address.bitWidth
+        if parts.count == 2 {
+            guard !parts[1].isEmpty, parts[1].count <= 3, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
+                let parsed = Int(parts[1])
+            else { return nil }
+            length = parsed
+        }
+        self.init(address: address, length: length)
+    }
+
+    /// The prefix with host bits cleared.
+    public var masked: IPPrefix {
+        switch address {
+        case .v4(let value):
+            let mask: UInt32 = length == 0 ? 0 : ~UInt32(0) << (32 - length)
+            return IPPrefix(unchecked: .v4(value & mask), length: length)
+        case .v6(let value):
+            let mask: UInt128 = length == 0 ? 0 : ~UInt128(0) << (128 - length)
+            return IPPrefix(unchecked: .v6(value & mask), length: length)
+        }
+    }
+
+    /// Whether `other` falls inside this prefix (same family, same leading `length` bits).
+    public func contains(_ other: IPAddress) -> Bool {
+        switch (address, other) {
+        case (.v4(let network), .v4(let candidate)):
+            let mask: UInt32 = length == 0 ? 0 : ~UInt32(0) << (32 - length)
+            return network & mask == candidate & mask
+        case (.v6(let network), .v6(let candidate)):
+            let mask: UInt128 = length == 0 ? 0 : ~UInt128(0) << (128 - length)
+            return network & mask == candidate & mask
+        default:
+            return false
+        }
+    }
+
+    public var description: String { "\(address)/\(length)" }
+
+    private init(unchecked address: IPAddress, length: Int) {
+        self.address = address
+        self.length = length
+    }
+}
+
+/// A UDP endpoint: where a peer's datagrams come from and go to. IPv4-mapped IPv6 addresses
+/// (`::ffff:a.b.c.d`, as a dual-stack socket reports them) are folded to `.v4` by the I/O layer.
+public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
+    public var address: IPAddress
+    public var port: UInt16
+
+    public init(address: IPAddress, port: UInt16) {
+        self.address = address
+        self.port = port
+    }
+
+    /// Parses `a.b.c.d:port` or `[v6]:port` (numeric only; host names are resolved by the caller).
+    public init?(_ text: some StringProtocol) {
+        let text = Substring(text)
+        let hostPart: Substring
+        let portPart: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            hostPart = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            portPart = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":") else { return nil }
+            hostPart = text[..<colon]
+            portPart = text[text.index(after: colon)...]
+        }
+        guard !portPart.isEmpty, portPart.count <= 5, portPart.allSatisfy({ $0.isASCII && $0.isNumber }),
+            let port = UInt16(portPart), let address = IPAddress(hostPart)
+        else { return nil }
+        self.init(address: address, port: port)
+    }
+
+    public var description: String {
+        switch address {
+        case .v4: return "\(address):\(port)"
+        case .v6: return "[\(address)]:\(port)"
+        }
+    }
+}
