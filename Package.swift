@@ -36,6 +36,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // Test support: a UDP relay that drops, reorders and duplicates datagrams between two
+        // namespaces, standing in for netem (not available on these machines).
+        .executableTarget(name: "udprelay", path: "Sources/udprelay"),
         .testTarget(name: "TunnelCryptoTests", dependencies: ["TunnelCrypto"]),
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", "TunnelTestSupport"]),
         .testTarget(name: "TunnelIOTests", dependencies: ["TunnelIO", "TunnelTestSupport"]),
