@@ -1,0 +1,1 @@
+// Module TunnelIO: see STYLE.md for its job.

@@ -1,0 +1,1 @@
+// Module TunnelTestSupport: see STYLE.md for its job.
