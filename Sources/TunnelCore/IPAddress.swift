@@ -93,9 +93,9 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
         var groups: [UInt16] = []
         var tail: [UInt16] = []
         var sawDoubleColon = false
-        let halves = text.components(separatedBy: "::")
+        let halves = splitOnDoubleColon(text)
         guard halves.count <= 2 else { return nil }
-        func parseGroups(_ part: String, allowV4Tail: Bool) -> [UInt16]? {
+        func parseGroups(_ part: Substring, allowV4Tail: Bool) -> [UInt16]? {
             if part.isEmpty { return [] }
             var result: [UInt16] = []
             let pieces = part.split(separator: ":", omittingEmptySubsequences: false)
@@ -133,6 +133,25 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
         var value: UInt128 = 0
         for group in groups { value = value << 16 | UInt128(group) }
         return value
+    }
+
+    /// Splits at each "::" (Foundation-free; the core does not import Foundation).
+    private static func splitOnDoubleColon(_ text: Substring) -> [Substring] {
+        var parts: [Substring] = []
+        var start = text.startIndex
+        var index = text.startIndex
+        while index < text.endIndex {
+            let next = text.index(after: index)
+            if text[index] == ":", next < text.endIndex, text[next] == ":" {
+                parts.append(text[start..<index])
+                start = text.index(after: next)
+                index = start
+            } else {
+                index = next
+            }
+        }
+        parts.append(text[start...])
+        return parts
     }
 
     /// RFC 5952 form: lowercase, leading zeros dropped, the longest run (≥ 2) of zero groups as `::`.
