@@ -192,3 +192,17 @@ extension TransportMessage {
         LittleEndian.write(counter, to: buffer, at: counterOffset)
     }
 }
+
+extension UnsafeRawBufferPointer {
+    /// The `count` bytes at `offset` of a message; the caller has checked the length (by classifying it).
+    func wireField(_ offset: Int, _ count: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: self[offset..<offset + count])
+    }
+}
+
+extension UnsafeMutableRawBufferPointer {
+    /// The `count` bytes at `offset` of a message being written; the caller sized the buffer.
+    func wireField(_ offset: Int, _ count: Int) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(rebasing: self[offset..<offset + count])
+    }
+}
