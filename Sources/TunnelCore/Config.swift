@@ -287,7 +287,8 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
             return "\(at): [\(section.rawValue)] \(key.rawValue): cannot be used with \(other.rawValue) "
                 + "on line \(otherLine) (keep one of them)"
         case .invalidValue(let at, let section, let key, let value, let problem):
-            let subject = value.map(quoted) ?? "the value (not shown, it is secret)"
+            let subject =
+                problem == .empty ? "the value" : value.map(quoted) ?? "the value (not shown, it is secret)"
             let (what, advice) = ConfigError.explain(problem, key: key)
             return "\(at): [\(section.rawValue)] \(key.rawValue): \(subject) \(what) (\(advice))"
         case .missingInterfaceSection(let file):
@@ -410,8 +411,8 @@ extension TunnelConfig {
         var lineNumber = 0
         var body = Substring(text)
         if body.hasPrefix("\u{FEFF}") { body = body.dropFirst() }
-        // Split on "\n" only, so a CRLF file keeps its line numbers; the "\r" is trimmed as whitespace.
-        for rawLine in body.split(separator: "\n", omittingEmptySubsequences: false) {
+        // "\r\n" is one Character in Swift, so both line ends are named; a lone "\r" is not a line end.
+        for rawLine in body.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
             lineNumber += 1
             try parser.consume(rawLine, line: lineNumber)
         }

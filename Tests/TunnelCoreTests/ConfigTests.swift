@@ -1,0 +1,407 @@
+import Testing
+import TunnelCrypto
+
+@testable import TunnelCore
+
+/// Fixed keys made with `wg genkey`, `wg pubkey` and `wg genpsk` (wireguard-tools), so the
+/// expected public keys are wg's answers, not ours.
+enum Fixture {
+    static let ourPrivate = "IMs54KUOz697TcwUj5ZnGZ1xZD9v+8emfEwbW6teBHE="
+    static let ourPublic = "g0xQzQF2f14ziX9CzHzNJUrQMjjf64XDzeiO9DVyBxA="
+    static let peerA = "AVhbSh74bx/yjlT/R6YZsG4a+dGEQm2dp2wVgPVDfHI="
+    static let peerB = "5anRcJyCsxHFu5l/p4vfCywfu4TXWL30VpHYSTqqZjY="
+    static let psk = "szz2csI+37CUiz2vcYBp82VbpqctzNRdonm5AKUonxw="
+
+    /// A minimal valid [Interface] on lines 1–2, so errors in a test body start at line 3.
+    static let interface = "[Interface]\nPrivateKey = \(ourPrivate)\n"
+}
+
+private func parse(_ text: String) throws(ConfigError) -> TunnelConfig {
+    try TunnelConfig.parse(text, fileName: "wg0.conf")
+}
+
+/// The error `text` fails with; records a test failure when it parses.
+private func failure(_ text: String, sourceLocation: SourceLocation = #_sourceLocation) -> ConfigError? {
+    do {
+        _ = try parse(text)
+        Issue.record("parsed, expected an error", sourceLocation: sourceLocation)
+        return nil
+    } catch {
+        return error
+    }
+}
+
+private func prefix(_ text: String) -> IPPrefix {
+    guard let prefix = IPPrefix(text) else { preconditionFailure("bad test prefix \(text)") }
+    return prefix
+}
+
+@Suite struct ConfigTests {
+    // MARK: good configs
+
+    @Test func parsesSeveralPeersWithCommentsCaseAndWhitespace() throws {
+        let text = """
+            # tunnel to the lab
+            [Interface]
+            PrivateKey = \(Fixture.ourPrivate)   # not shown anywhere
+            address=10.0.0.1/24,fd00::1/64
+            ADDRESS   =   10.0.1.1/24
+            ListenPort = 51820
+            mtu = 1420
+
+            [peer]
+            PublicKey = \(Fixture.peerA)
+            PresharedKey = \(Fixture.psk)
+            Endpoint = 192.0.2.7:51820
+            AllowedIPs = 10.0.0.7/24, 198.18.0.0/15 ,
+            AllowedIPs = fd00::/64, 10.0.0.0/24
+            PersistentKeepalive = 25
+
+            [ PEER ]
+            publickey = \(Fixture.peerB)
+            endpoint = [2001:db8::9]:4500
+            allowedips = 0.0.0.0/0, ::/0
+            persistentkeepalive = off
+            """
+        let config = try parse(text)
+
+        #expect(config.isResolved)
+        #expect(config.privateKey?.publicKey.base64 == Fixture.ourPublic)
+        #expect(config.interface.addresses == [prefix("10.0.0.1/24"), prefix("fd00::1/64"), prefix("10.0.1.1/24")])
+        #expect(config.interface.listenPort == 51820)
+        #expect(config.interface.mtu == 1420)
+        #expect(config.interface.location == ConfigLocation(file: "wg0.conf", line: 2))
+
+        #expect(config.peers.count == 2)
+        let first = config.peers[0]
+        #expect(first.publicKey.base64 == Fixture.peerA)
+        #expect(first.presharedKey?.key?.base64 == Fixture.psk)
+        #expect(first.endpoint == .address(Endpoint("192.0.2.7:51820")!))
+        // Masked as wg does, duplicates dropped, the empty item after a trailing comma skipped.
+        #expect(first.allowedIPs == [prefix("10.0.0.0/24"), prefix("198.18.0.0/15"), prefix("fd00::/64")])
+        #expect(first.persistentKeepalive == 25)
+        #expect(first.location.line == 9)
+        #expect(first.publicKeyLocation.line == 10)
+
+        let second = config.peers[1]
+        #expect(second.publicKey.base64 == Fixture.peerB)
+        #expect(second.presharedKey == nil)
+        #expect(second.endpoint == .address(Endpoint("[2001:db8::9]:4500")!))
+        #expect(second.allowedIPs == [prefix("0.0.0.0/0"), prefix("::/0")])
+        #expect(second.persistentKeepalive == nil)
+    }
+
+    @Test func minimalConfigHasNoOptionalSettings() throws {
+        let config = try parse(Fixture.interface)
+        #expect(config.interface.addresses.isEmpty)
+        #expect(config.interface.listenPort == nil)
+        #expect(config.interface.mtu == nil)
+        #expect(config.peers.isEmpty)
+    }
+
+    @Test func acceptsCRLFAndByteOrderMarkWithoutShiftingLines() {
+        let text = "\u{FEFF}[Interface]\r\nPrivateKey = \(Fixture.ourPrivate)\r\nBogus = 1\r\n"
+        #expect(failure(text)?.description.hasPrefix("wg0.conf:3: [Interface] Bogus:") == true)
+    }
+
+    @Test func keepsHostNameEndpointsForTheCallerToResolve() throws {
+        let config = try parse(
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nEndpoint = vpn.example.com:51820\n")
+        #expect(config.peers[0].endpoint == .hostName("vpn.example.com", port: 51820))
+        #expect(config.peers[0].endpoint?.description == "vpn.example.com:51820")
+    }
+
+    @Test func keepaliveZeroMeansOffAndListenPortZeroMeansAny() throws {
+        let config = try parse(
+            Fixture.interface + "ListenPort = 0\n[Peer]\nPublicKey = \(Fixture.peerA)\nPersistentKeepalive = 0\n")
+        #expect(config.interface.listenPort == 0)
+        #expect(config.peers[0].persistentKeepalive == nil)
+    }
+
+    @Test func emptyAllowedIPsIsAllowed() throws {
+        let config = try parse(Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nAllowedIPs =\n")
+        #expect(config.peers[0].allowedIPs.isEmpty)
+    }
+
+    // MARK: key files
+
+    @Test func keyFilesStayReferencesUntilResolved() throws {
+        let text = """
+            [Interface]
+            PrivateKeyFile = keys/wg0.key
+            [Peer]
+            PublicKey = \(Fixture.peerA)
+            PresharedKeyFile = /etc/tunctl/a.psk
+            """
+        let config = try parse(text)
+        #expect(!config.isResolved)
+        #expect(config.privateKey == nil)
+        let references = config.keyFileReferences
+        #expect(references.map(\.path) == ["keys/wg0.key", "/etc/tunctl/a.psk"])
+        #expect(references.map(\.location.line) == [2, 5])
+        #expect(references.map(\.key) == [.privateKeyFile, .presharedKeyFile])
+
+        let resolved = try config.resolvingKeyFiles([
+            references[0]: Fixture.ourPrivate + "\n",
+            references[1]: "  \(Fixture.psk)\n",
+        ])
+        #expect(resolved.isResolved)
+        #expect(resolved.privateKey?.publicKey.base64 == Fixture.ourPublic)
+        #expect(resolved.peers[0].presharedKey?.key?.base64 == Fixture.psk)
+        #expect(resolved.peers[0].publicKeyLocation.line == 4)
+    }
+
+    @Test func badKeyFileContentsNameTheReferenceNotTheContents() throws {
+        let config = try parse("[Interface]\nPrivateKeyFile = wg0.key\n")
+        let secretLooking = "c2VjcmV0LWJ1dC1ub3QtMzItYnl0ZXM="
+        #expect(throws: ConfigError.invalidKeyFile(config.keyFileReferences[0])) {
+            try config.resolvingKeyFiles([config.keyFileReferences[0]: secretLooking])
+        }
+        do {
+            _ = try config.resolvingKeyFiles([config.keyFileReferences[0]: secretLooking])
+        } catch {
+            #expect(
+                error.description
+                    == "wg0.conf:2: [Interface] PrivateKeyFile: \"wg0.key\" does not hold a valid base64 key "
+                    + "of 32 bytes (write one with tunctl keygen or tunctl genkey > FILE)")
+            #expect(!error.description.contains(secretLooking))
+        }
+    }
+
+    @Test func peerWithOurKeyIsCaughtAfterResolvingTheKeyFile() throws {
+        let config = try parse("[Interface]\nPrivateKeyFile = wg0.key\n[Peer]\nPublicKey = \(Fixture.ourPublic)\n")
+        #expect(throws: ConfigError.self) {
+            try config.resolvingKeyFiles([config.keyFileReferences[0]: Fixture.ourPrivate])
+        }
+        do {
+            _ = try config.resolvingKeyFiles([config.keyFileReferences[0]: Fixture.ourPrivate])
+        } catch {
+            #expect(error.description.hasPrefix("wg0.conf:4: [Peer] PublicKey: \"\(Fixture.ourPublic)\" is this"))
+        }
+    }
+
+    // MARK: error messages, exactly
+
+    /// (config text, the exact message). Each names file, line, section and key, the offending
+    /// text (unless secret) and what to do.
+    static let errorCases: [(String, String)] = [
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nEndpoint = 192.0.2.1:51820\nAllowedIPs = 198.18.0.0/33\n",
+            "wg0.conf:6: [Peer] AllowedIPs: \"198.18.0.0/33\" is not an IP prefix (use ADDRESS/LENGTH, e.g. 198.18.0.0/15)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nAllowedIPs = 10.0.0.0/8, 10.1.0.0.0/16\n",
+            "wg0.conf:5: [Peer] AllowedIPs: \"10.1.0.0.0/16\" is not an IP prefix (use ADDRESS/LENGTH, e.g. 198.18.0.0/15)"
+        ),
+        (
+            Fixture.interface + "Address = 10.0.0.1/24, 10.0.0.256/24\n",
+            "wg0.conf:3: [Interface] Address: \"10.0.0.256/24\" is not an IP address (use ADDRESS/LENGTH, e.g. 10.0.0.1/24 or fd00::1/64)"
+        ),
+        (
+            Fixture.interface + "Address 10.0.0.1\n",
+            "wg0.conf:3: \"Address 10.0.0.1\" is not a section or a setting (use [Interface], [Peer] or Key = Value; start comments with #)"
+        ),
+        (
+            Fixture.interface + "[Interface\n",
+            "wg0.conf:3: \"[Interface\" is not a section or a setting (use [Interface], [Peer] or Key = Value; start comments with #)"
+        ),
+        (
+            Fixture.interface + "[Peers]\n",
+            "wg0.conf:3: [Peers] is not a known section (use [Interface] or [Peer])"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\n[interface]\n",
+            "wg0.conf:5: [Interface] appears again (merge it into the [Interface] on line 1)"
+        ),
+        (
+            "Address = 10.0.0.1/24\n" + Fixture.interface,
+            "wg0.conf:1: Address is outside any section (put it under [Interface] or [Peer])"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nAllowedIP = 10.0.0.0/8\n",
+            "wg0.conf:5: [Peer] AllowedIP: unknown key (did you mean AllowedIPs?)"
+        ),
+        (
+            Fixture.interface + "Colour = blue\n",
+            "wg0.conf:3: [Interface] Colour: unknown key (valid keys in [Interface]: PrivateKey, PrivateKeyFile, Address, ListenPort, MTU)"
+        ),
+        (
+            Fixture.interface + "AllowedIPs = 10.0.0.0/8\n",
+            "wg0.conf:3: [Interface] AllowedIPs: belongs in [Peer] (move the line there)"
+        ),
+        (
+            Fixture.interface + "DNS = 192.0.2.53\n",
+            "wg0.conf:3: [Interface] DNS: wg-quick's DNS is not supported by tunctl (remove the line and configure DNS outside tunctl, e.g. with resolvectl)"
+        ),
+        (
+            Fixture.interface + "table = off\n",
+            "wg0.conf:3: [Interface] table: wg-quick's table is not supported by tunctl (remove the line and add routes outside tunctl, e.g. with ip route)"
+        ),
+        (
+            Fixture.interface + "PostUp = iptables -A FORWARD -i %i -j ACCEPT\n",
+            "wg0.conf:3: [Interface] PostUp: wg-quick's PostUp is not supported by tunctl (remove the line and run the command from your service manager, e.g. ExecStartPost= in systemd)"
+        ),
+        (
+            Fixture.interface + "SaveConfig = true\n",
+            "wg0.conf:3: [Interface] SaveConfig: wg-quick's SaveConfig is not supported by tunctl (remove the line; tunctl never writes the config file)"
+        ),
+        (
+            Fixture.interface + "FwMark = 0x1234\n",
+            "wg0.conf:3: [Interface] FwMark: wg-quick's FwMark is not supported by tunctl (remove the line; tunctl does not mark its UDP packets)"
+        ),
+        (
+            Fixture.interface + "ListenPort = 1\nListenPort = 2\n",
+            "wg0.conf:4: [Interface] ListenPort: given twice in this section (keep one; the other is on line 3)"
+        ),
+        (
+            Fixture.interface + "PrivateKeyFile = wg0.key\n",
+            "wg0.conf:3: [Interface] PrivateKeyFile: cannot be used with PrivateKey on line 2 (keep one of them)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nPresharedKeyFile = a.psk\nPresharedKey = \(Fixture.psk)\n",
+            "wg0.conf:6: [Peer] PresharedKey: cannot be used with PresharedKeyFile on line 5 (keep one of them)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = not-a-key\n",
+            "wg0.conf:4: [Peer] PublicKey: \"not-a-key\" is not a valid base64 key of 32 bytes (use the peer's public key as printed by tunctl pubkey or wg pubkey)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nEndpoint = 192.0.2.1\n",
+            "wg0.conf:5: [Peer] Endpoint: \"192.0.2.1\" is not an endpoint (use HOST:PORT or [IPv6]:PORT, e.g. 192.0.2.1:51820)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nEndpoint = bad_host!:51820\n",
+            "wg0.conf:5: [Peer] Endpoint: \"bad_host!:51820\" is not an endpoint (use HOST:PORT or [IPv6]:PORT, e.g. 192.0.2.1:51820)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nEndpoint = 192.0.2.300:51820\n",
+            "wg0.conf:5: [Peer] Endpoint: \"192.0.2.300:51820\" is not an endpoint (use HOST:PORT or [IPv6]:PORT, e.g. 192.0.2.1:51820)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nEndpoint = 2001:db8::1:51820\n",
+            "wg0.conf:5: [Peer] Endpoint: \"2001:db8::1:51820\" is not an endpoint (put an IPv6 address in brackets, e.g. [2001:db8::1]:51820)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nEndpoint = 192.0.2.1:0\n",
+            "wg0.conf:5: [Peer] Endpoint: \"192.0.2.1:0\" has port 0 (use the peer's ListenPort, 1-65535)"
+        ),
+        (
+            Fixture.interface + "ListenPort = 65536\n",
+            "wg0.conf:3: [Interface] ListenPort: \"65536\" is not a port number (use 0-65535; 0 picks a free port)"
+        ),
+        (
+            Fixture.interface + "MTU = 9x\n",
+            "wg0.conf:3: [Interface] MTU: \"9x\" is not an MTU between 576 and 65535 (1420 suits most links)"
+        ),
+        (
+            Fixture.interface + "MTU = 1000\nAddress = 10.0.0.1/24, fd00::1/64\n",
+            "wg0.conf:3: [Interface] MTU: \"1000\" is below 1280, the IPv6 minimum, and Address has an IPv6 address (use at least 1280)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nPersistentKeepalive = -1\n",
+            "wg0.conf:5: [Peer] PersistentKeepalive: \"-1\" is not a keepalive interval (use 1-65535 seconds, or 0 or off to disable; 25 suits most NATs)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nPersistentKeepalive = 65536\n",
+            "wg0.conf:5: [Peer] PersistentKeepalive: \"65536\" is not a keepalive interval (use 1-65535 seconds, or 0 or off to disable; 25 suits most NATs)"
+        ),
+        (
+            Fixture.interface + "ListenPort =\n",
+            "wg0.conf:3: [Interface] ListenPort: the value is empty (give a value or remove the line)"
+        ),
+        (
+            "",
+            "wg0.conf: no [Interface] section (add one with PrivateKey = ... or PrivateKeyFile = PATH)"
+        ),
+        (
+            "# nothing but\n[Interface]\nAddress = 10.0.0.1/24\n",
+            "wg0.conf:2: [Interface] PrivateKey: missing (add PrivateKey = ... or PrivateKeyFile = PATH; make one with tunctl keygen)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nAllowedIPs = 10.0.0.0/8\n[Peer]\nPublicKey = \(Fixture.peerA)\n",
+            "wg0.conf:3: [Peer] PublicKey: missing (every [Peer] needs the peer's PublicKey)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\n\n[Peer]\nAllowedIPs = 10.0.0.0/8\nPublicKey = \(Fixture.peerA)\n",
+            "wg0.conf:8: [Peer] PublicKey: \"\(Fixture.peerA)\" already belongs to the [Peer] on line 4 (merge the two peers into one)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.ourPublic)\n",
+            "wg0.conf:4: [Peer] PublicKey: \"\(Fixture.ourPublic)\" is this interface's own public key (use the other side's public key)"
+        ),
+    ]
+
+    @Test(arguments: errorCases)
+    func errorMessagesNameFileLineKeyTextAndFix(text: String, expected: String) {
+        let message = failure(text)?.description
+        #expect(message == expected)
+        #expect(message?.contains("\n") == false)
+    }
+
+    // MARK: secrets never appear
+
+    static let secretCases: [(String, String)] = [
+        (
+            "[Interface]\nPrivateKey = \(Fixture.ourPrivate.dropLast(2))\n",
+            "wg0.conf:2: [Interface] PrivateKey: the value (not shown, it is secret) is not a valid base64 key of 32 bytes (generate one with tunctl genkey)"
+        ),
+        (
+            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nPresharedKey = \(Fixture.psk)x\n",
+            "wg0.conf:5: [Peer] PresharedKey: the value (not shown, it is secret) is not a valid base64 key of 32 bytes (generate one with tunctl genpsk)"
+        ),
+        (
+            // A key pasted on its own line: its "=" padding makes it look like "KEY = VALUE".
+            Fixture.interface + "\(Fixture.psk)\n",
+            "wg0.conf:3: this line is not a section or a setting and is not shown because it may hold a key (use Key = Value, e.g. PrivateKey = ...)"
+        ),
+        (
+            "[Interface]\nPrivateKey \(Fixture.ourPrivate)\n",
+            "wg0.conf:2: this line is not a section or a setting and is not shown because it may hold a key (use Key = Value, e.g. PrivateKey = ...)"
+        ),
+        (
+            "[Interface]\nPrivateKey =\n",
+            "wg0.conf:2: [Interface] PrivateKey: the value is empty (give a value or remove the line)"
+        ),
+    ]
+
+    @Test(arguments: secretCases)
+    func secretsAreNeverEchoed(text: String, expected: String) {
+        let error = failure(text)
+        #expect(error?.description == expected)
+        for secret in [Fixture.ourPrivate, Fixture.psk, String(Fixture.ourPrivate.dropLast(2)), String(Fixture.psk.prefix(20))] {
+            #expect(error?.description.contains(secret) == false)
+            #expect(error.map { String(reflecting: $0) }?.contains(secret) == false)
+        }
+    }
+
+    @Test func everyUnsupportedWgQuickKeyIsNamedAsSuch() {
+        for key in ["DNS", "Table", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig", "FwMark"] {
+            let error = failure(Fixture.interface + "\(key) = x\n")
+            #expect(error == .unsupportedKey(ConfigLocation(file: "wg0.conf", line: 3), .interface, key: key))
+            #expect(error?.description.contains("wg-quick's \(key) is not supported by tunctl") == true)
+        }
+    }
+
+    @Test func errorsAreTypedCases() {
+        #expect(
+            failure(Fixture.interface + "MTU = 1\n")
+                == .invalidValue(
+                    ConfigLocation(file: "wg0.conf", line: 3), .interface, key: .mtu, value: "1",
+                    problem: .mtuOutOfRange))
+        #expect(
+            failure("[Interface]\nPrivateKey = nope\n")
+                == .invalidValue(
+                    ConfigLocation(file: "wg0.conf", line: 2), .interface, key: .privateKey, value: nil,
+                    problem: .notBase64Key))
+    }
+
+    @Test func hostNameRules() {
+        #expect(ConfigParser.isHostName("vpn.example.com"))
+        #expect(ConfigParser.isHostName("localhost"))
+        #expect(ConfigParser.isHostName("a-b.example."))
+        #expect(!ConfigParser.isHostName("-a.example"))
+        #expect(!ConfigParser.isHostName("a..example"))
+        #expect(!ConfigParser.isHostName("10.0.0.300"))
+        #expect(!ConfigParser.isHostName(Substring(String(repeating: "a", count: 64) + ".com")))
+    }
+}
