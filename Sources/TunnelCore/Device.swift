@@ -1,0 +1,645 @@
+import TunnelCrypto
+
+/// Where the core hands datagrams it originates itself: handshake messages, cookie replies,
+/// keepalives and packets that waited for a handshake. The bytes are valid only during the call.
+/// The I/O layer sends them at once; tests collect them.
+public protocol DatagramSink {
+    mutating func send(_ datagram: UnsafeRawBufferPointer, to endpoint: Endpoint)
+}
+
+/// What to do with a packet read from the TUN.
+public enum OutboundAction: Equatable, Sendable {
+    /// `buffer[0..<length]` now holds a transport datagram for `endpoint`.
+    case send(length: Int, to: Endpoint)
+    /// Kept until a handshake completes; nothing to do now.
+    case staged
+    case dropped(DropReason)
+}
+
+/// What to do with a datagram read from the UDP socket.
+public enum InboundAction: Equatable, Sendable {
+    /// `buffer[offset ..< offset + length]` is an IP packet for the TUN.
+    case deliver(offset: Int, length: Int)
+    /// Handled inside the core (handshake, cookie, keepalive); nothing to write.
+    case consumed
+    case dropped(DropReason)
+}
+
+/// The protocol engine of one interface: peers, cryptokey routing, handshakes, transport and
+/// timers. Pure: no I/O, no clock of its own; every entry point takes `now`.
+///
+/// Not thread-safe by design: exactly one serial queue owns a Device and makes every call.
+public final class Device {
+    /// Room the caller leaves in front of an outgoing packet for the transport header.
+    public static let headroom = TransportMessage.headerSize
+    /// Room the caller leaves behind an outgoing packet: padding (< 16) plus the tag.
+    public static let tailroom = Protocol.paddingMultiple + MessageSize.tag
+
+    public private(set) var local: LocalIdentity?
+    public var mtu: Int
+
+    private var peersByKey: [PublicKey: Peer] = [:]
+    private var routes = AllowedIPs<Peer>()
+    private var indices: [UInt32: IndexEntry] = [:]
+    private var cookieChecker: CookieChecker?
+    private var rateLimiter = RateLimiter()
+    private var loadWindowStart: UInt64 = 0
+    private var loadWindowCount = 0
+    private var underLoadUntil: UInt64 = 0
+    public private(set) var drops = DropCounters()
+
+    /// Scratch for datagrams the core originates (control messages, staged packets). Allocated
+    /// once, large enough for any IP packet plus overhead; owned by this device's queue.
+    private let scratch: UnsafeMutableRawBufferPointer
+
+    private enum IndexEntry {
+        /// Our outstanding initiation to this peer.
+        case handshake(Peer)
+        case keypair(Peer, Keypair)
+    }
+
+    public init(privateKey: PrivateKey?, mtu: Int = Protocol.defaultMTU) {
+        self.mtu = mtu
+        self.scratch = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: 65536 + Device.headroom + Device.tailroom, alignment: 16)
+        setPrivateKey(privateKey)
+    }
+
+    deinit { scratch.deallocate() }
+
+    // MARK: - Configuration
+
+    /// Changes the static key. Sessions made under the old key are dropped; a peer whose public
+    /// key equals our new one is removed (it could never complete a handshake).
+    public func setPrivateKey(_ key: PrivateKey?) {
+        if let key, let current = local?.privateKey, current == key { return }
+        local = key.map(LocalIdentity.init(privateKey:))
+        cookieChecker = local.map(CookieChecker.init(local:))
+        if let own = local?.publicKey { removePeer(own) }
+        for peer in peersByKey.values {
+            clearSessions(peer)
+            if let local {
+                peer.remote = RemoteIdentity(
+                    publicKey: peer.publicKey, presharedKey: peer.remote.presharedKey, local: local)
+                peer.cookies = CookieGenerator(remote: peer.remote)
+            }
+        }
+    }
+
+    public var publicKey: PublicKey? { local?.publicKey }
+
+    public var peers: [Peer] { Array(peersByKey.values) }
+
+    public func peer(_ key: PublicKey) -> Peer? { peersByKey[key] }
+
+    /// Adds a peer, or returns the existing one. Fails (nil) for our own public key or when no
+    /// private key is set yet is not a failure: the identity is recomputed when one is.
+    @discardableResult
+    public func addPeer(_ key: PublicKey) -> Peer? {
+        if let existing = peersByKey[key] { return existing }
+        if key == local?.publicKey { return nil }
+        let remote = makeRemote(key, presharedKey: .none())
+        let peer = Peer(publicKey: key, remote: remote, endpoint: nil, persistentKeepalive: 0)
+        peersByKey[key] = peer
+        return peer
+    }
+
+    public func removePeer(_ key: PublicKey) {
+        guard let peer = peersByKey.removeValue(forKey: key) else { return }
+        routes.removeAll(value: peer)
+        clearSessions(peer)
+    }
+
+    public func removeAllPeers() {
+        for key in Array(peersByKey.keys) { removePeer(key) }
+    }
+
+    public func setPresharedKey(_ psk: PresharedKey, for peer: Peer) {
+        peer.remote = makeRemote(peer.publicKey, presharedKey: psk)
+        peer.cookies = CookieGenerator(remote: peer.remote)
+    }
+
+    public func setEndpoint(_ endpoint: Endpoint?, for peer: Peer) {
+        peer.endpoint = endpoint
+    }
+
+    /// Sets the persistent keepalive interval; a nonzero one takes effect at once (a keepalive,
+    /// which brings up a session if there is none), as wireguard-go does.
+    public func setPersistentKeepalive(_ seconds: UInt16, for peer: Peer, now: Instant) {
+        peer.persistentKeepalive = seconds
+        peer.persistentKeepaliveAt = seconds == 0 ? nil : now.monotonic
+    }
+
+    public func addAllowedIP(_ prefix: IPPrefix, for peer: Peer) {
+        routes.insert(prefix.masked, value: peer)
+    }
+
+    public func removeAllowedIP(_ prefix: IPPrefix, for peer: Peer) {
+        let masked = prefix.masked
+        if routes.prefixes(for: peer).contains(masked) { _ = routes.remove(masked) }
+    }
+
+    public func removeAllowedIPs(for peer: Peer) {
+        routes.removeAll(value: peer)
+    }
+
+    public func allowedIPs(of peer: Peer) -> [IPPrefix] {
+        routes.prefixes(for: peer).sorted { ($0.address, $0.length) < ($1.address, $1.length) }
+    }
+
+    public func status(of peer: Peer) -> PeerStatus {
+        PeerStatus(
+            publicKey: peer.publicKey, hasPresharedKey: peer.hasPresharedKey, endpoint: peer.endpoint,
+            allowedIPs: allowedIPs(of: peer), persistentKeepalive: peer.persistentKeepalive,
+            lastHandshakeUnixNanoseconds: peer.lastHandshakeUnixNanoseconds, rxBytes: peer.rxBytes,
+            txBytes: peer.txBytes, drops: peer.drops.nonzero)
+    }
+
+    /// The configured preshared key of a peer (for the UAPI `get`; never log it).
+    public func presharedKey(of peer: Peer) -> PresharedKey { peer.remote.presharedKey }
+
+    private func makeRemote(_ key: PublicKey, presharedKey: PresharedKey) -> RemoteIdentity {
+        // Without a private key there is no static-static DH yet; a throwaway identity keeps the
+        // type total, and `setPrivateKey` recomputes every peer when the real key arrives.
+        let identity = local ?? LocalIdentity(privateKey: PrivateKey.generate())
+        return RemoteIdentity(publicKey: key, presharedKey: presharedKey, local: identity)
+    }
+
+    // MARK: - Packets from the TUN
+
+    /// Encrypts the IP packet at `buffer[headroom ..< headroom + packetLength]` in place for the
+    /// peer whose AllowedIPs hold its destination. `buffer` must extend `tailroom` bytes past the
+    /// packet. Without a session the packet is staged and a handshake begins through `sink`.
+    public func encapsulate<Sink: DatagramSink>(
+        _ buffer: UnsafeMutableRawBufferPointer, packetLength: Int, now: Instant, sink: inout Sink
+    ) -> OutboundAction {
+        precondition(buffer.count >= Device.headroom + packetLength + Device.tailroom)
+        let packet = UnsafeRawBufferPointer(rebasing: buffer[Device.headroom..<(Device.headroom + packetLength)])
+        guard let peer = route(destinationOf: packet) else { return drop(.noRoute) }
+        guard local != nil else { return drop(.noPrivateKey, peer) }
+        guard let endpoint = peer.endpoint else { return drop(.noEndpoint, peer) }
+        guard let keypair = peer.sendingKeypair(at: now.monotonic) else {
+            guard stage(packet, for: peer) else { return drop(.stagedQueueFull, peer) }
+            initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
+            return .staged
+        }
+        let length = Transport.seal(buffer, plaintextLength: packetLength, mtu: mtu, keypair: keypair)
+        dataSent(peer, keypair: keypair, datagramLength: length, isKeepalive: packetLength == 0, now: now, sink: &sink)
+        return .send(length: length, to: endpoint)
+    }
+
+    private func route(destinationOf packet: UnsafeRawBufferPointer) -> Peer? {
+        guard let first = packet.first else { return nil }
+        switch first >> 4 {
+        case 4 where packet.count >= IPPacketHeader.Layout.ipv4MinimumHeader:
+            // In bounds: checked just above; the lookup reads 4 bytes.
+            return routes.lookup(v4NetworkBytes: packet.baseAddress! + IPPacketHeader.Layout.ipv4DestinationOffset)
+        case 6 where packet.count >= IPPacketHeader.Layout.ipv6Header:
+            return routes.lookup(v6NetworkBytes: packet.baseAddress! + IPPacketHeader.Layout.ipv6DestinationOffset)
+        default:
+            return nil
+        }
+    }
+
+    private func stage(_ packet: UnsafeRawBufferPointer, for peer: Peer) -> Bool {
+        guard peer.staged.count < Peer.stagedLimit else { return false }
+        peer.staged.append(Array(packet))
+        return true
+    }
+
+    // MARK: - Datagrams from the network
+
+    /// Handles the datagram in `buffer[0..<length]` from `source`, applying the receive rules of
+    /// PROTOCOL.md in order; every failure is a silent, counted drop. A transport packet is
+    /// decrypted in place.
+    public func decapsulate<Sink: DatagramSink>(
+        _ buffer: UnsafeMutableRawBufferPointer, length: Int, from source: Endpoint, now: Instant,
+        sink: inout Sink
+    ) -> InboundAction {
+        let datagram = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
+        guard length >= MessageSize.minimum else { return drop(.tooShort) }
+        guard let type = classify(datagram) else {
+            let raw = LittleEndian.readUInt32(datagram, at: 0).flatMap(MessageType.init(rawValue:))
+            return drop(raw == nil ? .unknownType : .badMessageLength)
+        }
+        switch type {
+        case .transport:
+            return receiveTransport(buffer, length: length, from: source, now: now, sink: &sink)
+        case .initiation, .response:
+            return receiveHandshake(datagram, type: type, from: source, now: now, sink: &sink)
+        case .cookieReply:
+            return receiveCookieReply(datagram, now: now)
+        }
+    }
+
+    private func receiveTransport<Sink: DatagramSink>(
+        _ buffer: UnsafeMutableRawBufferPointer, length: Int, from source: Endpoint, now: Instant,
+        sink: inout Sink
+    ) -> InboundAction {
+        let datagram = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
+        guard let receiver = LittleEndian.readUInt32(datagram, at: TransportMessage.receiverOffset),
+            let counter = LittleEndian.readUInt64(datagram, at: TransportMessage.counterOffset)
+        else { return drop(.tooShort) }
+        guard case .keypair(let peer, let keypair) = indices[receiver] else { return drop(.unknownReceiver) }
+        guard !keypair.isExpired(at: now.monotonic), counter < Protocol.rejectAfterMessages else {
+            return drop(.expiredKeypair, peer)
+        }
+        guard let plaintextLength = Transport.open(buffer, length: length, counter: counter, keypair: keypair) else {
+            return drop(.decryptFailed, peer)
+        }
+        guard keypair.replay.validate(counter) else { return drop(.replayed, peer) }
+
+        // Authenticated from here on.
+        if keypair === peer.next { confirm(peer, now: now, sink: &sink) }
+        peer.endpoint = source
+        peer.rxBytes &+= UInt64(length)
+        authenticatedPacketReceived(peer, now: now)
+        keepKeyFreshReceiving(peer, keypair: keypair, now: now, sink: &sink)
+        if plaintextLength == 0 { return .consumed }  // keepalive
+
+        let plaintext = UnsafeRawBufferPointer(
+            rebasing: buffer[TransportMessage.headerSize..<(TransportMessage.headerSize + plaintextLength)])
+        guard let header = try? IPPacketHeader(parsing: plaintext) else { return drop(.badInnerPacket, peer) }
+        guard let owner = routes.lookup(header.source), owner === peer else {
+            return drop(.sourceNotAllowed, peer)
+        }
+        dataReceived(peer, now: now)
+        return .deliver(offset: TransportMessage.headerSize, length: header.length)
+    }
+
+    private func receiveHandshake<Sink: DatagramSink>(
+        _ message: UnsafeRawBufferPointer, type: MessageType, from source: Endpoint, now: Instant,
+        sink: inout Sink
+    ) -> InboundAction {
+        guard let local, let cookieChecker else { return drop(.noPrivateKey) }
+        guard cookieChecker.checkMAC1(message) else { return drop(.badMAC1) }
+        if isUnderLoad(now: now.monotonic) {
+            guard cookieChecker.checkMAC2(message, source: source, now: now.monotonic) else {
+                sendCookieReply(to: message, source: source, now: now, sink: &sink)
+                return drop(.cookieRequired)
+            }
+            guard rateLimiter.allow(source.address, now: now.monotonic) else { return drop(.rateLimited) }
+        }
+        if type == .initiation {
+            return receiveInitiation(message, local: local, from: source, now: now, sink: &sink)
+        }
+        return receiveResponse(message, local: local, from: source, now: now, sink: &sink)
+    }
+
+    private func receiveInitiation<Sink: DatagramSink>(
+        _ message: UnsafeRawBufferPointer, local: LocalIdentity, from source: Endpoint, now: Instant,
+        sink: inout Sink
+    ) -> InboundAction {
+        var found: Peer?
+        guard
+            let consumed = Noise.consumeInitiation(
+                local: local, message: message,
+                lookup: { key in
+                    found = self.peersByKey[key]
+                    return found?.remote
+                }), let peer = found
+        else { return drop(.handshakeFailed) }
+        if let latest = peer.latestTimestamp, consumed.timestamp <= latest { return drop(.staleTimestamp, peer) }
+        if let last = peer.lastInitiationConsumed, now.monotonic &- last < Protocol.rekeyInitiationMinimumInterval {
+            return drop(.initiationFlood, peer)
+        }
+        let localIndex = newIndex()
+        let response = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<ResponseMessage.size])
+        guard
+            let keys = Noise.createResponse(
+                for: consumed, remote: peer.remote, senderIndex: localIndex, ephemeral: .generate(), into: response)
+        else { return drop(.handshakeFailed, peer) }
+        peer.latestTimestamp = consumed.timestamp
+        peer.lastInitiationConsumed = now.monotonic
+        peer.cookies.addMACs(to: response, now: now.monotonic)
+
+        let keypair = Keypair(keys: keys, isInitiator: false, created: now.monotonic)
+        if let stale = peer.next { indices[stale.localIndex] = nil }
+        peer.next = keypair
+        indices[localIndex] = .keypair(peer, keypair)
+
+        peer.endpoint = source
+        peer.rxBytes &+= UInt64(message.count)
+        authenticatedPacketReceived(peer, now: now)
+        sessionDerived(peer, now: now)
+        transmit(UnsafeRawBufferPointer(response), to: source, peer: peer, now: now, sink: &sink)
+        return .consumed
+    }
+
+    private func receiveResponse<Sink: DatagramSink>(
+        _ message: UnsafeRawBufferPointer, local: LocalIdentity, from source: Endpoint, now: Instant,
+        sink: inout Sink
+    ) -> InboundAction {
+        guard let receiver = LittleEndian.readUInt32(message, at: ResponseMessage.receiverOffset),
+            case .handshake(let peer) = indices[receiver], let state = peer.initiation,
+            state.senderIndex == receiver
+        else { return drop(.unknownReceiver) }
+        guard let keys = Noise.consumeResponse(state: state, local: local, remote: peer.remote, message: message)
+        else { return drop(.handshakeFailed, peer) }
+        indices[receiver] = nil
+        peer.initiation = nil
+
+        let keypair = Keypair(keys: keys, isInitiator: true, created: now.monotonic)
+        if let stale = peer.next { indices[stale.localIndex] = nil }
+        peer.next = nil
+        if let old = peer.previous { indices[old.localIndex] = nil }
+        peer.previous = peer.current
+        peer.current = keypair
+        indices[keys.localIndex] = .keypair(peer, keypair)
+
+        peer.endpoint = source
+        peer.rxBytes &+= UInt64(message.count)
+        handshakeComplete(peer, now: now)
+        sessionDerived(peer, now: now)
+        authenticatedPacketReceived(peer, now: now)
+        // Key confirmation for the responder: staged packets, or else a keepalive, go out now.
+        if !flushStaged(peer, now: now, sink: &sink) { sendKeepalive(peer, now: now, sink: &sink) }
+        return .consumed
+    }
+
+    private func receiveCookieReply(_ message: UnsafeRawBufferPointer, now: Instant) -> InboundAction {
+        guard let receiver = LittleEndian.readUInt32(message, at: CookieReplyMessage.receiverOffset) else {
+            return drop(.tooShort)
+        }
+        let peer: Peer
+        switch indices[receiver] {
+        case .handshake(let owner): peer = owner
+        case .keypair(let owner, _): peer = owner
+        case nil: return drop(.unknownReceiver)
+        }
+        guard peer.cookies.consumeReply(message, now: now.monotonic) else { return drop(.badCookieReply, peer) }
+        return .consumed
+    }
+
+    private func sendCookieReply<Sink: DatagramSink>(
+        to message: UnsafeRawBufferPointer, source: Endpoint, now: Instant, sink: inout Sink
+    ) {
+        guard cookieChecker != nil else { return }
+        let reply = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<CookieReplyMessage.size])
+        guard cookieChecker!.createReply(to: message, source: source, now: now.monotonic, into: reply) else { return }
+        sink.send(UnsafeRawBufferPointer(reply), to: source)
+    }
+
+    /// "Under load" as wireguard-go means it (a backlog of handshakes): here, more than
+    /// `underLoadQueueThreshold` handshake messages within one second; it lasts one second more.
+    private func isUnderLoad(now: UInt64) -> Bool {
+        if now &- loadWindowStart >= Protocol.nanosecondsPerSecond {
+            loadWindowStart = now
+            loadWindowCount = 0
+        }
+        loadWindowCount += 1
+        if loadWindowCount > Protocol.underLoadQueueThreshold {
+            underLoadUntil = now + Protocol.nanosecondsPerSecond
+        }
+        return now < underLoadUntil
+    }
+
+    // MARK: - Sessions
+
+    /// The responder's first packet under `next`: it becomes current, and waiting packets go out.
+    private func confirm<Sink: DatagramSink>(_ peer: Peer, now: Instant, sink: inout Sink) {
+        guard let next = peer.next else { return }
+        if let old = peer.previous { indices[old.localIndex] = nil }
+        peer.previous = peer.current
+        peer.current = next
+        peer.next = nil
+        _ = flushStaged(peer, now: now, sink: &sink)
+    }
+
+    /// Sends every staged packet under the current keypair; false when there were none.
+    private func flushStaged<Sink: DatagramSink>(_ peer: Peer, now: Instant, sink: inout Sink) -> Bool {
+        guard !peer.staged.isEmpty, let endpoint = peer.endpoint else { return false }
+        let packets = peer.staged
+        peer.staged.removeAll(keepingCapacity: true)
+        for packet in packets {
+            guard let keypair = peer.sendingKeypair(at: now.monotonic) else { break }
+            let body = UnsafeMutableRawBufferPointer(rebasing: scratch[Device.headroom...])
+            body.copyMemory(from: UnsafeRawBufferPointer(start: packet, count: packet.count))
+            let length = Transport.seal(scratch, plaintextLength: packet.count, mtu: mtu, keypair: keypair)
+            sink.send(UnsafeRawBufferPointer(rebasing: scratch[0..<length]), to: endpoint)
+            dataSent(peer, keypair: keypair, datagramLength: length, isKeepalive: false, now: now, sink: &sink)
+        }
+        return true
+    }
+
+    private func sendKeepalive<Sink: DatagramSink>(_ peer: Peer, now: Instant, sink: inout Sink) {
+        guard let endpoint = peer.endpoint else { return }
+        guard let keypair = peer.sendingKeypair(at: now.monotonic) else {
+            // No session: a handshake brings one up, and its completion sends the keepalive.
+            initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
+            return
+        }
+        let length = Transport.seal(scratch, plaintextLength: 0, mtu: mtu, keypair: keypair)
+        sink.send(UnsafeRawBufferPointer(rebasing: scratch[0..<length]), to: endpoint)
+        dataSent(peer, keypair: keypair, datagramLength: length, isKeepalive: true, now: now, sink: &sink)
+    }
+
+    /// Sends an initiation unless one went out less than REKEY_TIMEOUT ago (retries from the
+    /// retransmit timer bypass that, keeping the 50-per-second ceiling).
+    private func initiateHandshake<Sink: DatagramSink>(
+        _ peer: Peer, now: Instant, isRetry: Bool, sink: inout Sink
+    ) {
+        guard let local, let endpoint = peer.endpoint else { return }
+        if let last = peer.lastInitiationSent {
+            let since = now.monotonic &- last
+            if !isRetry && since < Protocol.rekeyTimeout { return }
+            if since < Protocol.rekeyInitiationMinimumInterval { return }
+        }
+        if !isRetry { peer.handshakeAttempts = 0 }
+        if let old = peer.initiation { indices[old.senderIndex] = nil }
+        let index = newIndex()
+        let message = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<InitiationMessage.size])
+        guard
+            let state = Noise.createInitiation(
+                local: local, remote: peer.remote, senderIndex: index, timestamp: now.tai64n,
+                ephemeral: .generate(), into: message)
+        else {
+            peer.initiation = nil
+            return
+        }
+        peer.cookies.addMACs(to: message, now: now.monotonic)
+        peer.initiation = state
+        indices[index] = .handshake(peer)
+        peer.lastInitiationSent = now.monotonic
+        transmit(UnsafeRawBufferPointer(message), to: endpoint, peer: peer, now: now, sink: &sink)
+        // timersHandshakeInitiated
+        peer.retransmitHandshakeAt = now.monotonic + Protocol.rekeyTimeout + jitter()
+    }
+
+    /// Sends a handshake message and applies the "authenticated packet sent" timer events.
+    private func transmit<Sink: DatagramSink>(
+        _ datagram: UnsafeRawBufferPointer, to endpoint: Endpoint, peer: Peer, now: Instant, sink: inout Sink
+    ) {
+        sink.send(datagram, to: endpoint)
+        peer.txBytes &+= UInt64(datagram.count)
+        authenticatedPacketSent(peer, now: now)
+    }
+
+    private func clearSessions(_ peer: Peer) {
+        for keypair in peer.keypairs { indices[keypair.localIndex] = nil }
+        if let initiation = peer.initiation { indices[initiation.senderIndex] = nil }
+        peer.current = nil
+        peer.previous = nil
+        peer.next = nil
+        peer.initiation = nil
+        peer.retransmitHandshakeAt = nil
+        peer.sendKeepaliveAt = nil
+        peer.newHandshakeAt = nil
+        peer.zeroKeyMaterialAt = nil
+        peer.handshakeAttempts = 0
+        peer.lastInitiationSent = nil
+    }
+
+    /// A fresh random index not in use (collisions are retried; 2^32 space, few in use).
+    private func newIndex() -> UInt32 {
+        while true {
+            let candidate = SecureRandom.uint32()
+            if indices[candidate] == nil { return candidate }
+        }
+    }
+
+    private func jitter() -> UInt64 {
+        UInt64(SecureRandom.uniform(UInt32(Protocol.rekeyTimeoutJitterMax / Protocol.nanosecondsPerMillisecond)))
+            * Protocol.nanosecondsPerMillisecond
+    }
+
+    // MARK: - Timers (wireguard-go device/timers.go, event by event)
+
+    /// After a transport packet (data or keepalive) went out under `keypair`.
+    private func dataSent<Sink: DatagramSink>(
+        _ peer: Peer, keypair: Keypair, datagramLength: Int, isKeepalive: Bool, now: Instant, sink: inout Sink
+    ) {
+        peer.txBytes &+= UInt64(datagramLength)
+        authenticatedPacketSent(peer, now: now)
+        if !isKeepalive, peer.newHandshakeAt == nil {
+            // timersDataSent: expect an answer within KEEPALIVE + REKEY_TIMEOUT, else rehandshake.
+            peer.newHandshakeAt = now.monotonic + Protocol.keepaliveTimeout + Protocol.rekeyTimeout + jitter()
+        }
+        // keepKeyFresh (sending side).
+        let age = now.monotonic &- keypair.created
+        if keypair.sendCounter > Protocol.rekeyAfterMessages || (keypair.isInitiator && age >= Protocol.rekeyAfterTime) {
+            initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
+        }
+    }
+
+    private func keepKeyFreshReceiving<Sink: DatagramSink>(
+        _ peer: Peer, keypair: Keypair, now: Instant, sink: inout Sink
+    ) {
+        guard keypair === peer.current, keypair.isInitiator, !peer.sentLastMinuteHandshake,
+            now.monotonic &- keypair.created >= Protocol.rekeyOnReceiveAfterTime
+        else { return }
+        peer.sentLastMinuteHandshake = true
+        initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
+    }
+
+    /// timersDataReceived: answer within KEEPALIVE_TIMEOUT if we have nothing else to send.
+    private func dataReceived(_ peer: Peer, now: Instant) {
+        if peer.sendKeepaliveAt == nil {
+            peer.sendKeepaliveAt = now.monotonic + Protocol.keepaliveTimeout
+        } else {
+            peer.needAnotherKeepalive = true
+        }
+    }
+
+    /// timersAnyAuthenticatedPacketSent + Traversal.
+    private func authenticatedPacketSent(_ peer: Peer, now: Instant) {
+        peer.sendKeepaliveAt = nil
+        traversal(peer, now: now)
+    }
+
+    /// timersAnyAuthenticatedPacketReceived + Traversal.
+    private func authenticatedPacketReceived(_ peer: Peer, now: Instant) {
+        peer.newHandshakeAt = nil
+        traversal(peer, now: now)
+    }
+
+    private func traversal(_ peer: Peer, now: Instant) {
+        if peer.persistentKeepalive > 0 {
+            peer.persistentKeepaliveAt = now.monotonic + UInt64(peer.persistentKeepalive) * Protocol.nanosecondsPerSecond
+        }
+    }
+
+    private func handshakeComplete(_ peer: Peer, now: Instant) {
+        peer.retransmitHandshakeAt = nil
+        peer.handshakeAttempts = 0
+        peer.sentLastMinuteHandshake = false
+        peer.lastHandshakeUnixNanoseconds = now.unixNanoseconds
+    }
+
+    private func sessionDerived(_ peer: Peer, now: Instant) {
+        peer.zeroKeyMaterialAt = now.monotonic + Protocol.zeroKeysAfter
+    }
+
+    /// Retries before giving up on a handshake: REKEY_ATTEMPT_TIME / REKEY_TIMEOUT.
+    static let maxHandshakeAttempts = Int(Protocol.rekeyAttemptTime / Protocol.rekeyTimeout)
+
+    /// Runs every timer that is due. Call it at least every few hundred milliseconds;
+    /// `nextDeadline` says when it next has work.
+    public func tick<Sink: DatagramSink>(now: Instant, sink: inout Sink) {
+        let time = now.monotonic
+        for peer in peersByKey.values {
+            if let due = peer.retransmitHandshakeAt, time >= due {
+                peer.retransmitHandshakeAt = nil
+                if peer.handshakeAttempts >= Device.maxHandshakeAttempts {
+                    // Give up: drop what waited, and erase keys later if nothing else does.
+                    for _ in peer.staged { peer.drops.count(.handshakeTimedOut); drops.count(.handshakeTimedOut) }
+                    peer.staged.removeAll()
+                    if let initiation = peer.initiation { indices[initiation.senderIndex] = nil }
+                    peer.initiation = nil
+                    if peer.zeroKeyMaterialAt == nil { peer.zeroKeyMaterialAt = time + Protocol.zeroKeysAfter }
+                } else {
+                    peer.handshakeAttempts += 1
+                    initiateHandshake(peer, now: now, isRetry: true, sink: &sink)
+                }
+            }
+            if let due = peer.sendKeepaliveAt, time >= due {
+                peer.sendKeepaliveAt = nil
+                sendKeepalive(peer, now: now, sink: &sink)
+                if peer.needAnotherKeepalive {
+                    peer.needAnotherKeepalive = false
+                    peer.sendKeepaliveAt = time + Protocol.keepaliveTimeout
+                }
+            }
+            if let due = peer.newHandshakeAt, time >= due {
+                peer.newHandshakeAt = nil
+                initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
+            }
+            if let due = peer.zeroKeyMaterialAt, time >= due {
+                peer.zeroKeyMaterialAt = nil
+                clearSessions(peer)
+            }
+            if let due = peer.persistentKeepaliveAt, time >= due {
+                peer.persistentKeepaliveAt = nil
+                sendKeepalive(peer, now: now, sink: &sink)
+            }
+        }
+        rateLimiter.collectGarbage(now: time)
+    }
+
+    /// The earliest armed timer over all peers, or nil when none is armed.
+    public var nextDeadline: UInt64? {
+        peersByKey.values.compactMap { peer in
+            [peer.retransmitHandshakeAt, peer.sendKeepaliveAt, peer.newHandshakeAt, peer.zeroKeyMaterialAt,
+             peer.persistentKeepaliveAt].compactMap { $0 }.min()
+        }.min()
+    }
+
+    // MARK: - Drops
+
+    private func drop(_ reason: DropReason, _ peer: Peer? = nil) -> OutboundAction {
+        drops.count(reason)
+        peer?.drops.count(reason)
+        return .dropped(reason)
+    }
+
+    private func drop(_ reason: DropReason, _ peer: Peer? = nil) -> InboundAction {
+        drops.count(reason)
+        peer?.drops.count(reason)
+        return .dropped(reason)
+    }
+}
+
+extension Peer: Equatable {
+    /// Peers are identities: equal only to themselves.
+    public static func == (lhs: Peer, rhs: Peer) -> Bool { lhs === rhs }
+}

@@ -1,0 +1,73 @@
+/// Why a packet was dropped. Every drop is silent on the wire and counted here; the names are
+/// what `tunctl show` prints.
+public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
+    // Datagrams from the network, in the order the receive rules check them.
+    case tooShort
+    case unknownType
+    case badMessageLength
+    case badMAC1
+    case cookieRequired
+    case rateLimited
+    case handshakeFailed
+    case staleTimestamp
+    case initiationFlood
+    case badCookieReply
+    case unknownReceiver
+    case expiredKeypair
+    case decryptFailed
+    case replayed
+    case badInnerPacket
+    case sourceNotAllowed
+    // Packets from the TUN.
+    case noRoute
+    case noEndpoint
+    case stagedQueueFull
+    case noPrivateKey
+    case handshakeTimedOut
+
+    public var description: String {
+        switch self {
+        case .tooShort: return "too_short"
+        case .unknownType: return "unknown_type"
+        case .badMessageLength: return "bad_message_length"
+        case .badMAC1: return "bad_mac1"
+        case .cookieRequired: return "cookie_required"
+        case .rateLimited: return "rate_limited"
+        case .handshakeFailed: return "handshake_failed"
+        case .staleTimestamp: return "stale_timestamp"
+        case .initiationFlood: return "initiation_flood"
+        case .badCookieReply: return "bad_cookie_reply"
+        case .unknownReceiver: return "unknown_receiver"
+        case .expiredKeypair: return "expired_keypair"
+        case .decryptFailed: return "decrypt_failed"
+        case .replayed: return "replayed"
+        case .badInnerPacket: return "bad_inner_packet"
+        case .sourceNotAllowed: return "source_not_allowed"
+        case .noRoute: return "no_route"
+        case .noEndpoint: return "no_endpoint"
+        case .stagedQueueFull: return "staged_queue_full"
+        case .noPrivateKey: return "no_private_key"
+        case .handshakeTimedOut: return "handshake_timed_out"
+        }
+    }
+}
+
+/// A counter per drop reason, in fixed storage (counting a drop never allocates).
+public struct DropCounters: Sendable, Equatable {
+    private var counts = [UInt64](repeating: 0, count: DropReason.allCases.count)
+
+    public init() {}
+
+    public mutating func count(_ reason: DropReason) {
+        counts[reason.rawValue] &+= 1
+    }
+
+    public subscript(reason: DropReason) -> UInt64 { counts[reason.rawValue] }
+
+    public var total: UInt64 { counts.reduce(0, &+) }
+
+    /// The reasons with a nonzero count, in declaration order.
+    public var nonzero: [(DropReason, UInt64)] {
+        DropReason.allCases.compactMap { counts[$0.rawValue] == 0 ? nil : ($0, counts[$0.rawValue]) }
+    }
+}

@@ -1,0 +1,90 @@
+import TunnelCrypto
+
+/// What the device knows about one configured peer: identity, endpoint, keypairs, handshake and
+/// timer state, counters.
+///
+/// Owned by its `Device` and touched only on the queue that owns the device; not Sendable.
+/// Timers are deadlines in monotonic nanoseconds (nil = not armed), evaluated by `Device.tick`,
+/// following the events of wireguard-go `device/timers.go` and the WireGuard paper §6.
+public final class Peer {
+    public let publicKey: PublicKey
+    var remote: RemoteIdentity
+    var cookies: CookieGenerator
+
+    /// Where to send; follows the source of any authenticated packet (roaming).
+    public internal(set) var endpoint: Endpoint?
+    /// Seconds between keepalives when idle; 0 = off.
+    public internal(set) var persistentKeepalive: UInt16
+
+    // Handshake state.
+    /// Our pending initiation, if one is outstanding.
+    var initiation: InitiationState?
+    /// When the last initiation was sent (monotonic); limits initiations to one per REKEY_TIMEOUT
+    /// unless it is a timer's retry.
+    var lastInitiationSent: UInt64?
+    /// Retries of the current handshake; reset when a handshake completes.
+    var handshakeAttempts = 0
+    /// The newest initiation timestamp accepted from this peer; older or equal ones are replays.
+    var latestTimestamp: TAI64N?
+    /// When we last accepted an initiation from this peer (flood limit of 50 per second).
+    var lastInitiationConsumed: UInt64?
+
+    // Keypairs: `next` is a responder's unconfirmed keypair, which becomes `current` on the first
+    // transport packet received under it (key confirmation).
+    var current: Keypair?
+    var previous: Keypair?
+    var next: Keypair?
+
+    // Timers.
+    var retransmitHandshakeAt: UInt64?
+    var sendKeepaliveAt: UInt64?
+    var newHandshakeAt: UInt64?
+    var zeroKeyMaterialAt: UInt64?
+    var persistentKeepaliveAt: UInt64?
+    var needAnotherKeepalive = false
+    var sentLastMinuteHandshake = false
+
+    // Counters, as `wg show` reports them: whole datagrams, handshakes included.
+    public internal(set) var rxBytes: UInt64 = 0
+    public internal(set) var txBytes: UInt64 = 0
+    /// Unix nanoseconds of the latest completed handshake; 0 = never.
+    public internal(set) var lastHandshakeUnixNanoseconds: UInt64 = 0
+    public internal(set) var drops = DropCounters()
+
+    /// Packets waiting for a handshake to finish. Staging happens only while no keypair exists,
+    /// so its allocations are off the steady-state path. Bounded by `stagedLimit`.
+    var staged: [[UInt8]] = []
+    static let stagedLimit = 128
+
+    init(publicKey: PublicKey, remote: RemoteIdentity, endpoint: Endpoint?, persistentKeepalive: UInt16) {
+        self.publicKey = publicKey
+        self.remote = remote
+        self.cookies = CookieGenerator(remote: remote)
+        self.endpoint = endpoint
+        self.persistentKeepalive = persistentKeepalive
+    }
+
+    /// Whether a usable sending keypair exists now.
+    func sendingKeypair(at now: UInt64) -> Keypair? {
+        guard let current, current.canSend(at: now) else { return nil }
+        return current
+    }
+
+    /// Every keypair this peer holds, for index bookkeeping.
+    var keypairs: [Keypair] { [current, previous, next].compactMap { $0 } }
+
+    public var hasPresharedKey: Bool { !remote.presharedKey.isNone }
+}
+
+/// A peer's view for callers outside the core (`show`, UAPI).
+public struct PeerStatus: Sendable {
+    public let publicKey: PublicKey
+    public let hasPresharedKey: Bool
+    public let endpoint: Endpoint?
+    public let allowedIPs: [IPPrefix]
+    public let persistentKeepalive: UInt16
+    public let lastHandshakeUnixNanoseconds: UInt64
+    public let rxBytes: UInt64
+    public let txBytes: UInt64
+    public let drops: [(DropReason, UInt64)]
+}

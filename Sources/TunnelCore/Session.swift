@@ -1,0 +1,111 @@
+import TunnelCrypto
+
+/// The core's notion of now. `monotonic` drives every timer; `unixNanoseconds` only stamps
+/// initiations (TAI64N) and reports "latest handshake". Both are passed in, so tests use a fake clock.
+public struct Instant: Sendable, Hashable {
+    public var monotonic: UInt64
+    public var unixNanoseconds: UInt64
+
+    public init(monotonic: UInt64, unixNanoseconds: UInt64) {
+        self.monotonic = monotonic
+        self.unixNanoseconds = unixNanoseconds
+    }
+
+    /// The same instant `nanoseconds` later on both clocks.
+    public func advanced(by nanoseconds: UInt64) -> Instant {
+        Instant(monotonic: monotonic + nanoseconds, unixNanoseconds: unixNanoseconds + nanoseconds)
+    }
+
+    public var tai64n: TAI64N {
+        TAI64N(
+            unixSeconds: Int64(unixNanoseconds / Protocol.nanosecondsPerSecond),
+            nanoseconds: UInt32(unixNanoseconds % Protocol.nanosecondsPerSecond))
+    }
+}
+
+/// One direction pair of transport keys from one handshake (a Noise "session").
+///
+/// Owned by its peer and used only on the queue that owns the device; not Sendable.
+final class Keypair {
+    let sendingKey: SecretKey
+    let receivingKey: SecretKey
+    /// Our index: the receiver index the peer puts on packets for this keypair.
+    let localIndex: UInt32
+    /// The peer's index, put on packets we send under this keypair.
+    let remoteIndex: UInt32
+    /// True when we sent the initiation: only the initiator rekeys on age.
+    let isInitiator: Bool
+    /// Monotonic nanoseconds when the keys were derived.
+    let created: UInt64
+    /// The next counter to send; `rejectAfterMessages` or more means this keypair is spent.
+    var sendCounter: UInt64 = 0
+    var replay = ReplayWindow()
+
+    init(keys: TransportKeys, isInitiator: Bool, created: UInt64) {
+        self.sendingKey = keys.sending
+        self.receivingKey = keys.receiving
+        self.localIndex = keys.localIndex
+        self.remoteIndex = keys.remoteIndex
+        self.isInitiator = isInitiator
+        self.created = created
+    }
+
+    func isExpired(at now: UInt64) -> Bool {
+        now &- created >= Protocol.rejectAfterTime
+    }
+
+    /// Usable for sending: young enough and counters left.
+    func canSend(at now: UInt64) -> Bool {
+        !isExpired(at: now) && sendCounter < Protocol.rejectAfterMessages
+    }
+}
+
+/// The transport message (type 4) on caller-owned memory: seal in place, open in place.
+enum Transport {
+    /// Plaintext length after padding to a multiple of 16, never past the MTU (wireguard-go
+    /// `calculatePaddingSize`); a packet already longer than the MTU is not padded further.
+    static func paddedLength(_ length: Int, mtu: Int) -> Int {
+        let rounded = (length + Protocol.paddingMultiple - 1) / Protocol.paddingMultiple * Protocol.paddingMultiple
+        if mtu <= 0 { return rounded }
+        if length >= mtu { return length }
+        return min(rounded, mtu)
+    }
+
+    /// Seals the plaintext found at `buffer[TransportMessage.headerSize ..< +length]` in place:
+    /// zero-pads it, writes the header in front and the tag behind. Returns the datagram length
+    /// (datagram = `buffer[0..<result]`). `buffer` must have room for the padding and the tag.
+    static func seal(
+        _ buffer: UnsafeMutableRawBufferPointer, plaintextLength: Int, mtu: Int, keypair: Keypair
+    ) -> Int {
+        let header = TransportMessage.headerSize
+        let padded = paddedLength(plaintextLength, mtu: mtu)
+        precondition(buffer.count >= header + padded + MessageSize.tag, "transport buffer too small")
+        // The buffer is non-empty (checked above), so its base address is non-nil.
+        let base = buffer.baseAddress!
+        if padded > plaintextLength {
+            (base + header + plaintextLength).initializeMemory(as: UInt8.self, repeating: 0, count: padded - plaintextLength)
+        }
+        let counter = keypair.sendCounter
+        keypair.sendCounter += 1
+        TransportMessage.writeHeader(receiver: keypair.remoteIndex, counter: counter, to: buffer)
+        ChaChaPoly.seal(
+            key: keypair.sendingKey, counter: counter,
+            plaintext: UnsafeRawBufferPointer(start: base + header, count: padded),
+            into: base + header)
+        return header + padded + MessageSize.tag
+    }
+
+    /// Opens a transport datagram in `buffer[0..<length]` in place; the plaintext lands at
+    /// `TransportMessage.headerSize`. Returns its length, or nil when the tag does not verify.
+    /// The replay check is the caller's, after this succeeds.
+    static func open(
+        _ buffer: UnsafeMutableRawBufferPointer, length: Int, counter: UInt64, keypair: Keypair
+    ) -> Int? {
+        let header = TransportMessage.headerSize
+        guard length >= header + MessageSize.tag, let base = buffer.baseAddress else { return nil }
+        let ciphertext = UnsafeRawBufferPointer(start: base + header, count: length - header)
+        guard ChaChaPoly.open(key: keypair.receivingKey, counter: counter, ciphertext: ciphertext, into: base + header)
+        else { return nil }
+        return length - header - MessageSize.tag
+    }
+}
