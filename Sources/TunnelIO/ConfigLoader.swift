@@ -246,13 +246,13 @@ public func shellQuoted(_ path: String) -> String {
     }
     if safe && !path.isEmpty { return path }
     var quotedPath = "'"
-    for character in path {
-        if character == "'" {
+    for scalar in path.unicodeScalars {
+        if scalar == "'" {
             quotedPath += "'\\''"
-        } else if character.isASCII, let ascii = character.asciiValue, ascii < 0x20 || ascii == 0x7f {
+        } else if scalar.properties.generalCategory == .control {
             quotedPath += "?"
         } else {
-            quotedPath.append(character)
+            quotedPath.unicodeScalars.append(scalar)
         }
     }
     return quotedPath + "'"
