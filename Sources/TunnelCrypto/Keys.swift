@@ -13,16 +13,13 @@ public final class SecretKey: @unchecked Sendable, Equatable, CustomStringConver
     let storage: UnsafeMutableRawPointer
 
     /// Fills a fresh key through `body`, which must write all 32 bytes.
+    ///
+    /// If `body` throws, the object is already fully initialised, so Swift runs `deinit`, which
+    /// zeroes and frees `storage`: nothing here may free it too.
     public init(filling body: (UnsafeMutableRawBufferPointer) throws -> Void) rethrows {
         storage = UnsafeMutableRawPointer.allocate(byteCount: SecretKey.count, alignment: 16)
         storage.initializeMemory(as: UInt8.self, repeating: 0, count: SecretKey.count)
-        do {
-            try body(UnsafeMutableRawBufferPointer(start: storage, count: SecretKey.count))
-        } catch {
-            sodium_memzero(storage, SecretKey.count)
-            storage.deallocate()
-            throw error
-        }
+        try body(UnsafeMutableRawBufferPointer(start: storage, count: SecretKey.count))
     }
 
     /// Copies exactly 32 bytes.
