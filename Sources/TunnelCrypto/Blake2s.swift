@@ -112,9 +112,15 @@ public enum KDF {
 
     /// Runs at handshake time only (a few small allocations are fine there).
     private static func derive(_ chainingKey: SecretKey, _ input: UnsafeRawBufferPointer, count: Int) -> [SecretKey] {
-        let prk = SecretKey { out in
-            chainingKey.withUnsafeBytes { Blake2s.hmac(key: $0, input, into: out) }
-        }
+        chainingKey.withUnsafeBytes { derive(key: $0, input, count: count) }
+    }
+
+    /// The KDF with a key of any length up to 64 bytes (the protocol's is always 32). Internal so
+    /// that wireguard-go's `device/kdf_test.go` vectors, whose keys are 0, 8 and 9 bytes, can be
+    /// checked as given.
+    static func derive(key: UnsafeRawBufferPointer, _ input: UnsafeRawBufferPointer, count: Int) -> [SecretKey] {
+        precondition((1...3).contains(count))
+        let prk = SecretKey { out in Blake2s.hmac(key: key, input, into: out) }
         var outputs: [SecretKey] = []
         outputs.reserveCapacity(count)
         for index in 1...count {
