@@ -89,7 +89,9 @@ public enum LinkConfig {
         let bytes = name.utf8
         guard !bytes.isEmpty, bytes.count < 16, name != ".", name != "..", bytes.first != UInt8(ascii: "-")
         else { return false }
-        return !bytes.contains { $0 == 0 || $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: ":") || $0 <= 0x20 || $0 == 0x7f }
+        return !bytes.contains {
+            $0 == 0 || $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: ":") || $0 <= 0x20 || $0 == 0x7f
+        }
     }
 
     private static func family(_ prefix: IPPrefix) -> String {
@@ -132,7 +134,8 @@ public enum LinkConfig {
             let firstLine = text.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
             let status = process.terminationReason == .exit ? process.terminationStatus : -1
             throw LinkConfigError(
-                command: command, reason: .failed(status: status, message: firstLine.isEmpty ? "no message" : firstLine))
+                command: command, reason: .failed(status: status, message: firstLine.isEmpty ? "no message" : firstLine)
+            )
         }
     }
 }

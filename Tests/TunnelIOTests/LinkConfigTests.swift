@@ -17,7 +17,9 @@ import TunnelCore
         for name in ["wg0", "tun-test_1", "a", String(repeating: "x", count: 15)] {
             #expect(LinkConfig.isValidInterfaceName(name), "\(name)")
         }
-        for name in ["", ".", "..", "-wg0", "a/b", "a:b", "a b", "tab\t", String(repeating: "x", count: 16), "nul\u{0}"] {
+        for name in [
+            "", ".", "..", "-wg0", "a/b", "a:b", "a b", "tab\t", String(repeating: "x", count: 16), "nul\u{0}",
+        ] {
             #expect(!LinkConfig.isValidInterfaceName(name), "\(name)")
         }
     }

@@ -69,7 +69,8 @@ import TunnelCore
     }
 
     @Test func boundaryAddressesAndPorts() {
-        for text in ["0.0.0.0:0", "255.255.255.255:65535", "[::]:0", "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"] {
+        for text in ["0.0.0.0:0", "255.255.255.255:65535", "[::]:0", "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"]
+        {
             let original = endpoint(text)
             for map in [false, true] {
                 let (storage, length) = original.socketAddress(mapV4ToV6: map)

@@ -115,7 +115,10 @@ import TunnelCore
         let sender = try UDPSocket(port: 0)
         let receiver = try UDPSocket(port: 0)
         let bytes = [UInt8](repeating: 0xab, count: 100)
-        #expect(try bytes.withUnsafeBytes { try sender.send($0, to: Endpoint(address: Self.loopback6, port: receiver.port)) })
+        #expect(
+            try bytes.withUnsafeBytes {
+                try sender.send($0, to: Endpoint(address: Self.loopback6, port: receiver.port))
+            })
         var incoming = ReceiveBatch(capacity: 2, bufferSize: 16)
         #expect(try receiveWaiting(receiver, into: &incoming) == 1)
         let truncated = incoming.isTruncated(at: 0)
@@ -192,7 +195,10 @@ import TunnelCore
         let sender = try UDPSocket(port: 0)
         let receiver = try UDPSocket(port: 0)
         let bytes: [UInt8] = Array("handshake".utf8)
-        #expect(try bytes.withUnsafeBytes { try sender.send($0, to: Endpoint(address: Self.loopback6, port: receiver.port)) })
+        #expect(
+            try bytes.withUnsafeBytes {
+                try sender.send($0, to: Endpoint(address: Self.loopback6, port: receiver.port))
+            })
         try waitReadable(receiver)
         var buffer = [UInt8](repeating: 0, count: 64)
         let received = try buffer.withUnsafeMutableBytes { try receiver.receive(into: $0) }
