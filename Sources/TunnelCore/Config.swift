@@ -198,7 +198,8 @@ enum UnsupportedKey: String, CaseIterable {
         case .dns: return "remove the line and configure DNS outside tunctl, e.g. with resolvectl"
         case .table: return "remove the line and add routes outside tunctl, e.g. with ip route"
         case .preUp, .postUp, .preDown, .postDown:
-            return "remove the line and run the command from your service manager, e.g. ExecStartPost= in systemd"
+            return
+                "remove the line and run the command from your service manager, e.g. ExecStartPost= in systemd"
         case .saveConfig: return "remove the line; tunctl never writes the config file"
         case .fwMark: return "remove the line; tunctl does not mark its UDP packets"
         }
@@ -259,7 +260,8 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
             return "\(at): \(quoted(text)) is not a section or a setting "
                 + "(use [Interface], [Peer] or Key = Value; start comments with #)"
         case .malformedLine(let at, nil):
-            return "\(at): this line is not a section or a setting and is not shown because it may hold a key "
+            return
+                "\(at): this line is not a section or a setting and is not shown because it may hold a key "
                 + "(use Key = Value, e.g. PrivateKey = ...)"
         case .unknownSection(let at, let name):
             return "\(at): [\(name)] is not a known section (use [Interface] or [Peer])"
@@ -279,7 +281,8 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
                 + "(move the line there)"
         case .unsupportedKey(let at, let section, let key):
             let advice = UnsupportedKey.named(Substring(key))?.advice ?? "remove the line"
-            return "\(at): [\(section.rawValue)] \(key): wg-quick's \(key) is not supported by tunctl (\(advice))"
+            return
+                "\(at): [\(section.rawValue)] \(key): wg-quick's \(key) is not supported by tunctl (\(advice))"
         case .repeatedKey(let at, let section, let key, let first):
             return "\(at): [\(section.rawValue)] \(key.rawValue): given twice in this section "
                 + "(keep one; the other is on line \(first))"
@@ -299,12 +302,14 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
                 return "\(at): [\(section.rawValue)] PrivateKey: missing "
                     + "(add PrivateKey = ... or PrivateKeyFile = PATH; make one with tunctl keygen)"
             case .publicKey:
-                return "\(at): [\(section.rawValue)] PublicKey: missing (every [Peer] needs the peer's PublicKey)"
+                return
+                    "\(at): [\(section.rawValue)] PublicKey: missing (every [Peer] needs the peer's PublicKey)"
             default:
                 return "\(at): [\(section.rawValue)] \(key.rawValue): missing (add it to this section)"
             }
         case .duplicatePeer(let at, let publicKey, let first):
-            return "\(at): [Peer] PublicKey: \(quoted(publicKey.base64)) already belongs to the [Peer] on line "
+            return
+                "\(at): [Peer] PublicKey: \(quoted(publicKey.base64)) already belongs to the [Peer] on line "
                 + "\(first) (merge the two peers into one)"
         case .peerIsSelf(let at, let publicKey):
             return "\(at): [Peer] PublicKey: \(quoted(publicKey.base64)) is this interface's own public key "
@@ -312,7 +317,8 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
         case .invalidKeyFile(let reference):
             let advice =
                 reference.key == .presharedKeyFile
-                ? "write one with tunctl genpsk > FILE" : "write one with tunctl keygen or tunctl genkey > FILE"
+                ? "write one with tunctl genpsk > FILE"
+                : "write one with tunctl keygen or tunctl genkey > FILE"
             return "\(reference.location): [\(reference.section.rawValue)] \(reference.key.rawValue): "
                 + "\(quoted(reference.path)) does not hold a valid base64 key of 32 bytes (\(advice))"
         }
@@ -351,7 +357,10 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
         case .mtuBelowIPv6Minimum:
             return ("is below 1280, the IPv6 minimum, and Address has an IPv6 address", "use at least 1280")
         case .notKeepalive:
-            return ("is not a keepalive interval", "use 1-65535 seconds, or 0 or off to disable; 25 suits most NATs")
+            return (
+                "is not a keepalive interval",
+                "use 1-65535 seconds, or 0 or off to disable; 25 suits most NATs"
+            )
         }
     }
 
@@ -412,7 +421,9 @@ extension TunnelConfig {
         var body = Substring(text)
         if body.hasPrefix("\u{FEFF}") { body = body.dropFirst() }
         // "\r\n" is one Character in Swift, so both line ends are named; a lone "\r" is not a line end.
-        for rawLine in body.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
+        for rawLine in body.split(
+            omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
+        {
             lineNumber += 1
             try parser.consume(rawLine, line: lineNumber)
         }
@@ -422,7 +433,8 @@ extension TunnelConfig {
     /// Replaces every key-file reference with the key read from it. `contents` maps each of
     /// `keyFileReferences` to the file's text; a missing entry is a programming error.
     /// Also checks what needed the private key: no peer may have our own public key.
-    public func resolvingKeyFiles(_ contents: [KeyFileReference: String]) throws(ConfigError) -> TunnelConfig {
+    public func resolvingKeyFiles(_ contents: [KeyFileReference: String]) throws(ConfigError) -> TunnelConfig
+    {
         func text(for reference: KeyFileReference) -> String {
             guard let text = contents[reference] else {
                 preconditionFailure("resolvingKeyFiles: no contents for \(reference.location)")
@@ -468,7 +480,6 @@ extension TunnelConfig {
         }
     }
 }
-
 
 private func trimmed(_ text: some StringProtocol) -> Substring {
     var text = Substring(text)
@@ -520,7 +531,9 @@ struct ConfigParser {
         if text.isEmpty { return }
 
         if text.hasPrefix("[") {
-            guard text.hasSuffix("]") else { throw .malformedLine(at(line), text: ConfigParser.showable(text)) }
+            guard text.hasSuffix("]") else {
+                throw .malformedLine(at(line), text: ConfigParser.showable(text))
+            }
             let name = trimmed(text.dropFirst().dropLast())
             try finishSection()
             switch name.lowercased() {
@@ -565,7 +578,8 @@ struct ConfigParser {
             throw .invalidValue(at(line), section, key: key, value: key.isSecret ? nil : "", problem: .empty)
         }
         func invalid(_ problem: ValueProblem) -> ConfigError {
-            .invalidValue(at(line), section, key: key, value: key.isSecret ? nil : String(value), problem: problem)
+            .invalidValue(
+                at(line), section, key: key, value: key.isSecret ? nil : String(value), problem: problem)
         }
 
         switch key {
@@ -574,29 +588,38 @@ struct ConfigParser {
                 if previous.key == key {
                     throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
                 }
-                throw .conflictingKeys(at(line), section, key: key, other: previous.key, otherLine: previous.line)
+                throw .conflictingKeys(
+                    at(line), section, key: key, other: previous.key, otherLine: previous.line)
             }
             if key == .privateKey {
                 guard let parsed = PrivateKey(base64: value) else { throw invalid(.notBase64Key) }
                 privateKey = (.inline(parsed), line, key)
             } else {
-                let reference = KeyFileReference(path: String(value), location: at(line), section: section, key: key)
+                let reference = KeyFileReference(
+                    path: String(value), location: at(line), section: section, key: key)
                 privateKey = (.file(reference), line, key)
             }
         case .address:
             for item in ConfigParser.listItems(value) {
                 guard let prefix = IPPrefix(item) else {
-                    throw .invalidValue(at(line), section, key: key, value: String(item), problem: .notAddress)
+                    throw .invalidValue(
+                        at(line), section, key: key, value: String(item), problem: .notAddress)
                 }
                 if !addresses.contains(prefix) { addresses.append(prefix) }
             }
         case .listenPort:
-            if let previous = listenPort { throw .repeatedKey(at(line), section, key: key, firstLine: previous.line) }
+            if let previous = listenPort {
+                throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
+            }
             guard let port = ConfigParser.decimal(value, in: 0...65535) else { throw invalid(.notPort) }
             listenPort = (UInt16(port), line)
         case .mtu:
-            if let previous = mtu { throw .repeatedKey(at(line), section, key: key, firstLine: previous.line) }
-            guard let parsed = ConfigParser.decimal(value, in: 576...65535) else { throw invalid(.mtuOutOfRange) }
+            if let previous = mtu {
+                throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
+            }
+            guard let parsed = ConfigParser.decimal(value, in: 576...65535) else {
+                throw invalid(.mtuOutOfRange)
+            }
             mtu = (parsed, line)
         case .publicKey:
             if let previous = peer.publicKey {
@@ -609,13 +632,15 @@ struct ConfigParser {
                 if previous.key == key {
                     throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
                 }
-                throw .conflictingKeys(at(line), section, key: key, other: previous.key, otherLine: previous.line)
+                throw .conflictingKeys(
+                    at(line), section, key: key, other: previous.key, otherLine: previous.line)
             }
             if key == .presharedKey {
                 guard let parsed = PresharedKey(base64: value) else { throw invalid(.notBase64Key) }
                 peer.presharedKey = (.inline(parsed), line, key)
             } else {
-                let reference = KeyFileReference(path: String(value), location: at(line), section: section, key: key)
+                let reference = KeyFileReference(
+                    path: String(value), location: at(line), section: section, key: key)
                 peer.presharedKey = (.file(reference), line, key)
             }
         case .endpoint:
@@ -642,7 +667,9 @@ struct ConfigParser {
             if value.lowercased() == "off" {
                 peer.keepalive = (nil, line)
             } else {
-                guard let seconds = ConfigParser.decimal(value, in: 0...65535) else { throw invalid(.notKeepalive) }
+                guard let seconds = ConfigParser.decimal(value, in: 0...65535) else {
+                    throw invalid(.notKeepalive)
+                }
                 peer.keepalive = (seconds == 0 ? nil : UInt16(seconds), line)
             }
         }
@@ -656,10 +683,13 @@ struct ConfigParser {
         case .interface:
             if let mtu, mtu.value < 1280, addresses.contains(where: { !$0.address.isV4 }) {
                 throw .invalidValue(
-                    at(mtu.line), .interface, key: .mtu, value: String(mtu.value), problem: .mtuBelowIPv6Minimum)
+                    at(mtu.line), .interface, key: .mtu, value: String(mtu.value),
+                    problem: .mtuBelowIPv6Minimum)
             }
         case .peer:
-            guard let publicKey = peer.publicKey else { throw .missingKey(at(peer.line), .peer, key: .publicKey) }
+            guard let publicKey = peer.publicKey else {
+                throw .missingKey(at(peer.line), .peer, key: .publicKey)
+            }
             if let first = peers.first(where: { $0.publicKey == publicKey.value }) {
                 throw .duplicatePeer(
                     at(publicKey.line), publicKey: publicKey.value, firstLine: first.publicKeyLocation.line)
@@ -689,7 +719,9 @@ struct ConfigParser {
 
     /// Comma-separated items, trimmed; empty items (a trailing comma) are skipped.
     static func listItems(_ value: Substring) -> [Substring] {
-        value.split(separator: ",", omittingEmptySubsequences: false).map { trimmed($0) }.filter { !$0.isEmpty }
+        value.split(separator: ",", omittingEmptySubsequences: false).map { trimmed($0) }.filter {
+            !$0.isEmpty
+        }
     }
 
     /// Plain ASCII decimal in `range` (no sign, no spaces, at most 5 digits).

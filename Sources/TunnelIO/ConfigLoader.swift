@@ -88,7 +88,8 @@ public enum ConfigLoadError: Error, Hashable, Sendable, CustomStringConvertible 
             }
             return "\(file.lead): cannot open: \(SystemError.message(for: code)) (\(advice))"
         case .cannotRead(let file, let code):
-            return "\(file.lead): cannot read: \(SystemError.message(for: code)) (check the file and the disk)"
+            return
+                "\(file.lead): cannot read: \(SystemError.message(for: code)) (check the file and the disk)"
         case .notRegularFile(let file):
             return "\(file.lead): not a regular file (point to a file)"
         case .tooLarge(let file, let limit):
@@ -100,7 +101,9 @@ public enum ConfigLoadError: Error, Hashable, Sendable, CustomStringConvertible 
             switch file {
             case .config: what = "holds a private or preshared key but"
             case .keyFile(let reference, _):
-                what = reference.key == .presharedKeyFile ? "holds a preshared key but" : "holds a private key but"
+                what =
+                    reference.key == .presharedKeyFile
+                    ? "holds a preshared key but" : "holds a private key but"
             }
             return "\(file.lead): \(what) is open to group or others "
                 + "(mode \(octal(mode)); run chmod 600 \(shellQuoted(file.path)))"
@@ -135,7 +138,8 @@ public enum ConfigLoader {
         }
         var contents: [KeyFileReference: String] = [:]
         for reference in parsed.keyFileReferences {
-            let keyFile = LoadedFile.keyFile(reference, resolvedPath: resolve(reference.path, relativeTo: path))
+            let keyFile = LoadedFile.keyFile(
+                reference, resolvedPath: resolve(reference.path, relativeTo: path))
             let (keyText, keyMode) = try readText(keyFile, limit: keyFileSizeLimit)
             if keyMode & 0o077 != 0 { throw .openToOthers(keyFile, mode: keyMode) }
             contents[reference] = keyText

@@ -58,7 +58,8 @@ struct Keygen: ParsableCommand {
 struct Genkey: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print a new private key in base64 (as wg genkey).",
-        discussion: "Redirect it into a file that only you can read, e.g. (umask 077; tunctl genkey > wg0.key)."
+        discussion:
+            "Redirect it into a file that only you can read, e.g. (umask 077; tunctl genkey > wg0.key)."
     )
 
     func run() throws {
@@ -143,7 +144,9 @@ enum KeyFiles {
     /// Writes `bytes` to a fresh temporary file in the same directory (O_EXCL, created with
     /// `mode`), fsyncs it, then moves it to `path`: with `rename` when replacing, else with `link`,
     /// which fails rather than overwrite. The temporary file is removed on every path.
-    static func writeAtomically(_ bytes: [UInt8], to path: String, mode: mode_t, replace: Bool) throws(CLIError) {
+    static func writeAtomically(_ bytes: [UInt8], to path: String, mode: mode_t, replace: Bool)
+        throws(CLIError)
+    {
         let (fd, temporaryPath) = try createTemporary(besides: path, mode: mode)
         var temporaryIsGone = false
         defer {
@@ -188,7 +191,9 @@ enum KeyFiles {
     }
 
     /// Opens a new file named `.NAME.tmp-XXXXXXXX` next to `path`, retrying if the name is taken.
-    private static func createTemporary(besides path: String, mode: mode_t) throws(CLIError) -> (Int32, String) {
+    private static func createTemporary(besides path: String, mode: mode_t) throws(CLIError) -> (
+        Int32, String
+    ) {
         let slash = path.lastIndex(of: "/")
         let directory = slash.map { String(path[...$0]) } ?? ""
         let base = slash.map { String(path[path.index(after: $0)...]) } ?? path

@@ -67,7 +67,10 @@ private func prefix(_ text: String) -> IPPrefix {
 
         #expect(config.isResolved)
         #expect(config.privateKey?.publicKey.base64 == Fixture.ourPublic)
-        #expect(config.interface.addresses == [prefix("10.0.0.1/24"), prefix("fd00::1/64"), prefix("10.0.1.1/24")])
+        #expect(
+            config.interface.addresses == [
+                prefix("10.0.0.1/24"), prefix("fd00::1/64"), prefix("10.0.1.1/24"),
+            ])
         #expect(config.interface.listenPort == 51820)
         #expect(config.interface.mtu == 1420)
         #expect(config.interface.location == ConfigLocation(file: "wg0.conf", line: 2))
@@ -113,7 +116,8 @@ private func prefix(_ text: String) -> IPPrefix {
 
     @Test func keepaliveZeroMeansOffAndListenPortZeroMeansAny() throws {
         let config = try parse(
-            Fixture.interface + "ListenPort = 0\n[Peer]\nPublicKey = \(Fixture.peerA)\nPersistentKeepalive = 0\n")
+            Fixture.interface
+                + "ListenPort = 0\n[Peer]\nPublicKey = \(Fixture.peerA)\nPersistentKeepalive = 0\n")
         #expect(config.interface.listenPort == 0)
         #expect(config.peers[0].persistentKeepalive == nil)
     }
@@ -169,14 +173,16 @@ private func prefix(_ text: String) -> IPPrefix {
     }
 
     @Test func peerWithOurKeyIsCaughtAfterResolvingTheKeyFile() throws {
-        let config = try parse("[Interface]\nPrivateKeyFile = wg0.key\n[Peer]\nPublicKey = \(Fixture.ourPublic)\n")
+        let config = try parse(
+            "[Interface]\nPrivateKeyFile = wg0.key\n[Peer]\nPublicKey = \(Fixture.ourPublic)\n")
         #expect(throws: ConfigError.self) {
             try config.resolvingKeyFiles([config.keyFileReferences[0]: Fixture.ourPrivate])
         }
         do {
             _ = try config.resolvingKeyFiles([config.keyFileReferences[0]: Fixture.ourPrivate])
         } catch {
-            #expect(error.description.hasPrefix("wg0.conf:4: [Peer] PublicKey: \"\(Fixture.ourPublic)\" is this"))
+            #expect(
+                error.description.hasPrefix("wg0.conf:4: [Peer] PublicKey: \"\(Fixture.ourPublic)\" is this"))
         }
     }
 
@@ -186,11 +192,13 @@ private func prefix(_ text: String) -> IPPrefix {
     /// text (unless secret) and what to do.
     static let errorCases: [(String, String)] = [
         (
-            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nEndpoint = 192.0.2.1:51820\nAllowedIPs = 198.18.0.0/33\n",
+            Fixture.interface
+                + "[Peer]\nPublicKey = \(Fixture.peerA)\nEndpoint = 192.0.2.1:51820\nAllowedIPs = 198.18.0.0/33\n",
             "wg0.conf:6: [Peer] AllowedIPs: \"198.18.0.0/33\" is not an IP prefix (use ADDRESS/LENGTH, e.g. 198.18.0.0/15)"
         ),
         (
-            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nAllowedIPs = 10.0.0.0/8, 10.1.0.0.0/16\n",
+            Fixture.interface
+                + "[Peer]\nPublicKey = \(Fixture.peerA)\nAllowedIPs = 10.0.0.0/8, 10.1.0.0.0/16\n",
             "wg0.conf:5: [Peer] AllowedIPs: \"10.1.0.0.0/16\" is not an IP prefix (use ADDRESS/LENGTH, e.g. 198.18.0.0/15)"
         ),
         (
@@ -258,7 +266,8 @@ private func prefix(_ text: String) -> IPPrefix {
             "wg0.conf:3: [Interface] PrivateKeyFile: cannot be used with PrivateKey on line 2 (keep one of them)"
         ),
         (
-            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nPresharedKeyFile = a.psk\nPresharedKey = \(Fixture.psk)\n",
+            Fixture.interface
+                + "[Peer]\nPublicKey = \(Fixture.peerA)\nPresharedKeyFile = a.psk\nPresharedKey = \(Fixture.psk)\n",
             "wg0.conf:6: [Peer] PresharedKey: cannot be used with PresharedKeyFile on line 5 (keep one of them)"
         ),
         (
@@ -322,7 +331,8 @@ private func prefix(_ text: String) -> IPPrefix {
             "wg0.conf:3: [Peer] PublicKey: missing (every [Peer] needs the peer's PublicKey)"
         ),
         (
-            Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\n\n[Peer]\nAllowedIPs = 10.0.0.0/8\nPublicKey = \(Fixture.peerA)\n",
+            Fixture.interface
+                + "[Peer]\nPublicKey = \(Fixture.peerA)\n\n[Peer]\nAllowedIPs = 10.0.0.0/8\nPublicKey = \(Fixture.peerA)\n",
             "wg0.conf:8: [Peer] PublicKey: \"\(Fixture.peerA)\" already belongs to the [Peer] on line 4 (merge the two peers into one)"
         ),
         (
@@ -368,7 +378,10 @@ private func prefix(_ text: String) -> IPPrefix {
     func secretsAreNeverEchoed(text: String, expected: String) {
         let error = failure(text)
         #expect(error?.description == expected)
-        for secret in [Fixture.ourPrivate, Fixture.psk, String(Fixture.ourPrivate.dropLast(2)), String(Fixture.psk.prefix(20))] {
+        for secret in [
+            Fixture.ourPrivate, Fixture.psk, String(Fixture.ourPrivate.dropLast(2)),
+            String(Fixture.psk.prefix(20)),
+        ] {
             #expect(error?.description.contains(secret) == false)
             #expect(error.map { String(reflecting: $0) }?.contains(secret) == false)
         }

@@ -19,7 +19,9 @@ private final class TemporaryDirectory {
     init() {
         var template = Array("/tmp/tunctl-loader-XXXXXX".utf8CString)
         path = template.withUnsafeMutableBufferPointer { buffer in
-            guard let base = buffer.baseAddress, let made = mkdtemp(base) else { preconditionFailure("mkdtemp failed: \(errno)") }
+            guard let base = buffer.baseAddress, let made = mkdtemp(base) else {
+                preconditionFailure("mkdtemp failed: \(errno)")
+            }
             return String(cString: made)
         }
     }
@@ -116,7 +118,8 @@ private func loadError(_ path: String) -> ConfigLoadError? {
         let psk = dir.write("peer.psk", Keys.psk, mode: 0o640)
         let config = dir.write(
             "wg0.conf",
-            "[Interface]\nPrivateKey = \(Keys.privateKey)\n[Peer]\nPublicKey = \(Keys.peer)\nPresharedKeyFile = peer.psk\n")
+            "[Interface]\nPrivateKey = \(Keys.privateKey)\n[Peer]\nPublicKey = \(Keys.peer)\nPresharedKeyFile = peer.psk\n"
+        )
         #expect(
             loadError(config)?.description
                 == "\(config):5: [Peer] PresharedKeyFile: \(psk): holds a preshared key but is open to group or "
@@ -157,7 +160,9 @@ private func loadError(_ path: String) -> ConfigLoadError? {
         let dir = TemporaryDirectory()
         #expect(mkdir(dir.path + "/sub", 0o700) == 0)
         let config = dir.write("wg0.conf", "[Interface]\nPrivateKeyFile = sub\n")
-        #expect(loadError(config)?.description.hasSuffix("\(dir.path)/sub: not a regular file (point to a file)") == true)
+        #expect(
+            loadError(config)?.description.hasSuffix("\(dir.path)/sub: not a regular file (point to a file)")
+                == true)
 
         let secretLooking = "c2VjcmV0LWJ1dC1ub3QtMzItYnl0ZXM="
         dir.write("bad.key", secretLooking)
@@ -174,16 +179,20 @@ private func loadError(_ path: String) -> ConfigLoadError? {
         let dir = TemporaryDirectory()
         let config = dir.write(
             "wg0.conf",
-            "[Interface]\nPrivateKey = \(Keys.privateKey)\n[Peer]\nPublicKey = \(Keys.peer)\nAllowedIPs = 198.18.0.0/33\n")
+            "[Interface]\nPrivateKey = \(Keys.privateKey)\n[Peer]\nPublicKey = \(Keys.peer)\nAllowedIPs = 198.18.0.0/33\n"
+        )
         #expect(
             loadError(config)?.description
-                == "\(config):5: [Peer] AllowedIPs: \"198.18.0.0/33\" is not an IP prefix (use ADDRESS/LENGTH, e.g. 198.18.0.0/15)")
+                == "\(config):5: [Peer] AllowedIPs: \"198.18.0.0/33\" is not an IP prefix (use ADDRESS/LENGTH, e.g. 198.18.0.0/15)"
+        )
     }
 
     @Test func refusesOversizedAndNonUTF8Configs() {
         let dir = TemporaryDirectory()
         let big = dir.write("big.conf", String(repeating: "#", count: ConfigLoader.configSizeLimit + 1))
-        #expect(loadError(big)?.description == "\(big): larger than 1048576 bytes (check that it is the right file)")
+        #expect(
+            loadError(big)?.description
+                == "\(big): larger than 1048576 bytes (check that it is the right file)")
         let latin1 = dir.path + "/latin.conf"
         let fd = open(latin1, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
         let bytes: [UInt8] = [0x23, 0xE9, 0x0A]  // "#é" in Latin-1
@@ -195,8 +204,12 @@ private func loadError(_ path: String) -> ConfigLoadError? {
     @Test func interfaceNameComesFromTheFileNameAsInWgQuick() throws {
         #expect(try ConfigLoader.interfaceName(forConfigPath: "/etc/wireguard/wg0.conf").rawValue == "wg0")
         #expect(try ConfigLoader.interfaceName(forConfigPath: "a_b=c+d.e-f.conf").rawValue == "a_b=c+d.e-f")
-        #expect(try ConfigLoader.interfaceName(forConfigPath: "x23456789012345.conf").rawValue == "x23456789012345")
-        for bad in ["wg0.txt", "wg0", ".conf", "x234567890123456.conf", "bad name.conf", "wg/0.conf/", "wg0.conf.bak"] {
+        #expect(
+            try ConfigLoader.interfaceName(forConfigPath: "x23456789012345.conf").rawValue
+                == "x23456789012345")
+        for bad in [
+            "wg0.txt", "wg0", ".conf", "x234567890123456.conf", "bad name.conf", "wg/0.conf/", "wg0.conf.bak",
+        ] {
             #expect(throws: ConfigLoadError.badFileName(path: bad)) {
                 try ConfigLoader.interfaceName(forConfigPath: bad)
             }
@@ -208,7 +221,8 @@ private func loadError(_ path: String) -> ConfigLoadError? {
     }
 
     @Test func relativeKeyPathsAreTakenFromTheConfigDirectory() {
-        #expect(ConfigLoader.resolve("k.key", relativeTo: "/etc/wireguard/wg0.conf") == "/etc/wireguard/k.key")
+        #expect(
+            ConfigLoader.resolve("k.key", relativeTo: "/etc/wireguard/wg0.conf") == "/etc/wireguard/k.key")
         #expect(ConfigLoader.resolve("k.key", relativeTo: "conf/wg0.conf") == "conf/k.key")
         #expect(ConfigLoader.resolve("k.key", relativeTo: "wg0.conf") == "k.key")
         #expect(ConfigLoader.resolve("/abs/k.key", relativeTo: "conf/wg0.conf") == "/abs/k.key")

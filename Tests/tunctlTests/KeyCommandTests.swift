@@ -32,7 +32,8 @@ private enum Tools {
     /// `wg` from wireguard-tools, looked up on PATH and in the sbin directories Debian uses.
     static let wg: String? = {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
-        let directories = path.split(separator: ":").map(String.init) + ["/usr/bin", "/usr/sbin", "/sbin", "/bin"]
+        let directories =
+            path.split(separator: ":").map(String.init) + ["/usr/bin", "/usr/sbin", "/sbin", "/bin"]
         return directories.map { $0 + "/wg" }.first { FileManager.default.isExecutableFile(atPath: $0) }
     }()
 
@@ -54,7 +55,9 @@ private enum Tools {
 }
 
 /// Runs `executable` with `arguments`, feeding `input` on stdin.
-private func run(_ executable: String, _ arguments: [String], input: String = "", cwd: String? = nil) throws -> Run {
+private func run(_ executable: String, _ arguments: [String], input: String = "", cwd: String? = nil) throws
+    -> Run
+{
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
@@ -79,7 +82,8 @@ private func run(_ executable: String, _ arguments: [String], input: String = ""
 
 /// Runs the built tunctl; records a failure (not a skip) when it cannot be found.
 private func tunctl(_ arguments: [String], input: String = "", cwd: String? = nil) throws -> Run {
-    let binary = try #require(Tools.tunctl, "built tunctl not found next to the test bundle; set TUNCTL_BINARY")
+    let binary = try #require(
+        Tools.tunctl, "built tunctl not found next to the test bundle; set TUNCTL_BINARY")
     return try run(binary, arguments, input: input, cwd: cwd)
 }
 
@@ -110,15 +114,20 @@ private final class Scratch {
 }
 
 /// A one-line error on stderr and nothing on stdout.
-private func expectOneLineError(_ result: Run, containing text: String, sourceLocation: SourceLocation = #_sourceLocation) {
+private func expectOneLineError(
+    _ result: Run, containing text: String, sourceLocation: SourceLocation = #_sourceLocation
+) {
     #expect(result.status != 0, sourceLocation: sourceLocation)
     #expect(result.stdout.isEmpty, sourceLocation: sourceLocation)
     #expect(result.stderr.hasSuffix("\n"), sourceLocation: sourceLocation)
-    #expect(result.stderr.dropLast().contains("\n") == false, "more than one line: \(result.stderr)", sourceLocation: sourceLocation)
+    #expect(
+        result.stderr.dropLast().contains("\n") == false, "more than one line: \(result.stderr)",
+        sourceLocation: sourceLocation)
     #expect(result.stderr.contains(text), "stderr: \(result.stderr)", sourceLocation: sourceLocation)
 }
 
-private let needsWg = ConditionTrait.enabled(if: Tools.wg != nil || Tools.isCI, "wg (wireguard-tools) is not installed")
+private let needsWg = ConditionTrait.enabled(
+    if: Tools.wg != nil || Tools.isCI, "wg (wireguard-tools) is not installed")
 
 @Suite struct KeyCommandTests {
     // MARK: keygen
@@ -150,14 +159,18 @@ private let needsWg = ConditionTrait.enabled(if: Tools.wg != nil || Tools.isCI, 
         let key = try contents(scratch.path + "/peer.key")
 
         let second = try tunctl(["keygen", "--dir", scratch.path, "peer"])
-        expectOneLineError(second, containing: "\(scratch.path)/peer.key already exists (use --force to replace it")
+        expectOneLineError(
+            second, containing: "\(scratch.path)/peer.key already exists (use --force to replace it")
         #expect(try contents(scratch.path + "/peer.key") == key)
 
         let forced = try tunctl(["keygen", "--dir", scratch.path, "--force", "peer"])
         #expect(forced.status == 0)
         #expect(try contents(scratch.path + "/peer.key") != key)
         #expect(try mode(scratch.path + "/peer.key") == 0o600)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).sorted() == ["peer.key", "peer.pub"])
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: scratch.path).sorted() == [
+                "peer.key", "peer.pub",
+            ])
     }
 
     @Test func keygenRefusesWhenOnlyThePublicKeyExists() throws {
@@ -171,7 +184,8 @@ private let needsWg = ConditionTrait.enabled(if: Tools.wg != nil || Tools.isCI, 
     @Test func keygenKeepsTheKeyPrivateUnderAnOpenUmask() throws {
         let scratch = try Scratch()
         let binary = try #require(Tools.tunctl)
-        let result = try run("/bin/sh", ["-c", "umask 000 && exec \"$0\" keygen --dir \"$1\" open", binary, scratch.path])
+        let result = try run(
+            "/bin/sh", ["-c", "umask 000 && exec \"$0\" keygen --dir \"$1\" open", binary, scratch.path])
         #expect(result.status == 0, "stderr: \(result.stderr)")
         #expect(try mode(scratch.path + "/open.key") == 0o600)
     }
@@ -209,7 +223,9 @@ private let needsWg = ConditionTrait.enabled(if: Tools.wg != nil || Tools.isCI, 
     @Test(needsWg) func wgGenkeyPipedToTunctlPubkeyEqualsWgPubkey() throws {
         for _ in 0..<8 {
             let generated = try wg(["genkey"])
-            #expect(try tunctl(["pubkey"], input: generated.stdout).stdout == wg(["pubkey"], input: generated.stdout).stdout)
+            #expect(
+                try tunctl(["pubkey"], input: generated.stdout).stdout
+                    == wg(["pubkey"], input: generated.stdout).stdout)
         }
     }
 
@@ -222,12 +238,17 @@ private let needsWg = ConditionTrait.enabled(if: Tools.wg != nil || Tools.isCI, 
         #expect(try tunctl(["genpsk"]).stdout != psk.stdout)
     }
 
-    @Test(arguments: ["", "\n", "not a key\n", "IMs54KUOz697TcwUj5ZnGZ1xZD9v+8emfEwbW6t=\n", String(repeating: "A", count: 10_000)])
+    @Test(arguments: [
+        "", "\n", "not a key\n", "IMs54KUOz697TcwUj5ZnGZ1xZD9v+8emfEwbW6t=\n",
+        String(repeating: "A", count: 10_000),
+    ])
     func pubkeyRejectsBadInputWithoutEchoingIt(input: String) throws {
         let result = try tunctl(["pubkey"], input: input)
         #expect(result.status == 1)
         expectOneLineError(result, containing: "stdin is not a valid base64 private key of 32 bytes")
-        if input.count > 4 { #expect(!result.stderr.contains(input.trimmingCharacters(in: .whitespacesAndNewlines))) }
+        if input.count > 4 {
+            #expect(!result.stderr.contains(input.trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
     }
 
     // MARK: config errors through the CLI
@@ -236,22 +257,26 @@ private let needsWg = ConditionTrait.enabled(if: Tools.wg != nil || Tools.isCI, 
         let scratch = try Scratch()
         let key = try tunctl(["genkey"]).stdout
         let config = scratch.path + "/wg0.conf"
-        try "[Interface]\nPrivateKey = \(key.prefix(40))\n".write(toFile: config, atomically: false, encoding: .utf8)
+        try "[Interface]\nPrivateKey = \(key.prefix(40))\n".write(
+            toFile: config, atomically: false, encoding: .utf8)
         #expect(chmod(config, 0o600) == 0)
         let bad = try tunctl(["check", config])
         expectOneLineError(
             bad,
-            containing: "\(config):2: [Interface] PrivateKey: the value (not shown, it is secret) is not a valid "
+            containing:
+                "\(config):2: [Interface] PrivateKey: the value (not shown, it is secret) is not a valid "
                 + "base64 key of 32 bytes (generate one with tunctl genkey)")
         #expect(!bad.stderr.contains(key.prefix(40)))
 
-        try "[Interface]\nPrivateKeyFile = wg0.key\n".write(toFile: config, atomically: false, encoding: .utf8)
+        try "[Interface]\nPrivateKeyFile = wg0.key\n".write(
+            toFile: config, atomically: false, encoding: .utf8)
         try key.write(toFile: scratch.path + "/wg0.key", atomically: false, encoding: .utf8)
         #expect(chmod(scratch.path + "/wg0.key", 0o644) == 0)
         let open = try tunctl(["check", config])
         expectOneLineError(
             open,
-            containing: "\(config):2: [Interface] PrivateKeyFile: \(scratch.path)/wg0.key: holds a private key but is "
+            containing:
+                "\(config):2: [Interface] PrivateKeyFile: \(scratch.path)/wg0.key: holds a private key but is "
                 + "open to group or others (mode 0644; run chmod 600 \(scratch.path)/wg0.key)")
         #expect(!open.stderr.contains(key.dropLast()))
 
