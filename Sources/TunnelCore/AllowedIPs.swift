@@ -158,7 +158,6 @@ extension AllowedIPs: CustomStringConvertible {
     }
 }
 
-
 /// A path-compressed binary trie over keys held left-aligned in a UInt128 (an IPv4 address sits
 /// in the top 32 bits), so one implementation serves both families. It stores only structure;
 /// a node that holds a prefix is identified by its slot, and the owner keeps the value there.

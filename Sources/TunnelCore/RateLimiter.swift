@@ -4,7 +4,9 @@
 /// owns a whole /64, so keying on the full address would let it dodge the limit). Each bucket
 /// refills at `packetsPerSecond` up to `burst` packets. Behaviour follows the kernel's
 /// `ratelimiter.c` and wireguard-go's `ratelimiter/`: a new source starts with a full bucket,
-/// and a bucket idle for more than `idleTimeout` is forgotten.
+/// and a bucket idle for more than `idleTimeout` is forgotten. A bucket holding exactly one
+/// packet's credit admits it (the kernel's `>=`; wireguard-go's `>` makes the fifth packet of a
+/// burst depend on how many nanoseconds passed between calls).
 ///
 /// Time is a caller-supplied monotonic clock in nanoseconds that never goes backwards (the event
 /// loop passes CLOCK_MONOTONIC/BOOTTIME). Memory is bounded: the table holds at most `capacity`

@@ -353,7 +353,9 @@ private struct ReferenceTable {
                 let expected = reference.lookup(address)
                 let actual = table.lookup(address)
                 if actual != expected {
-                    Issue.record("lookup \(address): trie \(String(describing: actual)), reference \(String(describing: expected))")
+                    Issue.record(
+                        "lookup \(address): trie \(String(describing: actual)), reference \(String(describing: expected))"
+                    )
                     return
                 }
             }

@@ -69,10 +69,14 @@ import TunnelTestSupport
         let v6 = PacketBuilder.udp(
             source: Self.source6, sourcePort: 1, destination: Self.destination6, destinationPort: 2)
         for cut in [1, 19] {
-            #expect(throws: IPPacketError.truncatedHeader) { try IPPacketHeader(parsing: Array(v4.prefix(cut))) }
+            #expect(throws: IPPacketError.truncatedHeader) {
+                try IPPacketHeader(parsing: Array(v4.prefix(cut)))
+            }
         }
         for cut in [1, 20, 39] {
-            #expect(throws: IPPacketError.truncatedHeader) { try IPPacketHeader(parsing: Array(v6.prefix(cut))) }
+            #expect(throws: IPPacketError.truncatedHeader) {
+                try IPPacketHeader(parsing: Array(v6.prefix(cut)))
+            }
         }
     }
 
@@ -84,9 +88,15 @@ import TunnelTestSupport
             source: Self.source6, sourcePort: 1, destination: Self.destination6, destinationPort: 2,
             payload: [1, 2, 3])
         // The header is complete but the payload was cut short.
-        #expect(throws: IPPacketError.lengthExceedsBuffer) { try IPPacketHeader(parsing: Array(v4.dropLast())) }
-        #expect(throws: IPPacketError.lengthExceedsBuffer) { try IPPacketHeader(parsing: Array(v6.dropLast())) }
-        #expect(throws: IPPacketError.lengthExceedsBuffer) { try IPPacketHeader(parsing: Array(v6.prefix(40))) }
+        #expect(throws: IPPacketError.lengthExceedsBuffer) {
+            try IPPacketHeader(parsing: Array(v4.dropLast()))
+        }
+        #expect(throws: IPPacketError.lengthExceedsBuffer) {
+            try IPPacketHeader(parsing: Array(v6.dropLast()))
+        }
+        #expect(throws: IPPacketError.lengthExceedsBuffer) {
+            try IPPacketHeader(parsing: Array(v6.prefix(40)))
+        }
         // A lying length field.
         var lying = v4
         lying[2] = 0xff
