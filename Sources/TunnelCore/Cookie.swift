@@ -51,7 +51,8 @@ public struct CookieGenerator: Sendable {
 
     /// Takes in a cookie reply (the caller routed it to this peer by its receiver index).
     /// True when it decrypts under the peer's cookie key with our last mac1 as associated data;
-    /// then the cookie is used for mac2 from now on. False changes nothing.
+    /// then the cookie is used for mac2 from now on, and the reply cannot be used again. False
+    /// changes nothing.
     public mutating func consumeReply(_ message: UnsafeRawBufferPointer, now: UInt64) -> Bool {
         guard classify(message) == .cookieReply, let lastMAC1 else { return false }
         var opened = false
@@ -70,6 +71,9 @@ public struct CookieGenerator: Sendable {
         }
         guard opened else { return false }
         cookie = (value, now)
+        // One reply per message sent, as the kernel's `wg_cookie_message_consume` does: a replayed
+        // reply cannot restart the cookie's lifetime.
+        self.lastMAC1 = nil
         return true
     }
 }

@@ -139,6 +139,8 @@ import TunnelCrypto
             #expect(!corrupted.withUnsafeBytes { generator.consumeReply($0, now: Self.t0) })
         }
         #expect(reply.withUnsafeBytes { generator.consumeReply($0, now: Self.t0) })
+        // The same reply again (a replay) is refused: it answered a mac1 already used up.
+        #expect(!reply.withUnsafeBytes { generator.consumeReply($0, now: Self.t0 + Self.second) })
         // Not a cookie reply at all.
         #expect(!latest.withUnsafeBytes { generator.consumeReply($0, now: Self.t0) })
     }
