@@ -135,7 +135,14 @@ def brief(path):
 
 
 def crypto_doc(text):
-    doc = json.loads(text)
+    """The bench-crypto JSON object; a whole document, or else its last line that is one."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        lines = [ln for ln in text.splitlines() if ln.strip().startswith("{")]
+        if not lines:
+            raise
+        doc = json.loads(lines[-1])
     bps = doc["bytes_per_second"]
     if not isinstance(bps, (int, float)) or isinstance(bps, bool) or bps <= 0:
         raise ValueError("bytes_per_second is not a positive number")
