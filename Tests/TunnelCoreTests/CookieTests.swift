@@ -98,7 +98,8 @@ import TunnelCrypto
             for bit in 0..<8 {
                 var corrupted = second
                 corrupted[byte] ^= 1 << bit
-                if corrupted.withUnsafeBytes({ checker.checkMAC2($0, source: Self.source, now: Self.t0 + Self.second) }) {
+                if corrupted.withUnsafeBytes({ checker.checkMAC2($0, source: Self.source, now: Self.t0 + Self.second) })
+                {
                     accepted.append(byte * 8 + bit)
                 }
             }
@@ -116,14 +117,18 @@ import TunnelCrypto
         let early = signedInitiation(pair, &otherGenerator, now: Self.t0)
         var reply = [UInt8](repeating: 0, count: CookieReplyMessage.size)
         _ = early.withUnsafeBytes { message in
-            reply.withUnsafeMutableBytes { checker.createReply(to: message, source: Self.source, now: Self.t0, into: $0) }
+            reply.withUnsafeMutableBytes {
+                checker.createReply(to: message, source: Self.source, now: Self.t0, into: $0)
+            }
         }
         #expect(!reply.withUnsafeBytes { generator.consumeReply($0, now: Self.t0) })
 
         // A reply to an older message (different mac1) does not open.
         let answered = signedInitiation(pair, &generator, now: Self.t0)
         _ = answered.withUnsafeBytes { message in
-            reply.withUnsafeMutableBytes { checker.createReply(to: message, source: Self.source, now: Self.t0, into: $0) }
+            reply.withUnsafeMutableBytes {
+                checker.createReply(to: message, source: Self.source, now: Self.t0, into: $0)
+            }
         }
         _ = signedInitiation(pair, &generator, now: Self.t0)
         #expect(!reply.withUnsafeBytes { generator.consumeReply($0, now: Self.t0) })
@@ -131,7 +136,9 @@ import TunnelCrypto
         // A tampered reply does not open; the untampered one for the latest message does.
         let latest = signedInitiation(pair, &generator, now: Self.t0)
         _ = latest.withUnsafeBytes { message in
-            reply.withUnsafeMutableBytes { checker.createReply(to: message, source: Self.source, now: Self.t0, into: $0) }
+            reply.withUnsafeMutableBytes {
+                checker.createReply(to: message, source: Self.source, now: Self.t0, into: $0)
+            }
         }
         for byte in CookieReplyMessage.nonceOffset..<CookieReplyMessage.size {
             var corrupted = reply
@@ -154,7 +161,9 @@ import TunnelCrypto
         let first = signedInitiation(pair, &generator, now: Self.t0)
         var reply = [UInt8](repeating: 0, count: CookieReplyMessage.size)
         _ = first.withUnsafeBytes { message in
-            reply.withUnsafeMutableBytes { checker.createReply(to: message, source: Self.source, now: Self.t0, into: $0) }
+            reply.withUnsafeMutableBytes {
+                checker.createReply(to: message, source: Self.source, now: Self.t0, into: $0)
+            }
         }
         #expect(reply.withUnsafeBytes { generator.consumeReply($0, now: Self.t0) })
 
@@ -173,7 +182,9 @@ import TunnelCrypto
         let rotatedAt = Self.t0 + refresh + Self.second
         let needsCookie = signedInitiation(pair, &generator, now: rotatedAt)
         _ = needsCookie.withUnsafeBytes { message in
-            reply.withUnsafeMutableBytes { checker.createReply(to: message, source: Self.source, now: rotatedAt, into: $0) }
+            reply.withUnsafeMutableBytes {
+                checker.createReply(to: message, source: Self.source, now: rotatedAt, into: $0)
+            }
         }
         #expect(!stillValid.withUnsafeBytes { checker.checkMAC2($0, source: Self.source, now: rotatedAt) })
         #expect(reply.withUnsafeBytes { generator.consumeReply($0, now: rotatedAt) })
@@ -196,7 +207,9 @@ import TunnelCrypto
         transport.withUnsafeMutableBytes { TransportMessage.writeHeader(receiver: 1, counter: 0, to: $0) }
         var reply = [UInt8](repeating: 0, count: CookieReplyMessage.size)
         let made = transport.withUnsafeBytes { message in
-            reply.withUnsafeMutableBytes { checker.createReply(to: message, source: Self.source, now: Self.t0, into: $0) }
+            reply.withUnsafeMutableBytes {
+                checker.createReply(to: message, source: Self.source, now: Self.t0, into: $0)
+            }
         }
         #expect(!made)
         #expect(!transport.withUnsafeBytes { checker.checkMAC1($0) })

@@ -33,7 +33,8 @@ import Testing
         #expect(
             CookieReplyMessage.encryptedCookieOffset == CookieReplyMessage.nonceOffset + CookieReplyMessage.nonceSize)
         #expect(
-            CookieReplyMessage.size == CookieReplyMessage.encryptedCookieOffset + CookieReplyMessage.encryptedCookieSize)
+            CookieReplyMessage.size == CookieReplyMessage.encryptedCookieOffset + CookieReplyMessage.encryptedCookieSize
+        )
         #expect(CookieReplyMessage.size == 64)
         // Transport: type, receiver, counter, then ciphertext; a keepalive is 32 bytes.
         #expect(TransportMessage.contentOffset == TransportMessage.counterOffset + 8)

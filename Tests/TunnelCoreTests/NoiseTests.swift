@@ -206,8 +206,14 @@ enum HandshakeFixture {
         let (checkForward, checkBackward) = Noise.split(responderAfter2.chainingKey)
         #expect(initiatorToResponder == checkForward && responderToInitiator == checkBackward)
         let transport: [(key: SecretKey, counter: UInt64, payload: String, ciphertext: String)] = [
-            (initiatorToResponder, 0, "462e20412e20486179656b", "8153ca9833bc3c1b91a7e66e5f4d4f5b59bf9e64c2f20d15f0bba7"),
-            (responderToInitiator, 0, "4361726c204d656e676572", "07af0c9c86e1b4e80f36b04ff7688d51141af3debd0332f0a705ef"),
+            (
+                initiatorToResponder, 0, "462e20412e20486179656b",
+                "8153ca9833bc3c1b91a7e66e5f4d4f5b59bf9e64c2f20d15f0bba7"
+            ),
+            (
+                responderToInitiator, 0, "4361726c204d656e676572",
+                "07af0c9c86e1b4e80f36b04ff7688d51141af3debd0332f0a705ef"
+            ),
             (
                 initiatorToResponder, 1, "4a65616e2d426170746973746520536179",
                 "6ab1467c0448cc78394494abaaf23afce0e234315d6e2624dcbfa8a21c1c4d073d"
@@ -307,7 +313,8 @@ enum HandshakeFixture {
         let (initiation, _) = pair.initiation()
         #expect(pair.consume(initiation) != nil)
         var accepted: [Int] = []
-        let checked = Array(0..<InitiationMessage.senderOffset)
+        let checked =
+            Array(0..<InitiationMessage.senderOffset)
             + Array(InitiationMessage.ephemeralOffset..<InitiationMessage.mac1Offset)
         for byte in checked {
             for bit in 0..<8 {
@@ -327,7 +334,8 @@ enum HandshakeFixture {
         let consumed = try #require(pair.consume(initiation))
         let (response, _) = pair.response(to: consumed)
         var accepted: [Int] = []
-        let checked = Array(0..<ResponseMessage.senderOffset)
+        let checked =
+            Array(0..<ResponseMessage.senderOffset)
             + Array(ResponseMessage.receiverOffset..<ResponseMessage.mac1Offset)
         for byte in checked {
             for bit in 0..<8 {
