@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables set here (PID_A, NS_A, …) are read by the scripts that source this
 # Network-namespace test harness for tunctl. Source it; do not run it.
 #
 # Contract:
@@ -22,7 +23,6 @@ TT_TMP=""
 TT_SEQ=0
 TT_PASSED=0
 TT_FAILED=0
-TT_SKIPPED=0
 TT_PIDS=()
 TT_NS=()
 TT_IFACES=()
@@ -41,6 +41,10 @@ fail() {
 }
 
 tt_is_ci() { [[ "${CI:-}" == "true" ]]; }
+
+# has ARGS...: grep that reads all of its input. Under `set -o pipefail`, `cmd | grep -q` fails
+# at random when grep exits at the first match and cmd then dies of SIGPIPE.
+has() { grep "$@" >/dev/null; }
 
 # ---------------------------------------------------------------------------------------------
 # Cleanup
@@ -127,7 +131,7 @@ tt_missing() {
 tt_require() {
   local t
   [[ $(id -u) -eq 0 ]] || tt_missing "namespace tests need root (run: sudo $0)"
-  for t in ip; do command -v "$t" >/dev/null || tt_missing "'$t' is not installed"; done
+  command -v ip >/dev/null || tt_missing "'ip' (iproute2) is not installed"
   for t in "$@"; do
     case "$t" in
       --tunctl) [[ -x "$TUNCTL" ]] || tt_missing "tunctl binary not found at $TUNCTL (swift build -c release, or set TUNCTL_BIN)" ;;
@@ -286,8 +290,8 @@ write_conf() {
 
 # start_tunctl NS CONF [EXTRA_ARGS...]: starts `tunctl up CONF --verbose` in NS in the background,
 # stderr+stdout to $TT_TEST_DIR/<iface>.<n>.log, registered for cleanup. Sets TT_LAST_PID and
-# TT_LAST_LOG. Waits until ready (socket exists and `show --json` works), 15 s at most; fails if
-# the daemon exits before that.
+# TT_LAST_LOG. Waits until ready (socket exists, `show --json` works, link is up), 15 s at most;
+# fails if the daemon exits before that.
 start_tunctl() {
   local ns=$1 conf=$2
   shift 2
@@ -296,7 +300,9 @@ start_tunctl() {
   tt_register_iface "$iface"
   while [[ -e "$TT_TEST_DIR/$iface.$n.log" ]]; do n=$((n + 1)); done
   TT_LAST_LOG="$TT_TEST_DIR/$iface.$n.log"
-  ip netns exec "$ns" "$TUNCTL" up "$conf" --verbose "$@" >"$TT_LAST_LOG" 2>&1 &
+  # env --default-signal: a background job of a non-interactive shell starts with SIGINT ignored;
+  # the daemon is started as a terminal or systemd would start it.
+  ip netns exec "$ns" env --default-signal=INT,QUIT "$TUNCTL" up "$conf" --verbose "$@" >"$TT_LAST_LOG" 2>&1 &
   TT_LAST_PID=$!
   tt_register_pid "$TT_LAST_PID"
   local i
@@ -305,12 +311,14 @@ start_tunctl() {
       fail "tunctl up $conf exited before it was ready (log: $TT_LAST_LOG)"
       return 1
     fi
-    if [[ -S "$TT_SOCK_DIR/$iface.sock" ]] && nsx "$ns" "$TUNCTL" show "$iface" --json >/dev/null 2>&1; then
+    # Ready by the contract, and (so that tests need not race the configuration) the link is up.
+    if [[ -S "$TT_SOCK_DIR/$iface.sock" ]] && nsx "$ns" "$TUNCTL" show "$iface" --json >/dev/null 2>&1 &&
+      nsx "$ns" ip -o link show "$iface" 2>/dev/null | has "[<,]UP[,>]"; then
       return 0
     fi
     sleep 0.1
   done
-  fail "tunctl up $conf not ready after 15 s (no $TT_SOCK_DIR/$iface.sock or show --json fails)"
+  fail "tunctl up $conf not ready after 15 s (no $TT_SOCK_DIR/$iface.sock, show --json fails, or link not up)"
 }
 
 # tunctl_json NS IFACE [PATH]: prints a field of `tunctl show IFACE --json`. PATH is dotted with
@@ -332,6 +340,7 @@ else: print(doc)
 }
 
 # tunctl_peer_field NS IFACE PUBFILE FIELD: FIELD of the peer whose public key is in PUBFILE.
+# Lists print sorted and comma-joined (order is not part of the contract), null as "null".
 tunctl_peer_field() {
   local ns=$1 iface=$2 pub field=$4
   pub=$(cat "$3")
@@ -341,7 +350,8 @@ doc = json.load(sys.stdin)
 for p in doc["peers"]:
     if p["public_key"] == sys.argv[1]:
         v = p[sys.argv[2]]
-        print("null" if v is None else json.dumps(v) if isinstance(v, (list, dict, bool)) else v)
+        if isinstance(v, list): v = ",".join(sorted(map(str, v)))
+        print("null" if v is None else json.dumps(v) if isinstance(v, (dict, bool)) else v)
         sys.exit(0)
 sys.exit("no peer with that public key")
 ' "$pub" "$field"

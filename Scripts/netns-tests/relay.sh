@@ -6,6 +6,7 @@
 #   C (client)  veC 198.18.0.1/30 ── veM1 198.18.0.2/30  M (udprelay)  veM2 198.18.0.5/30 ── veS 198.18.0.6/30  S (UDP echo)
 #   (and 2001:db8::/64, 2001:db8:1::/64 for the IPv6 case). M does not forward: only the relay links C and S.
 set -uo pipefail
+# shellcheck source=../lib/netns.sh
 source "$(dirname "$0")/../lib/netns.sh"
 
 relay_topology() {
@@ -78,7 +79,8 @@ test_loss() {
   r=$(jf received)
   ((r >= 1450 && r <= 1780)) || fail "loss 0.1 both ways: expected ~1620 of 2000 back, got $r" || return 1
   [[ $(jf duplicates) == 0 ]] || fail "loss alone produced duplicates" || return 1
-  stop_relay && grep -Eq "to-server: received 2000 .* dropped [1-9]" "$RELAY_LOG" ||
+  stop_relay || return 1
+  grep -Eq "to-server: received 2000 .* dropped [1-9]" "$RELAY_LOG" ||
     fail "relay counters do not show the drops: $(cat "$RELAY_LOG")"
 }
 
