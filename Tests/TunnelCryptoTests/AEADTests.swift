@@ -89,7 +89,10 @@ import TunnelCrypto
                 + "a447169699db524b54b62be11649da70e2e2a9c2c64fbcc2f6f3925b7997ba4a"
                 + "746efe82821d06459b86576b9c71c721"
         ),
-        (UInt64.max, [UInt8](repeating: 0x78, count: 17), [], "4e9c1870937b7f3c762b407a2a8770d4967f20dd45085b0bdb437985910c809083"),
+        (
+            UInt64.max, [UInt8](repeating: 0x78, count: 17), [],
+            "4e9c1870937b7f3c762b407a2a8770d4967f20dd45085b0bdb437985910c809083"
+        ),
     ]
 
     static let crossCheckKey = "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
@@ -113,7 +116,8 @@ import TunnelCrypto
         buffer.withUnsafeMutableBytes { raw in
             let base = raw.baseAddress!
             ChaChaPoly.seal(
-                key: key, counter: 42, plaintext: UnsafeRawBufferPointer(start: base, count: plaintext.count), into: base)
+                key: key, counter: 42, plaintext: UnsafeRawBufferPointer(start: base, count: plaintext.count),
+                into: base)
         }
         #expect(buffer == expected)
         let ok = buffer.withUnsafeMutableBytes { raw in

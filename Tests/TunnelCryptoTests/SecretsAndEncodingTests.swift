@@ -41,7 +41,9 @@ import TunnelCrypto
             #expect(!text.lowercased().contains(hexLower), "hex leaked: \(text)", sourceLocation: sourceLocation)
             // Nor a recognisable piece of either (8 bytes' worth).
             #expect(!text.contains(base64.prefix(11)), "base64 prefix leaked: \(text)", sourceLocation: sourceLocation)
-            #expect(!text.lowercased().contains(hexLower.prefix(16)), "hex prefix leaked: \(text)", sourceLocation: sourceLocation)
+            #expect(
+                !text.lowercased().contains(hexLower.prefix(16)), "hex prefix leaked: \(text)",
+                sourceLocation: sourceLocation)
         }
     }
 

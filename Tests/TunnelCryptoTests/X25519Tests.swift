@@ -5,7 +5,7 @@ import TunnelCrypto
 @Suite struct X25519Tests {
     /// RFC 7748 §5.2: two scalar/u-coordinate pairs and their outputs. The scalars are not
     /// clamped and the second u has its top bit set: X25519 itself clamps and masks.
-    static let rfc7748Section5_2: [(scalar: String, u: String, output: String)] = [
+    static let rfc7748Section5Point2: [(scalar: String, u: String, output: String)] = [
         (
             "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
             "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
@@ -18,7 +18,7 @@ import TunnelCrypto
         ),
     ]
 
-    @Test(arguments: rfc7748Section5_2)
+    @Test(arguments: rfc7748Section5Point2)
     func rfc7748Section5_2Vectors(scalar: String, u: String, output: String) {
         let shared = X25519.sharedSecret(.test(hex: scalar), .test(hex: u))
         #expect(shared.map { hex($0.bytes) } == output)
