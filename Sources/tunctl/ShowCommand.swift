@@ -1,0 +1,141 @@
+import ArgumentParser
+import Glibc
+import TunnelIO
+
+struct Show: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show running interfaces: keys, endpoints, handshakes, transfer and drops.",
+        discussion: """
+            Asks the daemon over /var/run/wireguard/IFACE.sock. Without IFACE, shows every \
+            interface whose socket there answers (interfaces run by wireguard-go are skipped: use \
+            wg show for those). Prints no secrets. --json prints one object for IFACE, or an array \
+            of them without it.
+            """
+    )
+
+    @Argument(help: "The interface, e.g. tt0. Default: all interfaces run by tunctl.")
+    var interface: String?
+
+    @Flag(help: "Print JSON (the same object the daemon sends).")
+    var json = false
+
+    func run() throws {
+        if let interface {
+            let report = try ControlCommand.show(interface, command: "show")
+            print(json ? report.json : report.text, terminator: json ? "\n" : "")
+            return
+        }
+        let reports = ControlCommand.runningInterfaces().compactMap { try? ControlCommand.show($0, command: "show") }
+        if json {
+            print("[" + reports.map(\.json).joined(separator: ",") + "]")
+        } else {
+            print(reports.map(\.text).joined(separator: "\n"), terminator: "")
+        }
+    }
+}
+
+/// What `show` and `down` share: finding a daemon's socket and asking it one thing.
+enum ControlCommand {
+    /// Seconds to wait for a reply. A daemon answers from its packet queue, so even under load
+    /// this is generous; it only bounds a hung one.
+    static let replyTimeout = 5.0
+
+    /// Interface names with a socket in the control directory, sorted (any implementation's).
+    static func runningInterfaces() -> [String] {
+        guard let directory = opendir(controlDirectory) else { return [] }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name.hasSuffix(".sock"), name.count > 5 { names.append(String(name.dropLast(5))) }
+        }
+        return names.sorted()
+    }
+
+    /// The daemon's report for `interface`; `command` names the subcommand in error messages.
+    static func show(_ interface: String, command: String) throws(ControlCommandError) -> ShowReport {
+        let reply = try request(interface, "tunctl-show=1\n\n", command: command)
+        if reply.hasPrefix("errno=") {
+            throw .refused(command: command, interface: interface, reply: firstLine(of: reply))
+        }
+        do {
+            return try ShowReport(json: reply)
+        } catch {
+            throw .badReply(command: command, interface: interface)
+        }
+    }
+
+    /// Sends `text` to the daemon of `interface` and returns its reply, failing with a message
+    /// that says what to do when there is no such daemon or it is not tunctl.
+    static func request(_ interface: String, _ text: String, command: String) throws(ControlCommandError) -> String {
+        guard isInterfaceName(interface) else { throw .badName(command: command, interface) }
+        let path = controlSocketPath(interface)
+        let reply: String
+        do {
+            reply = try ControlClient.request(path: path, text, timeout: replyTimeout)
+        } catch {
+            throw .unreachable(command: command, interface: interface, error)
+        }
+        // wireguard-go closes the connection on an operation it does not know: not a tunctl daemon.
+        guard !reply.isEmpty else { throw .notTunctl(command: command, interface: interface) }
+        return reply
+    }
+
+    /// What the kernel takes as a link name (at most 15 bytes, no '/', no whitespace) and so
+    /// also a plain file name in the control directory.
+    static func isInterfaceName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 15 && name != "." && name != ".."
+            && name.unicodeScalars.allSatisfy { $0.isASCII && $0.value > 0x20 && $0.value < 0x7f && $0 != "/" && $0 != ":" }
+    }
+
+    static func firstLine(of text: String) -> String {
+        String(text.prefix { $0 != "\n" && $0 != "\r\n" })
+    }
+}
+
+/// Failures of `show` and `down`: one line each, saying what to do.
+enum ControlCommandError: Error, CustomStringConvertible {
+    case badName(command: String, String)
+    case unreachable(command: String, interface: String, ControlClientError)
+    /// The socket answered with nothing: another implementation (wireguard-go) serves it.
+    case notTunctl(command: String, interface: String)
+    /// The daemon answered with an errno line instead.
+    case refused(command: String, interface: String, reply: String)
+    case badReply(command: String, interface: String)
+    /// `down` was acknowledged but the daemon is still there.
+    case stillRunning(interface: String, seconds: Int)
+
+    var description: String {
+        switch self {
+        case .badName(let command, let name):
+            return "tunctl \(command): \(shellQuoted(name)) is not an interface name (1-15 characters, no / or spaces)"
+        case .unreachable(let command, let interface, let error):
+            let path = controlSocketPath(interface)
+            switch error {
+            case .noSocket:
+                return "tunctl \(command) \(interface): no such interface (no \(path); is tunctl up running?)"
+            case .notListening:
+                return "tunctl \(command) \(interface): \(path) exists but no daemon answers "
+                    + "(one that crashed left it behind; remove it with rm \(path))"
+            case .timedOut(_, let seconds):
+                return "tunctl \(command) \(interface): the daemon did not answer within \(Int(seconds)) s "
+                    + "(check its log, e.g. journalctl -u tunctl@\(interface))"
+            default:
+                return "tunctl \(command) \(interface): \(error)"
+            }
+        case .notTunctl(let command, let interface):
+            return "tunctl \(command) \(interface): the interface is not run by tunctl "
+                + "(its socket does not speak tunctl's requests; use wg show \(interface) or ip link del \(interface))"
+        case .refused(let command, let interface, let reply):
+            return "tunctl \(command) \(interface): the daemon refused the request (\(reply))"
+        case .badReply(let command, let interface):
+            return "tunctl \(command) \(interface): the daemon's reply is not a tunctl report "
+                + "(is this tunctl version the same as the daemon's?)"
+        case .stillRunning(let interface, let seconds):
+            return "tunctl down \(interface): the daemon acknowledged but was still running after \(seconds) s "
+                + "(check its log; ip link del \(interface) also stops it)"
+        }
+    }
+}
