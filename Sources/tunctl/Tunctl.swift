@@ -15,6 +15,8 @@ struct Tunctl: ParsableCommand {
             Pubkey.self,
             Genpsk.self,
             Check.self,
+            Show.self,
+            Down.self,
         ]
     )
 }
