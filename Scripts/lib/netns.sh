@@ -446,20 +446,21 @@ make_random_file() { head -c "$(($2 * 1024 * 1024))" /dev/urandom >"$1"; }
 # listener in DST_NS on DST_ADDR:PORT, then compares SHA-256 of both ends. Bounded by TIMEOUT_S.
 tcp_transfer() {
   local src_ns=$1 dst_ns=$2 addr=$3 port=$4 file=$5 timeout=$6
-  local out="$file.received" bind=$addr connect=$addr t0 t1 lpid
+  local out="$file.received" bind=$addr connect=$addr t0 t1 lpid v=4
   rm -f "$out"
   if [[ "$addr" == *:* ]]; then
     bind="[$addr]"
     connect="[$addr]"
+    v=6
   fi
-  ip netns exec "$dst_ns" timeout "$timeout" socat -u "TCP-LISTEN:$port,bind=$bind,reuseaddr" "CREATE:$out" \
+  ip netns exec "$dst_ns" timeout "$timeout" socat -u "TCP$v-LISTEN:$port,bind=$bind,reuseaddr" "CREATE:$out" \
     2>>"$TT_TEST_DIR/socat.log" &
   lpid=$!
   tt_register_pid "$lpid"
   wait_for 5 sh -c "ip netns exec '$dst_ns' ss -Htln 'sport = :$port' | grep -q ." ||
     fail "socat listener on $addr:$port did not come up" || return 1
   t0=$(date +%s.%N)
-  nsx "$src_ns" timeout "$timeout" socat -u "OPEN:$file" "TCP:$connect:$port,connect-timeout=5" \
+  nsx "$src_ns" timeout "$timeout" socat -u "OPEN:$file" "TCP$v:$connect:$port,connect-timeout=5" \
     2>>"$TT_TEST_DIR/socat.log" || fail "sender socat to $addr:$port failed or timed out after ${timeout}s" || return 1
   wait_exit "$lpid" "$timeout" || fail "receiver did not finish" || return 1
   t1=$(date +%s.%N)
