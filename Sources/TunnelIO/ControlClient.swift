@@ -41,7 +41,9 @@ public enum ControlClient {
         let fd: Int32
         do {
             fd = try Syscall.check("socket(AF_UNIX)") {
-                socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+                socket(
+                    AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue),
+                    0)
             }
         } catch {
             throw .system(error)
@@ -52,7 +54,9 @@ public enum ControlClient {
         return try receive(on: fd, path: path, deadline: deadline, timeout: timeout)
     }
 
-    private static func connect(_ fd: Int32, path: String, deadline: Deadline, timeout: Double) throws(ControlClientError) {
+    private static func connect(_ fd: Int32, path: String, deadline: Deadline, timeout: Double)
+        throws(ControlClientError)
+    {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         guard path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { throw .pathTooLong(path: path) }

@@ -22,7 +22,10 @@ public struct ShowReport: Sendable, Equatable {
         public var peers: [PeerReport]
 
         enum CodingKeys: String, CodingKey {
-            case name = "interface", publicKey = "public_key", listenPort = "listen_port", mtu, addresses,
+            case name = "interface"
+            case publicKey = "public_key"
+            case listenPort = "listen_port"
+            case mtu, addresses,
                 drops, peers
         }
 
@@ -52,9 +55,17 @@ public struct ShowReport: Sendable, Equatable {
         public var drops: [String: UInt64]
 
         enum CodingKeys: String, CodingKey {
-            case publicKey = "public_key", hasPresharedKey = "preshared_key", endpoint,
-                allowedIPs = "allowed_ips", latestHandshake = "latest_handshake", rxBytes = "rx_bytes",
-                txBytes = "tx_bytes", persistentKeepalive = "persistent_keepalive", drops
+            case publicKey = "public_key"
+            case hasPresharedKey = "preshared_key"
+            case endpoint
+            case
+                allowedIPs = "allowed_ips"
+            case latestHandshake = "latest_handshake"
+            case rxBytes = "rx_bytes"
+            case
+                txBytes = "tx_bytes"
+            case persistentKeepalive = "persistent_keepalive"
+            case drops
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -134,7 +145,8 @@ public struct ShowReport: Sendable, Equatable {
             lines.append("peer: \(peer.publicKey)")
             if peer.hasPresharedKey { lines.append("  preshared key: (hidden)") }
             if let endpoint = peer.endpoint { lines.append("  endpoint: \(endpoint)") }
-            lines.append("  allowed ips: \(peer.allowedIPs.isEmpty ? "(none)" : peer.allowedIPs.joined(separator: ", "))")
+            lines.append(
+                "  allowed ips: \(peer.allowedIPs.isEmpty ? "(none)" : peer.allowedIPs.joined(separator: ", "))")
             if peer.latestHandshake != 0 {
                 lines.append("  latest handshake: \(ShowReport.ago(peer.latestHandshake, now: now))")
             }
@@ -144,7 +156,8 @@ public struct ShowReport: Sendable, Equatable {
                         + "\(ShowReport.format(bytes: peer.txBytes)) sent")
             }
             if peer.persistentKeepalive != 0 {
-                lines.append("  persistent keepalive: every \(ShowReport.plural(UInt64(peer.persistentKeepalive), "second"))")
+                lines.append(
+                    "  persistent keepalive: every \(ShowReport.plural(UInt64(peer.persistentKeepalive), "second"))")
             }
             if !peer.drops.isEmpty { lines.append("  drops: \(ShowReport.format(drops: peer.drops))") }
         }
@@ -159,7 +172,9 @@ public struct ShowReport: Sendable, Equatable {
         var left = now - then
         if left == 0 { return "Now" }
         var parts: [String] = []
-        for (unit, seconds) in [("year", UInt64(365 * 86400)), ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)] {
+        for (unit, seconds) in [
+            ("year", UInt64(365 * 86400)), ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1),
+        ] {
             let count = left / seconds
             left %= seconds
             if count > 0 { parts.append(plural(count, unit)) }

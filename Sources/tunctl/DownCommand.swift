@@ -20,7 +20,8 @@ struct Down: ParsableCommand {
     func run() throws {
         let reply = try ControlCommand.request(interface, "tunctl-down=1\n\n", command: "down")
         guard reply.hasPrefix("errno=0\n") else {
-            throw ControlCommandError.refused(command: "down", interface: interface, reply: ControlCommand.firstLine(of: reply))
+            throw ControlCommandError.refused(
+                command: "down", interface: interface, reply: ControlCommand.firstLine(of: reply))
         }
         // The daemon unlinks its socket as its last clean-up step; poll for that, bounded.
         let path = controlSocketPath(interface)

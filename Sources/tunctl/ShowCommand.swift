@@ -87,7 +87,9 @@ enum ControlCommand {
     /// also a plain file name in the control directory.
     static func isInterfaceName(_ name: String) -> Bool {
         !name.isEmpty && name.utf8.count <= 15 && name != "." && name != ".."
-            && name.unicodeScalars.allSatisfy { $0.isASCII && $0.value > 0x20 && $0.value < 0x7f && $0 != "/" && $0 != ":" }
+            && name.unicodeScalars.allSatisfy {
+                $0.isASCII && $0.value > 0x20 && $0.value < 0x7f && $0 != "/" && $0 != ":"
+            }
     }
 
     static func firstLine(of text: String) -> String {

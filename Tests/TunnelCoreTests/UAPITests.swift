@@ -101,7 +101,9 @@ private func configuredDevice() -> Device {
     /// Allowed IPs are stored and reported in network form, as wireguard-go's table does.
     @Test func allowedIPsAreMasked() {
         let device = Device(privateKey: nil)
-        #expect(set("public_key=\(Keys.peerA)\nallowed_ip=198.18.2.77/24\nallowed_ip=fd00:2::99/64\n", on: device).errno == 0)
+        #expect(
+            set("public_key=\(Keys.peerA)\nallowed_ip=198.18.2.77/24\nallowed_ip=fd00:2::99/64\n", on: device).errno
+                == 0)
         let text = UAPI.get(device: device, listenPort: 1)
         #expect(text.contains("allowed_ip=198.18.2.0/24\nallowed_ip=fd00:2::/64\nerrno=0"))
     }
@@ -216,7 +218,8 @@ private func configuredDevice() -> Device {
         let a = peer(Keys.peerA, in: device)!
         #expect(set("public_key=\(Keys.peerA)\nallowed_ip=10.1.0.0/16\n", on: device).errno == 0)
         #expect(device.allowedIPs(of: a).count == 3)
-        #expect(set("public_key=\(Keys.peerA)\nreplace_allowed_ips=true\nallowed_ip=10.2.0.0/16\n", on: device).errno == 0)
+        #expect(
+            set("public_key=\(Keys.peerA)\nreplace_allowed_ips=true\nallowed_ip=10.2.0.0/16\n", on: device).errno == 0)
         #expect(device.allowedIPs(of: a) == [IPPrefix("10.2.0.0/16")!])
         #expect(set("public_key=\(Keys.peerA)\nreplace_allowed_ips=true\n", on: device).errno == 0)
         #expect(device.allowedIPs(of: a).isEmpty)
@@ -339,7 +342,9 @@ private func configuredDevice() -> Device {
         #expect(error == .badValue(line: 2, key: "preshared_key"))
         #expect(error?.description == "UAPI set, line 2: invalid value for preshared_key")
         #expect(UAPI.validate("allowed_ip=10.0.0.0/8") == .peerKeyBeforePublicKey(line: 1, key: "\"allowed_ip\""))
-        #expect(UAPI.validate("public_key=\(Keys.peerA)\nfoo=1") == .unknownKey(line: 2, key: "\"foo\"", inPeerSection: true))
+        #expect(
+            UAPI.validate("public_key=\(Keys.peerA)\nfoo=1")
+                == .unknownKey(line: 2, key: "\"foo\"", inPeerSection: true))
         #expect(UAPI.validate("private_key=\(Keys.ourPrivate)") == nil)
         // A secret pasted as a key name is cut short, not echoed whole.
         let pasted = UAPI.validate(Keys.psk + "=1")?.description ?? ""

@@ -93,7 +93,8 @@ private final class TestListener: @unchecked Sendable {
     let fd: Int32
 
     init(listen: Bool = true) throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cc-\(UUID().uuidString.prefix(8))")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "cc-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         path = directory.appendingPathComponent("t.sock").path
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -101,7 +102,9 @@ private final class TestListener: @unchecked Sendable {
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path.utf8) }
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         #expect(bound == 0)
         if listen { #expect(Glibc.listen(fd, 4) == 0) }
@@ -148,7 +151,9 @@ private final class TestListener: @unchecked Sendable {
         let listener = try TestListener()
         defer { listener.close() }
         listener.serveOnce(reply: "{\"interface\":\"tt0\"}", keepOpen: false)
-        #expect(try ControlClient.request(path: listener.path, "tunctl-show=1\n\n", timeout: 5) == "{\"interface\":\"tt0\"}")
+        #expect(
+            try ControlClient.request(path: listener.path, "tunctl-show=1\n\n", timeout: 5) == "{\"interface\":\"tt0\"}"
+        )
     }
 
     @Test func missingSocket() {
