@@ -27,6 +27,7 @@ TT_PIDS=()
 TT_NS=()
 TT_IFACES=()
 TT_TEST_DIR=""
+TT_CHILD=""
 TUNCTL="${TUNCTL_BIN:-$TT_ROOT/.build/release/tunctl}"
 UDPRELAY="${UDPRELAY_BIN:-$TT_ROOT/.build/release/udprelay}"
 TT_SOCK_DIR=/var/run/wireguard
@@ -79,9 +80,39 @@ tt_delete_ns() {
   ip netns del "$ns" 2>/dev/null || tt_log "warning: could not delete namespace $ns"
 }
 
+# tt_descendants PID: every descendant of PID, deepest first.
+tt_descendants() {
+  local child
+  for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    tt_descendants "$child"
+    echo "$child"
+  done
+}
+
+# Stops a running test body (a background subshell) and everything it started: TERM to the whole
+# tree so that a foreground command dies and the body's own cleanup trap can run, up to 5 s for
+# that, then KILL to whatever is left.
+tt_stop_tree() {
+  local root=$1 pids i
+  pid_alive "$root" || return 0
+  pids="$(tt_descendants "$root") $root"
+  # shellcheck disable=SC2086 # a list of pids
+  kill -TERM $pids 2>/dev/null
+  for ((i = 0; i < 50; i++)); do
+    pid_alive "$root" || break
+    sleep 0.1
+  done
+  pids="$(tt_descendants "$root") $root"
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null
+  wait "$root" 2>/dev/null
+}
+
 tt_cleanup() {
   local rc=$? pid ns iface
   trap - EXIT INT TERM
+  [[ -n "${TT_CHILD:-}" ]] && tt_stop_tree "$TT_CHILD"
+  TT_CHILD=""
   for pid in "${TT_PIDS[@]}"; do tt_stop_pid "$pid"; done
   TT_PIDS=()
   for ns in "${TT_NS[@]}"; do tt_delete_ns "$ns"; done
@@ -485,16 +516,23 @@ run_test() {
   TT_TEST_DIR="$TT_TMP/$TT_SEQ-$name"
   mkdir -p "$TT_TEST_DIR"
   tt_log "RUN  $name"
+  # The body runs in the background and this shell waits: `wait` is interrupted by a signal at
+  # once (a foreground child would defer our trap until it ends), and tt_cleanup then stops the
+  # body's whole process tree before sweeping this run's namespaces.
   (
     TT_PIDS=()
     TT_NS=()
     TT_IFACES=()
+    TT_CHILD=""
     trap tt_cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
     "$func"
-  )
-  rc=$?
+  ) &
+  TT_CHILD=$!
+  rc=0
+  wait "$TT_CHILD" || rc=$?
+  TT_CHILD=""
   if ((rc == 0)); then
     TT_PASSED=$((TT_PASSED + 1))
     tt_log "PASS $name"
