@@ -226,6 +226,9 @@ def one_run(sysdir, system, run, clk_tck):
             rec["peak_rss_mib"] = max(rss.values()) / 1024
         elif not env.get("setup_failed"):
             rec["errors"].append("rss: no VmHWM reading")
+    rec["loadavg_1m"] = {
+        k: float(env[f"loadavg_{k}"]) for k in ("before", "after") if env.get(f"loadavg_{k}")
+    }
     rec["raw"] = {
         "tcp1": raw["tcp1"],
         "tcp4": raw["tcp4"],
@@ -394,6 +397,15 @@ def markdown(doc):
         )
     for name, reason in sorted(st["skipped"].items()):
         lines.append(f"| {SYSTEM_INFO[name]['label']} | not measured: {reason} |" + " |" * 11)
+    loads = [v for s in doc["systems"].values() for r in s["runs"] for v in r.get("loadavg_1m", {}).values()]
+    if loads:
+        busy = max(loads) > (mc["cores"] or 1)
+        lines += [
+            "",
+            f"1-minute load average around the runs: {min(loads):.1f}–{max(loads):.1f} on {mc['cores']} cores"
+            + (" — other work shared the CPUs, so throughput is lower and noisier than on an idle machine; "
+               "CPU s/GB is the figure least affected." if busy else "."),
+        ]
     lines += ["", "Ratios of medians:"]
     for key, label in (("tcp1_gbps", "TCP 1 stream"), ("tcp4_gbps", "TCP 4 streams")):
         parts = []
