@@ -80,7 +80,7 @@ test_sighup_reload() {
   tt_keypair "$KEYS" c || return 1
   printf '\n[Peer]\nPublicKey = %s\nAllowedIPs = 198.18.3.0/24\nPersistentKeepalive = 7\n' "$(cat "$KEYS/c.pub")" >>"$CONF_A"
   kill -HUP "$PID_A"
-  wait_for 10 sh -c "'$TUNCTL' show '$IF_A' --json | grep -q '$(cat "$KEYS/c.pub")'" ||
+  wait_for 10 sh -c "ip netns exec '$NS_A' '$TUNCTL' show '$IF_A' --json | grep -q '$(cat "$KEYS/c.pub")'" ||
     fail "new peer not present 10 s after SIGHUP" || return 1
   pid_alive "$PID_A" || fail "daemon died on SIGHUP" || return 1
   [[ $(tunctl_peer_field "$NS_A" "$IF_A" "$KEYS/c.pub" persistent_keepalive) == 7 ]] || fail "reloaded peer's keepalive" || return 1
@@ -90,7 +90,7 @@ test_sighup_reload() {
   write_conf "$CONF_A" --key "$KEYS/a.key" --address 198.18.1.1/24,2001:db8:1::1/64 --port 51820 --mtu 1380 \
     --peer "$KEYS/b.pub" --allowed 198.18.2.0/24,2001:db8:2::/64 || return 1
   kill -HUP "$PID_A"
-  wait_for 10 sh -c "! '$TUNCTL' show '$IF_A' --json | grep -q '$(cat "$KEYS/c.pub")'" ||
+  wait_for 10 sh -c "! ip netns exec '$NS_A' '$TUNCTL' show '$IF_A' --json | grep -q '$(cat "$KEYS/c.pub")'" ||
     fail "removed peer still present 10 s after SIGHUP" || return 1
   pid_alive "$PID_A" || fail "daemon died on the second SIGHUP" || return 1
 }
