@@ -30,7 +30,7 @@ public struct AllowedIPs<Value> {
             let slot = v4.insert(key: PrefixTrie.key(v4: address), length: prefix.length)
             Self.store(value, at: slot, in: &v4Values)
         case .v6(let address):
-            let slot = v6.insert(key: address, length: prefix.length)
+            let slot = v6.insert(key: address.value, length: prefix.length)
             Self.store(value, at: slot, in: &v6Values)
         }
     }
@@ -43,7 +43,7 @@ public struct AllowedIPs<Value> {
             let slot = v4.remove(key: PrefixTrie.key(v4: address), length: prefix.length)
             return Self.take(slot, from: &v4Values)
         case .v6(let address):
-            let slot = v6.remove(key: address, length: prefix.length)
+            let slot = v6.remove(key: address.value, length: prefix.length)
             return Self.take(slot, from: &v6Values)
         }
     }
@@ -67,7 +67,7 @@ public struct AllowedIPs<Value> {
     public func lookup(_ address: IPAddress) -> Value? {
         switch address {
         case .v4(let value): return Self.value(at: v4.lookup(PrefixTrie.key(v4: value)), in: v4Values)
-        case .v6(let value): return Self.value(at: v6.lookup(value), in: v6Values)
+        case .v6(let bits): return Self.value(at: v6.lookup(bits.value), in: v6Values)
         }
     }
 
@@ -97,7 +97,7 @@ public struct AllowedIPs<Value> {
         }
         for slot in v6.slots {
             guard let (key, length) = v6.prefix(at: slot), let value = v6Values[slot],
-                let prefix = IPPrefix(address: .v6(key), length: length)
+                let prefix = IPPrefix(address: .v6(IPv6Bits(key)), length: length)
             else { continue }
             result.append((prefix, value))
         }

@@ -2,7 +2,7 @@
 /// Parsed once at the boundary (config, UAPI, packet header); everything inside uses this type.
 public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
     case v4(UInt32)
-    case v6(UInt128)
+    case v6(IPv6Bits)
 
     /// Bits in an address of this family: 32 or 128.
     public var bitWidth: Int {
@@ -22,7 +22,7 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
     public init?(_ text: some StringProtocol) {
         if text.contains(":") {
             guard let value = IPAddress.parseV6(Substring(text)) else { return nil }
-            self = .v6(value)
+            self = .v6(IPv6Bits(value))
         } else {
             guard let value = IPAddress.parseV4(Substring(text)) else { return nil }
             self = .v4(value)
@@ -39,7 +39,7 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
         case 16:
             var value: UInt128 = 0
             for byte in bytes { value = value << 8 | UInt128(byte) }
-            self = .v6(value)
+            self = .v6(IPv6Bits(value))
         default:
             return nil
         }
@@ -50,7 +50,8 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
         switch self {
         case .v4(let value):
             return (0..<4).map { UInt8(truncatingIfNeeded: value >> (24 - 8 * $0)) }
-        case .v6(let value):
+        case .v6(let bits):
+            let value = bits.value
             return (0..<16).map { UInt8(truncatingIfNeeded: value >> (120 - 8 * $0)) }
         }
     }
@@ -60,15 +61,15 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
         case .v4(let value):
             return (0..<4).map { String(UInt8(truncatingIfNeeded: value >> (24 - 8 * $0))) }
                 .joined(separator: ".")
-        case .v6(let value):
-            return IPAddress.formatV6(value)
+        case .v6(let bits):
+            return IPAddress.formatV6(bits.value)
         }
     }
 
     public static func < (lhs: IPAddress, rhs: IPAddress) -> Bool {
         switch (lhs, rhs) {
         case (.v4(let a), .v4(let b)): return a < b
-        case (.v6(let a), .v6(let b)): return a < b
+        case (.v6(let a), .v6(let b)): return a.value < b.value
         case (.v4, .v6): return true
         case (.v6, .v4): return false
         }
@@ -190,6 +191,29 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
     }
 }
 
+/// The 128 bits of an IPv6 address, host order, stored as two words.
+///
+/// Not a `UInt128` payload: Swift 6.3.1 at -Onone miscompiles an enum carrying a 16-byte-aligned
+/// `UInt128` when a closure captures it (an aligned SSE load from a misaligned stack slot, SIGSEGV;
+/// reproduced in a 15-line program). Two `UInt64`s have 8-byte alignment and avoid it; arithmetic
+/// still happens on `value`.
+public struct IPv6Bits: Hashable, Sendable, ExpressibleByIntegerLiteral {
+    public var high: UInt64
+    public var low: UInt64
+
+    public init(_ value: UInt128) {
+        high = UInt64(truncatingIfNeeded: value >> 64)
+        low = UInt64(truncatingIfNeeded: value)
+    }
+
+    public init(integerLiteral value: UInt64) {
+        high = 0
+        low = value
+    }
+
+    public var value: UInt128 { UInt128(high) << 64 | UInt128(low) }
+}
+
 /// An address with a prefix length, as in `AllowedIPs = 198.18.0.0/15`.
 /// `masked` gives the network form; the table stores prefixes masked.
 public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
@@ -223,9 +247,9 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
         case .v4(let value):
             let mask: UInt32 = length == 0 ? 0 : ~UInt32(0) << (32 - length)
             return IPPrefix(unchecked: .v4(value & mask), length: length)
-        case .v6(let value):
+        case .v6(let bits):
             let mask: UInt128 = length == 0 ? 0 : ~UInt128(0) << (128 - length)
-            return IPPrefix(unchecked: .v6(value & mask), length: length)
+            return IPPrefix(unchecked: .v6(IPv6Bits(bits.value & mask)), length: length)
         }
     }
 
@@ -237,7 +261,7 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
             return network & mask == candidate & mask
         case (.v6(let network), .v6(let candidate)):
             let mask: UInt128 = length == 0 ? 0 : ~UInt128(0) << (128 - length)
-            return network & mask == candidate & mask
+            return network.value & mask == candidate.value & mask
         default:
             return false
         }

@@ -59,8 +59,8 @@ public struct IPPacketHeader: Hashable, Sendable {
             guard totalLength <= packet.count else { throw .lengthExceedsBuffer }
             self.version = 6
             self.length = totalLength
-            self.source = .v6(Self.readBE128(packet, at: Layout.ipv6SourceOffset))
-            self.destination = .v6(Self.readBE128(packet, at: Layout.ipv6DestinationOffset))
+            self.source = .v6(IPv6Bits(Self.readBE128(packet, at: Layout.ipv6SourceOffset)))
+            self.destination = .v6(IPv6Bits(Self.readBE128(packet, at: Layout.ipv6DestinationOffset)))
         default:
             throw .unsupportedVersion(version)
         }

@@ -33,7 +33,7 @@ public struct RateLimiter: Sendable {
         init(_ address: IPAddress) {
             switch address {
             case .v4(let value): self = .v4(value)
-            case .v6(let value): self = .v6(UInt64(truncatingIfNeeded: value >> 64))
+            case .v6(let bits): self = .v6(bits.high)
             }
         }
     }

@@ -36,7 +36,7 @@ extension Endpoint {
             if value >> 32 == Endpoint.v4MappedPrefix >> 32 {
                 self.init(address: .v4(UInt32(truncatingIfNeeded: value)), port: port)
             } else {
-                self.init(address: .v6(value), port: port)
+                self.init(address: .v6(IPv6Bits(value)), port: port)
             }
         default:
             return nil
@@ -72,8 +72,8 @@ extension Endpoint {
             return socklen_t(MemoryLayout<sockaddr_in>.size)
         case .v4(let value):
             return Endpoint.encodeV6(Endpoint.v4MappedPrefix | UInt128(value), port: port, into: pointer)
-        case .v6(let value):
-            return Endpoint.encodeV6(value, port: port, into: pointer)
+        case .v6(let bits):
+            return Endpoint.encodeV6(bits.value, port: port, into: pointer)
         }
     }
 

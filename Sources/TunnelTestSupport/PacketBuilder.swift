@@ -87,7 +87,7 @@ public enum PacketBuilder {
             var header: [UInt8] = [0x60, 0, 0, 0]
             appendBE16(UInt16(payload.count), to: &header)
             header += [protocolNumber, hopLimit]
-            header += IPAddress.v6(from).networkBytes
+            header += IPAddress.v6(from).networkBytes  // `from`/`to` are IPv6Bits
             header += IPAddress.v6(to).networkBytes
             return header + payload
         default:

@@ -23,7 +23,7 @@ private func v4(_ a: UInt8, _ b: UInt8, _ c: UInt8, _ d: UInt8) -> IPAddress {
 }
 
 private func v6(_ a: UInt32, _ b: UInt32, _ c: UInt32, _ d: UInt32) -> IPAddress {
-    .v6(UInt128(a) << 96 | UInt128(b) << 64 | UInt128(c) << 32 | UInt128(d))
+    .v6(IPv6Bits(UInt128(a) << 96 | UInt128(b) << 64 | UInt128(c) << 32 | UInt128(d)))
 }
 
 private func prefix(_ address: IPAddress, _ length: Int) -> IPPrefix {
@@ -268,16 +268,16 @@ private struct ReferenceTable {
     @Test func kernelSelftestDeepTrie() {
         var t = AllowedIPs<Int>()
         for bit in 0..<128 {
-            t.insert(prefix(.v6(~(UInt128(1) << bit)), 128), value: bit)
+            t.insert(prefix(.v6(IPv6Bits(~(UInt128(1) << bit))), 128), value: bit)
         }
         #expect(t.count == 128)
         for bit in 0..<128 {
-            #expect(t.lookup(.v6(~(UInt128(1) << bit))) == bit)
+            #expect(t.lookup(.v6(IPv6Bits(~(UInt128(1) << bit)))) == bit)
         }
-        #expect(t.lookup(.v6(~UInt128(0))) == nil)
+        #expect(t.lookup(.v6(IPv6Bits(~UInt128(0)))) == nil)
         t.removeAll(where: { _ in true })
         #expect(t.isEmpty)
-        #expect(t.lookup(.v6(~UInt128(1))) == nil)
+        #expect(t.lookup(.v6(IPv6Bits(~UInt128(1)))) == nil)
     }
 
     /// Kernel self-test: the prefixes listed for a peer are stored masked.
@@ -314,7 +314,7 @@ private struct ReferenceTable {
     }
 
     private static func address(_ raw: UInt128, width: Int) -> IPAddress {
-        width == 32 ? .v4(UInt32(truncatingIfNeeded: raw)) : .v6(raw)
+        width == 32 ? .v4(UInt32(truncatingIfNeeded: raw)) : .v6(IPv6Bits(raw))
     }
 
     private static func randomAddress(width: Int, using random: inout SplitMix64) -> UInt128 {

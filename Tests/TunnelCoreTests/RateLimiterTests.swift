@@ -55,7 +55,7 @@ private func ask(_ limiter: inout RateLimiter, _ source: IPAddress, times: Int, 
                 &limiter,
                 [
                     source4, .v4(8182 + UInt32(index) + 1),
-                    .v6(source6Network | low), .v6(source6Network + (UInt128(index + 1) << 96)),
+                    .v6(IPv6Bits(source6Network | low)), .v6(IPv6Bits(source6Network + (UInt128(index + 1) << 96))),
                 ],
                 at: clock.now)
             #expect(verdicts == [step.allowed, true, step.allowed, true], "step \(index)")
