@@ -414,7 +414,7 @@ public final class Device {
         for packet in packets {
             guard let keypair = peer.sendingKeypair(at: now.monotonic) else { break }
             let body = UnsafeMutableRawBufferPointer(rebasing: scratch[Device.headroom...])
-            body.copyMemory(from: UnsafeRawBufferPointer(start: packet, count: packet.count))
+            packet.withUnsafeBytes { body.copyMemory(from: $0) }
             let length = Transport.seal(scratch, plaintextLength: packet.count, mtu: mtu, keypair: keypair)
             sink.send(UnsafeRawBufferPointer(rebasing: scratch[0..<length]), to: endpoint)
             dataSent(peer, keypair: keypair, datagramLength: length, isKeepalive: false, now: now, sink: &sink)
