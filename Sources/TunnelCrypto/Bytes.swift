@@ -6,6 +6,9 @@ enum Sodium {
     static let ready: Bool = {
         let status = sodium_init()
         precondition(status >= 0, "libsodium failed to initialise")
+        // libb2 picks its implementation on first use by writing a shared pointer without a lock;
+        // one hash here, under the once-only initialiser, settles it before any thread races.
+        _ = Blake2s.hash(UnsafeRawBufferPointer(start: nil, count: 0))
         return true
     }()
 }

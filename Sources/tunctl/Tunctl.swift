@@ -17,6 +17,8 @@ struct Tunctl: ParsableCommand {
             Check.self,
             Show.self,
             Down.self,
+            Up.self,
+            Userspace.self,
         ]
     )
 }
@@ -34,6 +36,9 @@ enum CLIError: Error, CustomStringConvertible {
     /// stdin did not hold a base64 private key (its contents are not repeated).
     case badKeyInput
     case config(ConfigLoadError)
+    case interfaceExists(String)
+    case badInterfaceName(String)
+    case startFailed(interface: String, reason: String)
 
     var description: String {
         switch self {
@@ -51,6 +56,12 @@ enum CLIError: Error, CustomStringConvertible {
                 + "(pipe in a key made by tunctl genkey or wg genkey, e.g. tunctl pubkey < Keys/wg0.key)"
         case .config(let error):
             return error.description
+        case .interfaceExists(let name):
+            return "interface \(name) already exists (stop it with tunctl down \(name), or delete it: ip link del \(name))"
+        case .badInterfaceName(let name):
+            return "\(shellQuoted(name)) is not an interface name (1-15 characters of a-z A-Z 0-9 _ = + . -)"
+        case .startFailed(let name, let reason):
+            return "cannot bring up \(name): \(reason)"
         }
     }
 }
