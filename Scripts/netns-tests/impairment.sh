@@ -7,12 +7,12 @@
 #   udprelay in M: --listen 198.18.0.2:40000 --to 198.18.0.6:51821. M does not forward, so the
 #   relay is the only path: A's Endpoint for B is the relay; B has no Endpoint for A and learns
 #   the relay's address from A's first authenticated packet.
-# TT_IMPAIR_MB overrides the size (default 20), TT_IMPAIR_ARGS the relay's impairment options.
+# TT_IMPAIR_MB overrides the size (default 50), TT_IMPAIR_ARGS the relay's impairment options.
 set -uo pipefail
 # shellcheck source=../lib/netns.sh
 source "$(dirname "$0")/../lib/netns.sh"
 
-MB=${TT_IMPAIR_MB:-20}
+MB=${TT_IMPAIR_MB:-50}
 read -r -a IMPAIR <<<"${TT_IMPAIR_ARGS:---loss 0.02 --reorder 0.05 --duplicate 0.05}"
 
 test_impaired_path() {
