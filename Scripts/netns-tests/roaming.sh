@@ -33,6 +33,8 @@ test_peer_restart() {
   ping_ok "$NS_B" 198.18.1.1 || fail "tunnel not up" || return 1
   local hs_before
   hs_before=$(tunctl_peer_field "$NS_A" "$IF_A" "$KEYS/b.pub" latest_handshake)
+  # B initiated (it pinged first): A, the responder, must record the handshake too.
+  ((hs_before > 0)) || fail "A (the responder) reports latest_handshake=0 after B's handshake and pings" || return 1
   kill -KILL "$PID_B"
   wait_exit "$PID_B" 5 || fail "B survived SIGKILL?" || return 1
   # What SIGKILL leaves behind, for the record (the restarted daemon must cope with either).
