@@ -29,8 +29,9 @@ public struct ReceiveBatch: ~Copyable {
         precondition(bufferSize > 0, "ReceiveBatch bufferSize must be positive")
         self.capacity = capacity
         self.bufferSize = bufferSize
+        // Raw bytes, deliberately not zero-filled: only bytes recvmmsg wrote are ever read (a
+        // slot's first `length(at:)`), and untouched pages then cost no resident memory.
         storage = .allocate(byteCount: capacity * bufferSize, alignment: 16)
-        storage.initializeMemory(as: UInt8.self, repeating: 0, count: capacity * bufferSize)
         vectors = .allocate(capacity: capacity)
         messages = .allocate(capacity: capacity)
         addresses = .allocate(capacity: capacity)
@@ -198,6 +199,25 @@ public struct SendBatch: ~Copyable {
         precondition(length >= 0 && length <= bufferSize, "SendBatch fill returned a bad length")
         vectors[slot].iov_len = length
         destinations[slot] = endpoint
+        count += 1
+        return true
+    }
+
+    /// Queues a datagram written in place whose destination is known only once it is written
+    /// (a packet read from the TUN, sealed, and routed by the core): `fill` gets the next slot and
+    /// returns the length and destination, or nil to queue nothing. Returns false without calling
+    /// `fill` when the batch is full. The buffer must not escape `fill`.
+    public mutating func appendRouted<E: Error>(
+        _ fill: (UnsafeMutableRawBufferPointer) throws(E) -> (length: Int, destination: Endpoint)?
+    ) throws(E) -> Bool {
+        guard count < capacity else { return false }
+        let slot = count
+        // Sound: slot < capacity, so the slot lies inside the storage allocation.
+        let buffer = UnsafeMutableRawBufferPointer(start: storage + slot * bufferSize, count: bufferSize)
+        guard let (length, destination) = try fill(buffer) else { return false }
+        precondition(length >= 0 && length <= bufferSize, "SendBatch fill returned a bad length")
+        vectors[slot].iov_len = length
+        destinations[slot] = destination
         count += 1
         return true
     }

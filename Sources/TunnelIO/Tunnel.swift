@@ -58,13 +58,12 @@ public final class Tunnel: @unchecked Sendable {
     private var stopping = false
     private var onStop: (@Sendable (Int32) -> Void)?
 
-    /// Packets from the TUN are read at `Device.headroom` into this buffer and sealed in place.
-    private let outbound: UnsafeMutableRawBufferPointer
     private var receiveBatch: ReceiveBatch
     private var sendBatch: SendBatch
     /// Reads per wake-up before yielding to the other sources (fairness; bounded work per event).
     static let burst = 64
-    static let slotSize = 65536 + Device.headroom + Device.tailroom
+    /// The largest UDP payload over IPv4 or IPv6 without jumbograms.
+    static let maximumDatagram = 65535
 
     /// Opens the TUN, binds the socket, configures the link and loads `config` into the engine.
     /// Undoes what it did if a step fails. Call `run` next.
@@ -77,9 +76,10 @@ public final class Tunnel: @unchecked Sendable {
         self.queue = DispatchQueue(label: "tunctl.\(name)")
         let mtu = config?.interface.mtu ?? Protocol.defaultMTU
         device = Device(privateKey: config?.privateKey, mtu: mtu)
-        outbound = UnsafeMutableRawBufferPointer.allocate(byteCount: Tunnel.slotSize, alignment: 16)
-        receiveBatch = ReceiveBatch(capacity: Tunnel.burst, bufferSize: 65536)
-        sendBatch = SendBatch(capacity: Tunnel.burst, bufferSize: 2048 + Device.headroom + Device.tailroom)
+        // A send slot holds the largest packet the TUN hands us (its MTU) plus the transport
+        // overhead; a receive slot, any datagram a peer may send (its MTU may exceed ours).
+        receiveBatch = ReceiveBatch(capacity: Tunnel.burst, bufferSize: Tunnel.maximumDatagram)
+        sendBatch = SendBatch(capacity: Tunnel.burst, bufferSize: mtu + Device.headroom + Device.tailroom)
 
         tun = try TunDevice.open(name: name)
         do {
@@ -95,10 +95,6 @@ public final class Tunnel: @unchecked Sendable {
             try? tun.close()
             throw error
         }
-    }
-
-    deinit {
-        outbound.deallocate()
     }
 
     public var listenPort: UInt16 { socket.port }
@@ -165,36 +161,39 @@ public final class Tunnel: @unchecked Sendable {
 
     // MARK: - Data path (on `queue`)
 
-    /// TUN → encrypt → UDP. Reads up to `burst` packets, seals each in place, queues the datagrams
-    /// and sends them with one sendmmsg.
+    /// TUN → encrypt → UDP. Reads up to `burst` packets, each straight into a send-batch slot
+    /// behind room for the header, seals it there in place, and sends the batch with one sendmmsg:
+    /// no copy and no allocation per packet.
     private func drainTun() {
         let now = currentInstant()
         var sink = SocketSink(socket: socket, logger: logger)
-        let readArea = UnsafeMutableRawBufferPointer(
-            rebasing: outbound[Device.headroom..<(Tunnel.slotSize - Device.tailroom)])
-        for _ in 0..<Tunnel.burst {
-            let length: Int
-            do {
-                guard let count = try tun.read(into: readArea) else { break }
-                length = count
-            } catch {
-                handleTunError(error)
-                return
-            }
-            switch device.encapsulate(outbound, packetLength: length, now: now, sink: &sink) {
-            case .send(let datagramLength, let endpoint):
-                let datagram = UnsafeRawBufferPointer(rebasing: outbound[0..<datagramLength])
-                if datagramLength > sendBatch.bufferSize || !sendBatch.append(datagram, to: endpoint) {
-                    flushSendBatch()
-                    if datagramLength > sendBatch.bufferSize || !sendBatch.append(datagram, to: endpoint) {
-                        sink.send(datagram, to: endpoint)
+        var drained = false
+        var failure: (any Error)?
+        for _ in 0..<Tunnel.burst where !drained {
+            if sendBatch.isFull { flushSendBatch() }
+            _ = sendBatch.appendRouted { slot -> (length: Int, destination: Endpoint)? in
+                let readArea = UnsafeMutableRawBufferPointer(
+                    rebasing: slot[Device.headroom..<(slot.count - Device.tailroom)])
+                let length: Int
+                do {
+                    guard let count = try tun.read(into: readArea) else {
+                        drained = true
+                        return nil
                     }
+                    length = count
+                } catch {
+                    failure = error
+                    drained = true
+                    return nil
                 }
-            case .staged, .dropped:
-                break
+                switch device.encapsulate(slot, packetLength: length, now: now, sink: &sink) {
+                case .send(let datagramLength, let endpoint): return (datagramLength, endpoint)
+                case .staged, .dropped: return nil
+                }
             }
         }
         flushSendBatch()
+        if let failure { handleTunError(failure) }
     }
 
     private func flushSendBatch() {
@@ -240,7 +239,7 @@ public final class Tunnel: @unchecked Sendable {
         }
     }
 
-    private func handleTunError(_ error: SystemError) {
+    private func handleTunError(_ error: any Error) {
         // EBADFD / EIO / ENODEV: the interface was removed under us.
         logger.info("\(name): TUN read failed (\(error)); shutting down")
         shutdown(status: 0, linkGone: true)
