@@ -433,8 +433,7 @@ extension TunnelConfig {
     /// Replaces every key-file reference with the key read from it. `contents` maps each of
     /// `keyFileReferences` to the file's text; a missing entry is a programming error.
     /// Also checks what needed the private key: no peer may have our own public key.
-    public func resolvingKeyFiles(_ contents: [KeyFileReference: String]) throws(ConfigError) -> TunnelConfig
-    {
+    public func resolvingKeyFiles(_ contents: [KeyFileReference: String]) throws(ConfigError) -> TunnelConfig {
         func text(for reference: KeyFileReference) -> String {
             guard let text = contents[reference] else {
                 preconditionFailure("resolvingKeyFiles: no contents for \(reference.location)")

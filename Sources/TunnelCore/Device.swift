@@ -517,7 +517,8 @@ public final class Device {
         }
         // keepKeyFresh (sending side).
         let age = now.monotonic &- keypair.created
-        if keypair.sendCounter > Protocol.rekeyAfterMessages || (keypair.isInitiator && age >= Protocol.rekeyAfterTime) {
+        if keypair.sendCounter > Protocol.rekeyAfterMessages || (keypair.isInitiator && age >= Protocol.rekeyAfterTime)
+        {
             initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
         }
     }
@@ -555,7 +556,8 @@ public final class Device {
 
     private func traversal(_ peer: Peer, now: Instant) {
         if peer.persistentKeepalive > 0 {
-            peer.persistentKeepaliveAt = now.monotonic + UInt64(peer.persistentKeepalive) * Protocol.nanosecondsPerSecond
+            peer.persistentKeepaliveAt =
+                now.monotonic + UInt64(peer.persistentKeepalive) * Protocol.nanosecondsPerSecond
         }
     }
 
@@ -619,8 +621,10 @@ public final class Device {
     /// The earliest armed timer over all peers, or nil when none is armed.
     public var nextDeadline: UInt64? {
         peersByKey.values.compactMap { peer in
-            [peer.retransmitHandshakeAt, peer.sendKeepaliveAt, peer.newHandshakeAt, peer.zeroKeyMaterialAt,
-             peer.persistentKeepaliveAt].compactMap { $0 }.min()
+            [
+                peer.retransmitHandshakeAt, peer.sendKeepaliveAt, peer.newHandshakeAt, peer.zeroKeyMaterialAt,
+                peer.persistentKeepaliveAt,
+            ].compactMap { $0 }.min()
         }.min()
     }
 

@@ -83,7 +83,8 @@ enum Transport {
         // The buffer is non-empty (checked above), so its base address is non-nil.
         let base = buffer.baseAddress!
         if padded > plaintextLength {
-            (base + header + plaintextLength).initializeMemory(as: UInt8.self, repeating: 0, count: padded - plaintextLength)
+            (base + header + plaintextLength).initializeMemory(
+                as: UInt8.self, repeating: 0, count: padded - plaintextLength)
         }
         let counter = keypair.sendCounter
         keypair.sendCounter += 1

@@ -54,7 +54,9 @@ public enum ControlClient {
         return try receive(on: fd, path: path, deadline: deadline, timeout: timeout)
     }
 
-    private static func connect(_ fd: Int32, path: String, deadline: Deadline, timeout: Double)
+    private static func connect(
+        _ fd: Int32, path: String, deadline: Deadline, timeout: Double
+    )
         throws(ControlClientError)
     {
         var address = sockaddr_un()

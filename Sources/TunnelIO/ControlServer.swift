@@ -54,7 +54,8 @@ final class ControlServer: @unchecked Sendable {
             }
             unlink(path)
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        let fd = socket(
+            AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw SystemError(call: "socket(AF_UNIX)", errno: errno) }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -211,7 +212,8 @@ enum Resolver {
         var fallback: Endpoint?
         while let current = entry {
             if let address = current.pointee.ai_addr,
-                let endpoint = Endpoint(socketAddress: UnsafeRawPointer(address), length: Int(current.pointee.ai_addrlen))
+                let endpoint = Endpoint(
+                    socketAddress: UnsafeRawPointer(address), length: Int(current.pointee.ai_addrlen))
             {
                 // Prefer IPv4 like wg does when both exist.
                 if endpoint.address.isV4 { return endpoint }

@@ -88,7 +88,9 @@ extension Endpoint {
         return (storage, length)
     }
 
-    private static func encodeV6(_ value: UInt128, port: UInt16, into pointer: UnsafeMutableRawPointer)
+    private static func encodeV6(
+        _ value: UInt128, port: UInt16, into pointer: UnsafeMutableRawPointer
+    )
         -> socklen_t
     {
         var address = sockaddr_in6()

@@ -53,7 +53,9 @@ public final class TunDevice: Sendable {
     ///   - virtioHeader: `IFF_VNET_HDR`, a virtio-net header before each packet (for offloads).
     /// - Throws: `SystemError` from `tunctl_tun_open`: EINVAL or ENAMETOOLONG for a bad name
     ///   (at most 15 bytes), EPERM without privilege, EBUSY when the name is a different kind of link.
-    public static func open(name: String, multiQueue: Bool = false, virtioHeader: Bool = false)
+    public static func open(
+        name: String, multiQueue: Bool = false, virtioHeader: Bool = false
+    )
         throws(SystemError) -> TunDevice
     {
         guard !name.utf8.contains(0) else { throw SystemError(call: "tunctl_tun_open", errno: EINVAL) }

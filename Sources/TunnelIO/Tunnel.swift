@@ -109,7 +109,8 @@ public final class Tunnel: @unchecked Sendable {
         queue.sync {
             startSources()
         }
-        logger.info("\(name) up: listening on UDP port \(socket.port), public key \(device.publicKey?.base64 ?? "(none)")")
+        logger.info(
+            "\(name) up: listening on UDP port \(socket.port), public key \(device.publicKey?.base64 ?? "(none)")")
     }
 
     private func startSources() {

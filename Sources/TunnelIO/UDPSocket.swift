@@ -36,7 +36,9 @@ public final class UDPSocket: Sendable {
     ///
     /// Buffers: `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` (needs CAP_NET_ADMIN) to `bufferSize`, falling back
     /// to `SO_RCVBUF`/`SO_SNDBUF` when not permitted. `allowIPv6: false` forces an IPv4-only socket.
-    public init(port: UInt16, bufferSize: Int = UDPSocket.defaultBufferSize, allowIPv6: Bool = true)
+    public init(
+        port: UInt16, bufferSize: Int = UDPSocket.defaultBufferSize, allowIPv6: Bool = true
+    )
         throws(SystemError)
     {
         let type = Int32(SOCK_DGRAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue)
@@ -46,7 +48,7 @@ public final class UDPSocket: Sendable {
             do throws(SystemError) {
                 fd = try Syscall.check("socket(AF_INET6)") { socket(AF_INET6, type, 0) }
                 family = .dualStack
-            } catch where error.errno == EAFNOSUPPORT {
+            } catch  where error.errno == EAFNOSUPPORT {
                 // No IPv6 in this kernel: fall through to IPv4.
             }
         }
@@ -129,7 +131,9 @@ public final class UDPSocket: Sendable {
 
     /// Receives one datagram into `buffer`. Nil when none is waiting. A datagram longer than the
     /// buffer is cut short (its `length` is then `buffer.count`); use `ReceiveBatch` to detect that.
-    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError)
+    public func receive(
+        into buffer: UnsafeMutableRawBufferPointer
+    ) throws(SystemError)
         -> (length: Int, source: Endpoint)?
     {
         let fd = fileDescriptor
@@ -214,7 +218,9 @@ public final class UDPSocket: Sendable {
         }
     }
 
-    private static func intOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ call: String)
+    private static func intOption(
+        _ fd: Int32, _ level: Int32, _ name: Int32, _ call: String
+    )
         throws(SystemError) -> Int
     {
         var value: Int32 = 0
@@ -225,13 +231,15 @@ public final class UDPSocket: Sendable {
 
     /// Sets a socket buffer with the privileged option, or the ordinary one when that is refused,
     /// and returns the size the kernel settled on.
-    private static func setBuffer(_ fd: Int32, forced: Int32, fallback: Int32, size: Int, name: String)
+    private static func setBuffer(
+        _ fd: Int32, forced: Int32, fallback: Int32, size: Int, name: String
+    )
         throws(SystemError) -> Int
     {
         let value = Int32(clamping: size)
         do throws(SystemError) {
             try setOption(fd, SOL_SOCKET, forced, value, "setsockopt(\(name)FORCE)")
-        } catch where error.errno == EPERM {
+        } catch  where error.errno == EPERM {
             try setOption(fd, SOL_SOCKET, fallback, value, "setsockopt(\(name))")
         }
         return try intOption(fd, SOL_SOCKET, fallback, "getsockopt(\(name))")

@@ -6,7 +6,9 @@ public struct FakeClock: Sendable {
     public private(set) var now: Instant
 
     public init(unixSeconds: UInt64 = 1_700_000_000) {
-        now = Instant(monotonic: 1_000 * Protocol.nanosecondsPerSecond, unixNanoseconds: unixSeconds * Protocol.nanosecondsPerSecond)
+        now = Instant(
+            monotonic: 1_000 * Protocol.nanosecondsPerSecond,
+            unixNanoseconds: unixSeconds * Protocol.nanosecondsPerSecond)
     }
 
     public mutating func advance(seconds: Double) {
@@ -27,7 +29,8 @@ public struct WireDatagram: Sendable {
     }
 
     public var messageType: UInt32? {
-        bytes.count >= 4 ? UInt32(bytes[0]) | UInt32(bytes[1]) << 8 | UInt32(bytes[2]) << 16 | UInt32(bytes[3]) << 24 : nil
+        bytes.count >= 4
+            ? UInt32(bytes[0]) | UInt32(bytes[1]) << 8 | UInt32(bytes[2]) << 16 | UInt32(bytes[3]) << 24 : nil
     }
 }
 
@@ -71,7 +74,8 @@ public final class InMemoryNetwork {
     @discardableResult
     public func addNode(privateKey: PrivateKey = .generate(), mtu: Int = Protocol.defaultMTU) -> Node {
         let address = IPAddress.v4(0xC612_0000 | UInt32(nodes.count + 1))  // 198.18.0.N
-        let node = Node(device: Device(privateKey: privateKey, mtu: mtu), endpoint: Endpoint(address: address, port: 51820))
+        let node = Node(
+            device: Device(privateKey: privateKey, mtu: mtu), endpoint: Endpoint(address: address, port: 51820))
         nodes.append(node)
         return node
     }
@@ -119,7 +123,8 @@ public final class InMemoryNetwork {
         var buffer = datagram.bytes + [UInt8](repeating: 0, count: 64)
         var sink = WireSink(from: node.endpoint)
         let action = buffer.withUnsafeMutableBytes { raw in
-            let action = node.device.decapsulate(raw, length: datagram.bytes.count, from: datagram.from, now: clock.now, sink: &sink)
+            let action = node.device.decapsulate(
+                raw, length: datagram.bytes.count, from: datagram.from, now: clock.now, sink: &sink)
             if case .deliver(let offset, let length) = action {
                 node.delivered.append(Array(raw[offset..<(offset + length)]))
             }

@@ -144,7 +144,9 @@ enum KeyFiles {
     /// Writes `bytes` to a fresh temporary file in the same directory (O_EXCL, created with
     /// `mode`), fsyncs it, then moves it to `path`: with `rename` when replacing, else with `link`,
     /// which fails rather than overwrite. The temporary file is removed on every path.
-    static func writeAtomically(_ bytes: [UInt8], to path: String, mode: mode_t, replace: Bool)
+    static func writeAtomically(
+        _ bytes: [UInt8], to path: String, mode: mode_t, replace: Bool
+    )
         throws(CLIError)
     {
         let (fd, temporaryPath) = try createTemporary(besides: path, mode: mode)
@@ -191,7 +193,9 @@ enum KeyFiles {
     }
 
     /// Opens a new file named `.NAME.tmp-XXXXXXXX` next to `path`, retrying if the name is taken.
-    private static func createTemporary(besides path: String, mode: mode_t) throws(CLIError) -> (
+    private static func createTemporary(
+        besides path: String, mode: mode_t
+    ) throws(CLIError) -> (
         Int32, String
     ) {
         let slash = path.lastIndex(of: "/")

@@ -57,7 +57,8 @@ enum CLIError: Error, CustomStringConvertible {
         case .config(let error):
             return error.description
         case .interfaceExists(let name):
-            return "interface \(name) already exists (stop it with tunctl down \(name), or delete it: ip link del \(name))"
+            return
+                "interface \(name) already exists (stop it with tunctl down \(name), or delete it: ip link del \(name))"
         case .badInterfaceName(let name):
             return "\(shellQuoted(name)) is not an interface name (1-15 characters of a-z A-Z 0-9 _ = + . -)"
         case .startFailed(let name, let reason):

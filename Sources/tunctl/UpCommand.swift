@@ -20,7 +20,9 @@ func bootstrapLogging(verbose: Bool) {
 }
 
 /// Runs a tunnel in this process until it stops; never returns.
-func runTunnel(name: String, config: TunnelConfig?, configPath: String?, verbose: Bool, ready: (() -> Void)? = nil) throws -> Never {
+func runTunnel(
+    name: String, config: TunnelConfig?, configPath: String?, verbose: Bool, ready: (() -> Void)? = nil
+) throws -> Never {
     let logger = Logger(label: "tunctl.\(name)")
     if LinkConfig.linkExists(name: name) {
         throw CLIError.interfaceExists(name)
@@ -143,7 +145,8 @@ struct Userspace: ParsableCommand {
         var byte: UInt8 = 0
         let ready = poll(&descriptor, 1, 10_000) == 1 && read(readEnd, &byte, 1) == 1
         guard ready else {
-            throw CLIError.startFailed(interface: interface, reason: "the background daemon did not come up (see its log above)")
+            throw CLIError.startFailed(
+                interface: interface, reason: "the background daemon did not come up (see its log above)")
         }
     }
 }

@@ -181,7 +181,9 @@ func withSockaddr<R>(_ endpoint: inout Endpoint, _ body: (UnsafePointer<sockaddr
 }
 
 func makeSocket(family: Int32) -> Int32 {
-    let fd = check(socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0), "socket")
+    let fd = check(
+        socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0),
+        "socket")
     // Large buffers so that bursts are impaired by our PRNG, not by the kernel.
     var size: Int32 = 4 << 20
     _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))

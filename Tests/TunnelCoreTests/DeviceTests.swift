@@ -13,7 +13,8 @@ final class DeviceTests: XCTestCase {
         let network = InMemoryNetwork()
         let a = network.addNode()
         let b = network.addNode()
-        network.connect(a, allowing: [IPPrefix("198.18.1.1/32")!], b, allowing: [IPPrefix("198.18.1.2/32")!], presharedKey: psk)
+        network.connect(
+            a, allowing: [IPPrefix("198.18.1.1/32")!], b, allowing: [IPPrefix("198.18.1.2/32")!], presharedKey: psk)
         return (network, a, b)
     }
 
@@ -226,7 +227,9 @@ final class DeviceTests: XCTestCase {
                 var bytes = (0..<length).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
                 if length > 0 { bytes[0] = typeByte }
                 let action = network.deliver(WireDatagram(bytes: bytes, from: a.endpoint, to: b.endpoint))
-                guard case .dropped = action else { return XCTFail("length \(length) type \(typeByte): \(String(describing: action))") }
+                guard case .dropped = action else {
+                    return XCTFail("length \(length) type \(typeByte): \(String(describing: action))")
+                }
             }
         }
         XCTAssertTrue(network.wire.isEmpty, "never a reply")
@@ -281,4 +284,3 @@ final class DeviceTests: XCTestCase {
         XCTAssertEqual(network.inject(ping(aAddress, IPAddress("198.18.30.5")!), at: hub), .dropped(.noRoute))
     }
 }
-

@@ -1,6 +1,5 @@
 import Glibc
 import Testing
-
 // Results involving a noncopyable batch are bound to a local before #expect: Swift 6.3.1
 // miscompiles the macro's closure capture of an inout noncopyable value (wrong results, traps).
 import TunnelCore

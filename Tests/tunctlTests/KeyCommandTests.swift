@@ -55,7 +55,9 @@ private enum Tools {
 }
 
 /// Runs `executable` with `arguments`, feeding `input` on stdin.
-private func run(_ executable: String, _ arguments: [String], input: String = "", cwd: String? = nil) throws
+private func run(
+    _ executable: String, _ arguments: [String], input: String = "", cwd: String? = nil
+) throws
     -> Run
 {
     let process = Process()
