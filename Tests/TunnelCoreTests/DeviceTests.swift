@@ -160,7 +160,7 @@ final class DeviceTests: XCTestCase {
     }
 
     func testKeysRejectedAfterRejectAfterTime() {
-        let (network, a, b) = pair()
+        let (network, a, _) = pair()
         network.inject(ping(aAddress, bAddress), at: a)
         network.pump()
         network.filter = { $0.messageType == 4 }  // no new handshake can complete
