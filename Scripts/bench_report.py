@@ -226,6 +226,8 @@ def one_run(sysdir, system, run, clk_tck):
             rec["peak_rss_mib"] = max(rss.values()) / 1024
         elif not env.get("setup_failed"):
             rec["errors"].append("rss: no VmHWM reading")
+    if userspace:
+        rec["stop_status"] = {side: env.get(f"stop_status.{side}") for side in ("a", "b")}
     rec["loadavg_1m"] = {
         k: float(env[f"loadavg_{k}"]) for k in ("before", "after") if env.get(f"loadavg_{k}")
     }
@@ -288,6 +290,7 @@ def build(raw_dir):
             "tunctl_tree": meta.get("tunctl_tree"),
             "tunctl_binary": meta.get("tunctl_binary"),
             "tunctl_binary_mtime": meta.get("tunctl_binary_mtime"),
+            "tunctl_binary_sha256": meta.get("tunctl_binary_sha256"),
         },
         "fields": {k: {"unit": u, "description": d} for k, u, d in FIELDS},
         "systems": {},
