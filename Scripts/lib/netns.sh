@@ -144,7 +144,7 @@ tt_init() {
 # ---------------------------------------------------------------------------------------------
 # Preconditions: skip only outside CI, fail under CI.
 
-# tt_require_or_skip REASON: called when a precondition is missing.
+# tt_missing REASON: a precondition is missing: skip the group, or fail it under CI=true.
 tt_missing() {
   if tt_is_ci; then
     tt_log "FAIL: $1 (CI=true: namespace tests must run, not skip)"
