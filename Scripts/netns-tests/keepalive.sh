@@ -41,6 +41,11 @@ test_persistent_keepalive() {
   ((from_b >= expect - 1 && from_b <= expect + 1)) ||
     fail "expected $((expect - 1))..$((expect + 1)) keepalives from B, saw $from_b" || return 1
   ((from_a == 0)) || fail "A has no PersistentKeepalive but sent $from_a keepalives while idle" || return 1
+  # The spacing itself: every gap within [interval - 0.5 s, interval + 1 s].
+  local bad
+  bad=$(tcpdump -r "$cap" -n -tt "src host 198.18.0.2 and udp[4:2] = 40" 2>/dev/null |
+    awk -v i="$INTERVAL" 'NR > 1 { g = $1 - t; if (g < i - 0.5 || g > i + 1) n++ } { t = $1 } END { print n + 0 }')
+  ((bad == 0)) || fail "$bad keepalive gaps outside ${INTERVAL}s -0.5/+1" || return 1
   # And the tunnel still works after idling.
   ping_ok "$NS_B" 198.18.1.1 1 || fail "tunnel dead after idle" || return 1
 }
