@@ -403,6 +403,9 @@ public final class Device {
         peer.previous = peer.current
         peer.current = next
         peer.next = nil
+        // The responder's handshake completes here, at key confirmation (wireguard-go receive.go:
+        // ReceivedWithKeypair → timersHandshakeComplete).
+        handshakeComplete(peer, now: now)
         _ = flushStaged(peer, now: now, sink: &sink)
     }
 

@@ -43,6 +43,11 @@ final class DeviceTests: XCTestCase {
         XCTAssertEqual(count(network, type: 1, from: a), 1)
         XCTAssertEqual(count(network, type: 2, from: b), 1)
         XCTAssertEqual(a.device.drops.total + b.device.drops.total, 0)
+        let now = network.clock.now.unixNanoseconds
+        for (node, other) in [(a, b), (b, a)] {
+            let status = node.device.status(of: node.device.peer(other.device.publicKey!)!)
+            XCTAssertEqual(status.lastHandshakeUnixNanoseconds, now, "both sides record the handshake")
+        }
     }
 
     func testHandshakeWithPSKAndInitiatedByTheOtherSide() {
