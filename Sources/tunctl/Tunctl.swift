@@ -19,6 +19,7 @@ struct Tunctl: ParsableCommand {
             Down.self,
             Up.self,
             Userspace.self,
+            BenchCrypto.self,
         ]
     )
 }
