@@ -1,6 +1,7 @@
 import Dispatch
 import Glibc
 import Logging
+import Synchronization
 import TunnelCore
 import TunnelCrypto
 
@@ -32,16 +33,23 @@ struct SocketSink: DatagramSink {
 }
 
 /// A running interface: the TUN device, the UDP socket, the protocol engine and the control
-/// socket, driven by Dispatch sources on one serial queue.
+/// socket, driven by Dispatch sources on three serial queues so both directions use both cores.
 ///
-/// Threading: every mutable property, the `Device` included, is owned by `queue`; the Dispatch
-/// sources deliver their events on that queue, so no state is ever touched concurrently. That is
-/// why the `@unchecked Sendable` below is sound.
+/// Threading, which is why the `@unchecked Sendable` below is sound:
+/// - `outboundQueue` owns `sendBatch` and the TUN read source (TUN → seal → UDP);
+/// - `inboundQueue` owns `receiveBatch` and the UDP read source (UDP → open → TUN);
+/// - `queue` (control) owns everything else: timer, signals, control socket, routes, shutdown.
+/// - `device` is shared by all three and touched only inside `withEngine` (one lock; system
+///   calls stay outside it).
+/// - `socket` is replaced only by `rebind`, while both data queues are held (`sync`).
 public final class Tunnel: @unchecked Sendable {
     public let name: String
     let queue: DispatchQueue
+    let outboundQueue: DispatchQueue
+    let inboundQueue: DispatchQueue
     let logger: Logger
-    let device: Device
+    private let device: Device
+    private let engineLock = Mutex<Void>(())
     let tun: TunDevice
     private(set) var socket: UDPSocket
     /// Addresses and routes this process added, removed again on shutdown.
@@ -73,7 +81,9 @@ public final class Tunnel: @unchecked Sendable {
         self.name = name
         self.logger = logger
         self.configPath = configPath
-        self.queue = DispatchQueue(label: "tunctl.\(name)")
+        self.queue = DispatchQueue(label: "tunctl.\(name).control")
+        self.outboundQueue = DispatchQueue(label: "tunctl.\(name).outbound")
+        self.inboundQueue = DispatchQueue(label: "tunctl.\(name).inbound")
         let mtu = config?.interface.mtu ?? Protocol.defaultMTU
         device = Device(privateKey: config?.privateKey, mtu: mtu)
         // A send slot holds the largest packet the TUN hands us (its MTU) plus the transport
@@ -99,6 +109,11 @@ public final class Tunnel: @unchecked Sendable {
 
     public var listenPort: UInt16 { socket.port }
 
+    /// Runs `body` with exclusive use of the protocol engine.
+    func withEngine<R>(_ body: (Device) throws -> R) rethrows -> R {
+        try engineLock.withLock { _ in try body(device) }
+    }
+
     /// Starts the sources and the control socket; `onStop` runs (on the queue) with the exit status
     /// once the tunnel has shut down and cleaned up.
     public func run(controlSocketPath: String, onStop: @escaping @Sendable (Int32) -> Void) throws {
@@ -109,12 +124,12 @@ public final class Tunnel: @unchecked Sendable {
         queue.sync {
             startSources()
         }
-        logger.info(
-            "\(name) up: listening on UDP port \(socket.port), public key \(device.publicKey?.base64 ?? "(none)")")
+        let publicKey = withEngine { $0.publicKey?.base64 } ?? "(none)"
+        logger.info("\(name) up: listening on UDP port \(socket.port), public key \(publicKey)")
     }
 
     private func startSources() {
-        let tunSource = DispatchSource.makeReadSource(fileDescriptor: tun.fileDescriptor, queue: queue)
+        let tunSource = DispatchSource.makeReadSource(fileDescriptor: tun.fileDescriptor, queue: outboundQueue)
         tunSource.setEventHandler { [unowned self] in self.drainTun() }
         tunSource.resume()
         self.tunSource = tunSource
@@ -125,7 +140,7 @@ public final class Tunnel: @unchecked Sendable {
         var ticks = 0
         timer.setEventHandler { [unowned self] in
             var sink = SocketSink(socket: self.socket, logger: self.logger)
-            self.device.tick(now: currentInstant(), sink: &sink)
+            self.withEngine { $0.tick(now: currentInstant(), sink: &sink) }
             ticks += 1
             // The daemon exits when its link is deleted from outside (that is how `wg-quick down`
             // stops a userspace implementation).
@@ -154,7 +169,7 @@ public final class Tunnel: @unchecked Sendable {
     }
 
     private func startSocketSource() {
-        let source = DispatchSource.makeReadSource(fileDescriptor: socket.fileDescriptor, queue: queue)
+        let source = DispatchSource.makeReadSource(fileDescriptor: socket.fileDescriptor, queue: inboundQueue)
         source.setEventHandler { [unowned self] in self.drainSocket() }
         source.resume()
         udpSource = source
@@ -187,7 +202,8 @@ public final class Tunnel: @unchecked Sendable {
                     drained = true
                     return nil
                 }
-                switch device.encapsulate(slot, packetLength: length, now: now, sink: &sink) {
+                let action = withEngine { $0.encapsulate(slot, packetLength: length, now: now, sink: &sink) }
+                switch action {
                 case .send(let datagramLength, let endpoint): return (datagramLength, endpoint)
                 case .staged, .dropped: return nil
                 }
@@ -225,7 +241,9 @@ public final class Tunnel: @unchecked Sendable {
                 guard let source = receiveBatch.source(at: slot), !receiveBatch.isTruncated(at: slot) else { continue }
                 let length = receiveBatch.length(at: slot)
                 receiveBatch.withMutableSlot(at: slot) { buffer in
-                    let action = device.decapsulate(buffer, length: length, from: source, now: now, sink: &sink)
+                    let action = withEngine {
+                        $0.decapsulate(buffer, length: length, from: source, now: now, sink: &sink)
+                    }
                     if case .deliver(let offset, let packetLength) = action {
                         let packet = UnsafeRawBufferPointer(rebasing: buffer[offset..<(offset + packetLength)])
                         do {
@@ -243,7 +261,7 @@ public final class Tunnel: @unchecked Sendable {
     private func handleTunError(_ error: any Error) {
         // EBADFD / EIO / ENODEV: the interface was removed under us.
         logger.info("\(name): TUN read failed (\(error)); shutting down")
-        shutdown(status: 0, linkGone: true)
+        queue.async { [unowned self] in self.shutdown(status: 0, linkGone: true) }
     }
 
     // MARK: - Configuration (on `queue`)
@@ -251,27 +269,34 @@ public final class Tunnel: @unchecked Sendable {
     /// Makes the engine's peers match `peers`, keeping the sessions of peers that stay, and the
     /// kernel routes match their AllowedIPs.
     func apply(peers: [PeerConfig], now: Instant) throws {
+        // Name resolution may block: done before taking the engine, and all of it before any change.
+        let endpoints = try peers.map { try $0.endpoint.map(resolve) }
         let wanted = Set(peers.map(\.publicKey))
-        for existing in device.peers where !wanted.contains(existing.publicKey) {
-            device.removePeer(existing.publicKey)
-        }
-        for config in peers {
-            guard let peer = device.addPeer(config.publicKey) else { continue }
-            device.setPresharedKey(config.presharedKey?.key ?? .none(), for: peer)
-            if let endpoint = config.endpoint {
-                device.setEndpoint(try resolve(endpoint), for: peer)
+        withEngine { device in
+            for existing in device.peers where !wanted.contains(existing.publicKey) {
+                device.removePeer(existing.publicKey)
             }
-            device.removeAllowedIPs(for: peer)
-            for prefix in config.allowedIPs { device.addAllowedIP(prefix, for: peer) }
-            device.setPersistentKeepalive(config.persistentKeepalive ?? 0, for: peer, now: now)
+            for (config, endpoint) in zip(peers, endpoints) {
+                guard let peer = device.addPeer(config.publicKey) else { continue }
+                device.setPresharedKey(config.presharedKey?.key ?? .none(), for: peer)
+                if let endpoint { device.setEndpoint(endpoint, for: peer) }
+                device.removeAllowedIPs(for: peer)
+                for prefix in config.allowedIPs { device.addAllowedIP(prefix, for: peer) }
+                let keepalive = config.persistentKeepalive ?? 0
+                // Re-arming on an unchanged value would send a keepalive on every reload.
+                if keepalive != peer.persistentKeepalive {
+                    device.setPersistentKeepalive(keepalive, for: peer, now: now)
+                }
+            }
         }
         syncRoutes()
     }
 
     /// Adds a kernel route for every AllowedIPs prefix and removes routes no longer wanted.
     func syncRoutes() {
-        var wanted = Set<IPPrefix>()
-        for peer in device.peers { wanted.formUnion(device.allowedIPs(of: peer)) }
+        let wanted = withEngine { device in
+            device.peers.reduce(into: Set<IPPrefix>()) { $0.formUnion(device.allowedIPs(of: $1)) }
+        }
         for stale in routes.subtracting(wanted) {
             try? LinkConfig.deleteRoute(stale, interface: tun.name)
             routes.remove(stale)
@@ -312,9 +337,14 @@ public final class Tunnel: @unchecked Sendable {
     func rebind(port: UInt16) throws {
         guard port != socket.port || port == 0 else { return }
         let replacement = try UDPSocket(port: port)
-        udpSource?.cancel()
-        try? socket.close()
-        socket = replacement
+        // Both data queues are held while the socket changes, so neither sees it half-replaced.
+        outboundQueue.sync {
+            inboundQueue.sync {
+                udpSource?.cancel()
+                try? socket.close()
+                socket = replacement
+            }
+        }
         startSocketSource()
     }
 
@@ -323,17 +353,18 @@ public final class Tunnel: @unchecked Sendable {
     private func handleControl(_ request: ControlRequest) -> String {
         switch request {
         case .get:
-            return UAPI.get(device: device, listenPort: socket.port)
+            let port = socket.port
+            return withEngine { UAPI.get(device: $0, listenPort: port) }
         case .set(let body):
             var listenPort: UInt16?
-            let errno = UAPI.set(body, device: device, now: currentInstant()) { listenPort = $0 }
+            let errno = withEngine { UAPI.set(body, device: $0, now: currentInstant()) { listenPort = $0 } }
             if errno == 0, let port = listenPort {
                 do { try rebind(port: port) } catch { return "errno=-\(EADDRINUSE)\n\n" }
             }
             if errno == 0 { syncRoutes() }
             return "errno=\(errno)\n\n"
         case .show:
-            return ShowReport(tunnel: self).json + "\n\n"
+            return withEngine { _ in ShowReport(tunnel: self).json } + "\n\n"
         case .down:
             queue.async { [unowned self] in self.shutdown(status: 0, linkGone: false) }
             return "errno=0\n\n"
@@ -346,6 +377,7 @@ public final class Tunnel: @unchecked Sendable {
     }
 
     var interfaceAddresses: [IPPrefix] { addresses }
+    /// The engine without the lock: only for code already inside `withEngine` (ShowReport).
     var engine: Device { device }
 
     /// Removes routes, addresses, the link and the control socket, then reports `status`.
@@ -355,6 +387,9 @@ public final class Tunnel: @unchecked Sendable {
         tunSource?.cancel()
         udpSource?.cancel()
         timer?.cancel()
+        // Wait out any data-path handler still running before closing what it uses.
+        outboundQueue.sync {}
+        inboundQueue.sync {}
         if !linkGone {
             for prefix in routes { try? LinkConfig.deleteRoute(prefix, interface: tun.name) }
         }
@@ -363,8 +398,10 @@ public final class Tunnel: @unchecked Sendable {
         // A non-persistent TUN disappears when its last descriptor closes; make sure of it.
         if LinkConfig.linkExists(name: tun.name) { try? LinkConfig.deleteLink(name: tun.name) }
         try? socket.close()
-        device.removeAllPeers()
-        device.setPrivateKey(nil)
+        withEngine { device in
+            device.removeAllPeers()
+            device.setPrivateKey(nil)
+        }
         // Last: a vanished socket file tells `tunctl down` that everything above is done.
         control?.close()
         onStop?(status)
