@@ -203,6 +203,29 @@ test_userspace_lo_down() {
   assert_down
 }
 
+# `wg-quick up CONF 2>&1 | tee log` (or `out=$(wg-quick up CONF 2>&1)`) must return when wg-quick
+# does. wireguard-go's daemon keeps the caller's stdout/stderr only when LOG_LEVEL is set
+# (main.go), so the pipe closes; a daemon that keeps stderr holds it open for its whole life.
+# Control with wireguard-go first.
+piped_up() {
+  local impl=$1 t0 rc=0
+  t0=$(date +%s)
+  # shellcheck disable=SC2016 # $1 and $2 are the inner shell's arguments
+  ip netns exec "$NS_W" env -u LOG_LEVEL WG_QUICK_USERSPACE_IMPLEMENTATION="$impl" \
+    timeout 15 sh -c 'wg-quick up "$1" 2>&1 </dev/null | cat >"$2"' sh "$CONF_W" "$TT_TEST_DIR/piped.log" || rc=$?
+  tt_log "wg-quick up ($impl) through a pipe: exit $rc after $(($(date +%s) - t0)) s"
+  ((rc == 0)) || fail "wg-quick up ($impl) | cat did not return within 15 s (exit $rc): the daemon holds the pipe" || return 1
+  ping_until "$NS_W" 198.18.1.2 10 || fail "no traffic after piped up ($impl)" || return 1
+  wq "$impl" down || return 1
+  assert_down
+}
+
+test_wgquick_piped() {
+  wq_setup || return 1
+  piped_up wireguard-go || fail "control failed: wireguard-go" || return 1
+  piped_up "$WRAPPER"
+}
+
 tt_require --tunctl wg wg-quick wireguard-go socat python3 ping ss
 [[ -e /sys/module/wireguard ]] && tt_missing "the wireguard kernel module is loaded: wg-quick would not use tunctl"
 tt_init
@@ -210,4 +233,5 @@ run_test wgquick-up-down-cycle test_wgquick_cycle
 run_test wgquick-two-word-variable test_wgquick_two_words
 run_test wgquick-table-off-no-routes test_wgquick_table_off
 run_test wgquick-userspace-lo-down test_userspace_lo_down
+run_test wgquick-output-through-pipe test_wgquick_piped
 tt_summary
