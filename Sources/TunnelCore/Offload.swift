@@ -1,0 +1,918 @@
+// TUN offloads, the pure part: the virtio-net header a TUN device opened with IFF_VNET_HDR puts in
+// front of every packet, TCP segmentation of the super-packets it reads (TSO, after
+// TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)), and coalescing of received TCP segments
+// into super-packets to write (GRO in userspace). No syscalls and no allocation per packet: every
+// function works on caller-owned buffers.
+//
+// Facts come from the kernel (`include/uapi/linux/virtio_net.h`, `net/ipv4/tcp_offload.c`,
+// `skb_checksum_help` in `net/core/dev.c`) and wireguard-go (`tun/offload_linux.go`,
+// `tun/tcp_offload_linux.go`); the code is our own.
+
+// MARK: - Layout
+
+/// Offsets and sizes of the headers this file reads and rewrites (RFC 791, RFC 8200, RFC 9293).
+public enum OffloadLayout {
+    public static let ipv4MinimumHeader = 20
+    public static let ipv4TypeOfServiceOffset = 1
+    public static let ipv4TotalLengthOffset = 2
+    public static let ipv4IdentificationOffset = 4
+    /// Flags (reserved, DF, MF) in the top 3 bits, then the 13-bit fragment offset.
+    public static let ipv4FlagsOffset = 6
+    public static let ipv4TimeToLiveOffset = 8
+    public static let ipv4ProtocolOffset = 9
+    public static let ipv4ChecksumOffset = 10
+    /// Source then destination, 4 bytes each.
+    public static let ipv4AddressesOffset = 12
+    public static let ipv4AddressesSize = 8
+    public static let ipv4DontFragment: UInt16 = 0x4000
+    public static let ipv4MoreFragments: UInt16 = 0x2000
+    public static let ipv4FragmentOffsetMask: UInt16 = 0x1fff
+
+    public static let ipv6Header = 40
+    public static let ipv6PayloadLengthOffset = 4
+    public static let ipv6NextHeaderOffset = 6
+    public static let ipv6HopLimitOffset = 7
+    /// Source then destination, 16 bytes each.
+    public static let ipv6AddressesOffset = 8
+    public static let ipv6AddressesSize = 32
+
+    public static let protocolTCP: UInt8 = 6
+
+    public static let tcpMinimumHeader = 20
+    public static let tcpMaximumHeader = 60
+    public static let tcpSequenceOffset = 4
+    public static let tcpAcknowledgmentOffset = 8
+    /// Data offset in the top 4 bits, in 32-bit words.
+    public static let tcpDataOffsetOffset = 12
+    public static let tcpFlagsOffset = 13
+    public static let tcpWindowOffset = 14
+    public static let tcpChecksumOffset = 16
+
+    public static let tcpFIN: UInt8 = 0x01
+    public static let tcpSYN: UInt8 = 0x02
+    public static let tcpRST: UInt8 = 0x04
+    public static let tcpPSH: UInt8 = 0x08
+    public static let tcpACK: UInt8 = 0x10
+    public static let tcpURG: UInt8 = 0x20
+    public static let tcpECE: UInt8 = 0x40
+    public static let tcpCWR: UInt8 = 0x80
+
+    /// The largest IP packet a 16-bit length field can describe; also the largest super-packet
+    /// the coalescer builds (the kernel's TUN accepts up to 64 KiB after the virtio header).
+    public static let maximumIPPacket = 65535
+}
+
+// MARK: - Errors
+
+/// Why an offloaded TUN read was refused. Each case is a counted drop reason, never a trap.
+public enum OffloadError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// Fewer than `VirtioNetHeader.size` bytes.
+    case truncatedVirtioHeader
+    /// A gso_type we did not enable (UDP, UDP_L4) or do not know.
+    case unsupportedGSOType(UInt8)
+    /// A GSO packet with gso_size 0.
+    case zeroGSOSize
+    /// The IP version nibble is neither 4 nor 6, or the packet is empty.
+    case unsupportedIPVersion(UInt8)
+    /// gso_type TCPV4 on an IPv6 packet or TCPV6 on an IPv4 packet.
+    case ipVersionMismatch
+    /// Shorter than the IP header (fixed part, or IHL for IPv4).
+    case truncatedIPHeader
+    /// IPv4 IHL below 5 words.
+    case badIPv4HeaderLength
+    /// A GSO packet that is an IPv4 fragment (MF or a fragment offset set).
+    case fragmented
+    /// IPv6 extension headers before TCP (this next-header value); TSO never needs them.
+    case ipv6ExtensionHeaders(UInt8)
+    /// A GSO packet whose transport protocol is not TCP (this protocol number).
+    case notTCP(UInt8)
+    /// Shorter than the TCP header its data offset announces.
+    case truncatedTCPHeader
+    /// TCP data offset below 5 words.
+    case badTCPHeaderLength
+    /// hdr_len points past the end of the packet.
+    case headerLengthExceedsPacket
+    /// csum_start/csum_offset do not name a checksum field inside the packet (or, for TCP GSO,
+    /// not the TCP checksum field).
+    case badChecksumLocation
+    /// One segment (headers + gso_size) would not fit a 16-bit IP length.
+    case segmentTooLarge
+    /// The caller's destination buffer is smaller than the segment (`needed` bytes).
+    case destinationTooSmall(needed: Int)
+
+    public var description: String {
+        switch self {
+        case .truncatedVirtioHeader: return "truncated_virtio_header"
+        case .unsupportedGSOType(let type): return "unsupported_gso_type(\(type))"
+        case .zeroGSOSize: return "zero_gso_size"
+        case .unsupportedIPVersion(let version): return "unsupported_ip_version(\(version))"
+        case .ipVersionMismatch: return "ip_version_mismatch"
+        case .truncatedIPHeader: return "truncated_ip_header"
+        case .badIPv4HeaderLength: return "bad_ipv4_header_length"
+        case .fragmented: return "fragmented"
+        case .ipv6ExtensionHeaders(let next): return "ipv6_extension_headers(\(next))"
+        case .notTCP(let proto): return "not_tcp(\(proto))"
+        case .truncatedTCPHeader: return "truncated_tcp_header"
+        case .badTCPHeaderLength: return "bad_tcp_header_length"
+        case .headerLengthExceedsPacket: return "header_length_exceeds_packet"
+        case .badChecksumLocation: return "bad_checksum_location"
+        case .segmentTooLarge: return "segment_too_large"
+        case .destinationTooSmall(let needed): return "destination_too_small(\(needed))"
+        }
+    }
+}
+
+// MARK: - Byte access
+
+// Every helper below is called only after the caller checked `offset + size <= buffer.count`.
+extension UnsafeRawBufferPointer {
+    @inline(__always) fileprivate func be16(_ offset: Int) -> UInt16 {
+        UInt16(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+    }
+    @inline(__always) fileprivate func be32(_ offset: Int) -> UInt32 {
+        UInt32(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+    }
+    @inline(__always) fileprivate func le16(_ offset: Int) -> UInt16 {
+        UInt16(littleEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+    }
+    @inline(__always) fileprivate func be64(_ offset: Int) -> UInt64 {
+        UInt64(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+    }
+}
+
+extension UnsafeMutableRawBufferPointer {
+    @inline(__always) fileprivate func storeBE16(_ value: UInt16, at offset: Int) {
+        storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt16.self)
+    }
+    @inline(__always) fileprivate func storeBE32(_ value: UInt32, at offset: Int) {
+        storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt32.self)
+    }
+    @inline(__always) fileprivate func storeLE16(_ value: UInt16, at offset: Int) {
+        storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt16.self)
+    }
+}
+
+// MARK: - Internet checksum
+
+/// RFC 1071 one's-complement arithmetic. A *partial sum* is the folded 16-bit one's-complement sum
+/// of big-endian words, not complemented (what a NEEDS_CSUM checksum field holds); a *checksum*
+/// is its complement (what goes on the wire).
+public enum InternetChecksum {
+    /// One's-complement sum of `a` and `b` (end-around carry).
+    @inline(__always) public static func add(_ a: UInt16, _ b: UInt16) -> UInt16 {
+        let sum = UInt32(a) + UInt32(b)
+        return UInt16(truncatingIfNeeded: (sum & 0xffff) + (sum >> 16))
+    }
+
+    /// The partial sum of `bytes` as big-endian 16-bit words (an odd last byte is padded with a
+    /// zero), added to `initial`. Regions of even length can be summed separately and combined
+    /// with `add`.
+    ///
+    /// Words are summed eight bytes at a time in host order into a 64-bit accumulator with
+    /// end-around carry; RFC 1071 §2(B) shows the one's-complement sum commutes with byte
+    /// swapping, so converting the folded host-order result to big-endian once is exact.
+    public static func sum(_ bytes: UnsafeRawBufferPointer, initial: UInt16 = 0) -> UInt16 {
+        guard let base = bytes.baseAddress else { return initial }
+        let count = bytes.count
+        var accumulator: UInt64 = 0
+        var index = 0
+        @inline(__always) func accumulate(_ word: UInt64) {
+            let (sum, overflow) = accumulator.addingReportingOverflow(word)
+            accumulator = sum &+ (overflow ? 1 : 0)  // cannot overflow: sum < word after a carry
+        }
+        // Sound: every load below reads bytes `index..<index+size` with `index + size <= count`.
+        while index + 32 <= count {
+            accumulate(base.loadUnaligned(fromByteOffset: index, as: UInt64.self))
+            accumulate(base.loadUnaligned(fromByteOffset: index + 8, as: UInt64.self))
+            accumulate(base.loadUnaligned(fromByteOffset: index + 16, as: UInt64.self))
+            accumulate(base.loadUnaligned(fromByteOffset: index + 24, as: UInt64.self))
+            index += 32
+        }
+        while index + 8 <= count {
+            accumulate(base.loadUnaligned(fromByteOffset: index, as: UInt64.self))
+            index += 8
+        }
+        if index + 4 <= count {
+            accumulate(UInt64(base.loadUnaligned(fromByteOffset: index, as: UInt32.self)))
+            index += 4
+        }
+        if index + 2 <= count {
+            accumulate(UInt64(base.loadUnaligned(fromByteOffset: index, as: UInt16.self)))
+            index += 2
+        }
+        if index < count {
+            // The odd byte is the high half of a big-endian word; in host order that word is:
+            let last = base.load(fromByteOffset: index, as: UInt8.self)
+            accumulate(UInt64(UInt16(bigEndian: UInt16(last) << 8)))
+        }
+        var folded = (accumulator & 0xffff_ffff) + (accumulator >> 32)
+        folded = (folded & 0xffff_ffff) + (folded >> 32)
+        folded = (folded & 0xffff) + (folded >> 16)
+        folded = (folded & 0xffff) + (folded >> 16)
+        return add(UInt16(bigEndian: UInt16(truncatingIfNeeded: folded)), initial)
+    }
+
+    /// The checksum (complemented partial sum) of `bytes` starting from the partial sum `initial`.
+    /// Summing a region that already holds its correct checksum gives 0.
+    @inline(__always) public static func checksum(_ bytes: UnsafeRawBufferPointer, initial: UInt16 = 0) -> UInt16 {
+        ~sum(bytes, initial: initial)
+    }
+
+    /// Partial sum of the TCP/UDP pseudo-header (RFC 9293 §3.1, RFC 8200 §8.1). `addresses` is
+    /// source then destination as they sit in the IP header (8 bytes for IPv4, 32 for IPv6);
+    /// `length` is the transport length (header + payload).
+    public static func pseudoHeaderSum(
+        addresses: UnsafeRawBufferPointer, protocolNumber: UInt8, length: Int
+    ) -> UInt16 {
+        // IPv4 carries a 16-bit length, IPv6 a 32-bit one; adding both halves covers either.
+        let lengthSum = add(UInt16(truncatingIfNeeded: length >> 16), UInt16(truncatingIfNeeded: length))
+        return sum(addresses, initial: add(UInt16(protocolNumber), lengthSum))
+    }
+}
+
+// MARK: - virtio-net header
+
+/// `struct virtio_net_hdr` (10 bytes) from `include/uapi/linux/virtio_net.h`, in front of every
+/// packet read from or written to a TUN opened with IFF_VNET_HDR. Multi-byte fields are
+/// little-endian: TUN uses host order unless TUNSETVNETBE is set, and our hosts are little-endian.
+public struct VirtioNetHeader: Hashable, Sendable {
+    public static let size = 10
+    static let flagsOffset = 0
+    static let gsoTypeOffset = 1
+    static let headerLengthOffset = 2
+    static let gsoSizeOffset = 4
+    static let checksumStartOffset = 6
+    static let checksumOffsetOffset = 8
+
+    /// Values of `flags`.
+    public enum Flags {
+        /// VIRTIO_NET_HDR_F_NEEDS_CSUM: the checksum field at csum_start + csum_offset holds only
+        /// the pseudo-header partial sum; whoever sends the packet finishes it over csum_start..end.
+        public static let needsChecksum: UInt8 = 1
+        /// VIRTIO_NET_HDR_F_DATA_VALID: the checksum was already verified.
+        public static let dataValid: UInt8 = 2
+    }
+
+    /// Values of `gsoType`.
+    public enum GSOType {
+        public static let none: UInt8 = 0
+        public static let tcpV4: UInt8 = 1
+        public static let udp: UInt8 = 3
+        public static let tcpV6: UInt8 = 4
+        public static let udpL4: UInt8 = 5
+        /// Or-ed into a TCP type when the super-packet carries CWR (set on its first segment only).
+        public static let ecn: UInt8 = 0x80
+    }
+
+    public var flags: UInt8
+    public var gsoType: UInt8
+    /// hdr_len: the kernel fills it with the skb's linear length, which is only a hint (on the
+    /// forward path it can be the whole first packet); the segmenter derives the real header length.
+    public var headerLength: UInt16
+    public var gsoSize: UInt16
+    public var checksumStart: UInt16
+    public var checksumOffset: UInt16
+
+    /// The all-zero header: no GSO, checksum complete. Goes in front of every packet written as is.
+    public static let none = VirtioNetHeader()
+
+    public init(
+        flags: UInt8 = 0, gsoType: UInt8 = GSOType.none, headerLength: UInt16 = 0, gsoSize: UInt16 = 0,
+        checksumStart: UInt16 = 0, checksumOffset: UInt16 = 0
+    ) {
+        self.flags = flags
+        self.gsoType = gsoType
+        self.headerLength = headerLength
+        self.gsoSize = gsoSize
+        self.checksumStart = checksumStart
+        self.checksumOffset = checksumOffset
+    }
+
+    /// Reads the header from the first 10 bytes of `buffer`.
+    public init(parsing buffer: UnsafeRawBufferPointer) throws(OffloadError) {
+        guard buffer.count >= Self.size else { throw .truncatedVirtioHeader }
+        flags = buffer[Self.flagsOffset]
+        gsoType = buffer[Self.gsoTypeOffset]
+        headerLength = buffer.le16(Self.headerLengthOffset)
+        gsoSize = buffer.le16(Self.gsoSizeOffset)
+        checksumStart = buffer.le16(Self.checksumStartOffset)
+        checksumOffset = buffer.le16(Self.checksumOffsetOffset)
+    }
+
+    /// Writes the header into the first 10 bytes of `buffer`.
+    public func write(to buffer: UnsafeMutableRawBufferPointer) throws(OffloadError) {
+        guard buffer.count >= Self.size else { throw .destinationTooSmall(needed: Self.size) }
+        store(into: buffer)
+    }
+
+    /// `write(to:)` for callers that know `buffer` holds at least `size` bytes.
+    func store(into buffer: UnsafeMutableRawBufferPointer) {
+        buffer[Self.flagsOffset] = flags
+        buffer[Self.gsoTypeOffset] = gsoType
+        buffer.storeLE16(headerLength, at: Self.headerLengthOffset)
+        buffer.storeLE16(gsoSize, at: Self.gsoSizeOffset)
+        buffer.storeLE16(checksumStart, at: Self.checksumStartOffset)
+        buffer.storeLE16(checksumOffset, at: Self.checksumOffsetOffset)
+    }
+
+    public var needsChecksum: Bool { flags & Flags.needsChecksum != 0 }
+
+    /// gso_type without the ECN bit.
+    public var gsoKind: UInt8 { gsoType & ~GSOType.ecn }
+}
+
+// MARK: - TUN read side
+
+/// What one TUN read (virtio header + packet) turned into.
+public enum TUNRead {
+    /// One complete packet (its checksum finished in place if it was partial), `length` bytes at
+    /// offset `VirtioNetHeader.size` of the record.
+    case packet(length: Int)
+    /// A TCP super-packet to cut into segments with the segmenter.
+    case superPacket(TCPSegmenter)
+}
+
+/// Interprets one record read from an IFF_VNET_HDR TUN: `record` is exactly the bytes read.
+/// A non-GSO packet with NEEDS_CSUM gets its checksum finished in place (hence mutable); a GSO
+/// packet is returned as a segmenter that reads from `record`, so `record` must stay alive and
+/// unchanged until the segmenter is done.
+public func interpretTUNRead(_ record: UnsafeMutableRawBufferPointer) throws(OffloadError) -> TUNRead {
+    let header = try VirtioNetHeader(parsing: UnsafeRawBufferPointer(record))
+    // Sound: the header parsed, so `record` holds at least `VirtioNetHeader.size` bytes.
+    let packet = UnsafeMutableRawBufferPointer(rebasing: record[VirtioNetHeader.size...])
+    if header.gsoType == VirtioNetHeader.GSOType.none {
+        if header.needsChecksum {
+            try finishPartialChecksum(
+                packet, start: Int(header.checksumStart), offset: Int(header.checksumOffset))
+        }
+        return .packet(length: packet.count)
+    }
+    return .superPacket(try TCPSegmenter(header: header, packet: UnsafeRawBufferPointer(packet)))
+}
+
+/// Finishes a CHECKSUM_PARTIAL transport checksum in place: the 16-bit field at `start + offset`
+/// holds the pseudo-header partial sum; the result covers `start..<packet.count`. A result of 0
+/// is stored as 0xffff, as the kernel's `skb_checksum_help` does (for UDP 0 means "no checksum";
+/// for TCP both encodings verify).
+public func finishPartialChecksum(
+    _ packet: UnsafeMutableRawBufferPointer, start: Int, offset: Int
+) throws(OffloadError) {
+    let field = start + offset
+    guard start >= 0, offset >= 0, start <= packet.count, field + 2 <= packet.count else {
+        throw .badChecksumLocation
+    }
+    let bytes = UnsafeRawBufferPointer(packet)
+    let partial = bytes.be16(field)
+    packet.storeBE16(0, at: field)
+    // Sound: `start <= packet.count` was checked above.
+    var checksum = InternetChecksum.checksum(UnsafeRawBufferPointer(rebasing: bytes[start...]), initial: partial)
+    if checksum == 0 { checksum = 0xffff }
+    packet.storeBE16(checksum, at: field)
+}
+
+/// The validated facts of an IPv4/IPv6 + TCP packet's headers.
+struct TCPHeaders {
+    var isV6: Bool
+    var ipHeaderLength: Int
+    var tcpHeaderLength: Int
+    var headerLength: Int { ipHeaderLength + tcpHeaderLength }
+
+    /// Validates the IP and TCP headers at the start of `packet`. `extensionHeaders` lists why an
+    /// IPv6 next-header that is not TCP is refused.
+    init(parsing packet: UnsafeRawBufferPointer) throws(OffloadError) {
+        guard let first = packet.first else { throw .unsupportedIPVersion(0) }
+        switch first >> 4 {
+        case 4:
+            guard packet.count >= OffloadLayout.ipv4MinimumHeader else { throw .truncatedIPHeader }
+            ipHeaderLength = Int(first & 0x0f) * 4
+            guard ipHeaderLength >= OffloadLayout.ipv4MinimumHeader else { throw .badIPv4HeaderLength }
+            guard packet.count >= ipHeaderLength else { throw .truncatedIPHeader }
+            let proto = packet[OffloadLayout.ipv4ProtocolOffset]
+            guard proto == OffloadLayout.protocolTCP else { throw .notTCP(proto) }
+            isV6 = false
+        case 6:
+            guard packet.count >= OffloadLayout.ipv6Header else { throw .truncatedIPHeader }
+            let next = packet[OffloadLayout.ipv6NextHeaderOffset]
+            guard next == OffloadLayout.protocolTCP else {
+                throw TCPHeaders.isIPv6ExtensionHeader(next) ? .ipv6ExtensionHeaders(next) : .notTCP(next)
+            }
+            ipHeaderLength = OffloadLayout.ipv6Header
+            isV6 = true
+        default:
+            throw .unsupportedIPVersion(first >> 4)
+        }
+        guard packet.count >= ipHeaderLength + OffloadLayout.tcpMinimumHeader else { throw .truncatedTCPHeader }
+        tcpHeaderLength = Int(packet[ipHeaderLength + OffloadLayout.tcpDataOffsetOffset] >> 4) * 4
+        guard tcpHeaderLength >= OffloadLayout.tcpMinimumHeader else { throw .badTCPHeaderLength }
+        guard packet.count >= ipHeaderLength + tcpHeaderLength else { throw .truncatedTCPHeader }
+    }
+
+    /// IANA's IPv6 extension header numbers (RFC 8200 §4, plus ESP/AH/Mobility/HIP/Shim6).
+    static func isIPv6ExtensionHeader(_ next: UInt8) -> Bool {
+        switch next {
+        case 0, 43, 44, 50, 51, 60, 135, 139, 140: return true
+        default: return false
+        }
+    }
+
+    /// Where source and destination addresses sit, contiguous.
+    var addressesOffset: Int { isV6 ? OffloadLayout.ipv6AddressesOffset : OffloadLayout.ipv4AddressesOffset }
+    var addressesSize: Int { isV6 ? OffloadLayout.ipv6AddressesSize : OffloadLayout.ipv4AddressesSize }
+}
+
+/// Cuts one TCP super-packet (TSO, read from the TUN) into complete IPv4/IPv6 + TCP segments of
+/// at most `segmentSize` payload bytes, one per `next(into:)` call, as `tcp_gso_segment` would:
+/// IP header (options included) and TCP header (options included) copied to every segment;
+/// IPv4 total length, identification (+1 per segment) and header checksum rewritten; IPv6
+/// payload length rewritten; TCP sequence advanced by the payload offset; FIN and PSH kept on the
+/// last segment only, CWR on the first only; TCP checksum computed in full.
+///
+/// Borrowing: the segmenter reads the super-packet through the pointer it was given and never
+/// writes to it; that memory must stay valid and unchanged until the last `next(into:)`.
+public struct TCPSegmenter {
+    public let isIPv6: Bool
+    /// IP + TCP header bytes at the front of every segment.
+    public let headerLength: Int
+    /// Payload bytes per segment (gso_size); the last segment may carry fewer.
+    public let segmentSize: Int
+    /// Segments this super-packet yields (at least 1: a super-packet without payload is passed on
+    /// as one segment of headers only, rather than lost).
+    public let segmentCount: Int
+    /// Segments already produced.
+    public private(set) var producedCount = 0
+
+    private let packet: UnsafeRawBufferPointer
+    private let ipHeaderLength: Int
+    private let addressesOffset: Int
+    private let addressesSize: Int
+    private let firstSequence: UInt32
+    private let firstIdentification: UInt16
+
+    /// The size of the largest segment: what a destination buffer must hold.
+    public var maximumSegmentLength: Int { headerLength + min(segmentSize, packet.count - headerLength) }
+
+    /// Validates `header` and the super-packet `packet` (the bytes after the virtio header).
+    public init(header: VirtioNetHeader, packet: UnsafeRawBufferPointer) throws(OffloadError) {
+        let kind = header.gsoKind
+        guard kind == VirtioNetHeader.GSOType.tcpV4 || kind == VirtioNetHeader.GSOType.tcpV6 else {
+            throw .unsupportedGSOType(header.gsoType)
+        }
+        guard header.gsoSize > 0 else { throw .zeroGSOSize }
+        if let first = packet.first, first >> 4 == 4 || first >> 4 == 6 {
+            guard (first >> 4 == 6) == (kind == VirtioNetHeader.GSOType.tcpV6) else { throw .ipVersionMismatch }
+        }
+        let headers = try TCPHeaders(parsing: packet)
+        if !headers.isV6 {
+            let fragment = packet.be16(OffloadLayout.ipv4FlagsOffset)
+            guard fragment & (OffloadLayout.ipv4MoreFragments | OffloadLayout.ipv4FragmentOffsetMask) == 0 else {
+                throw .fragmented
+            }
+        }
+        guard Int(header.headerLength) <= packet.count else { throw .headerLengthExceedsPacket }
+        if header.needsChecksum {
+            // For TCP the partial checksum must start at the TCP header and name its checksum field.
+            guard Int(header.checksumStart) == headers.ipHeaderLength,
+                Int(header.checksumOffset) == OffloadLayout.tcpChecksumOffset
+            else { throw .badChecksumLocation }
+        }
+        let payload = packet.count - headers.headerLength
+        let segmentSize = Int(header.gsoSize)
+        guard headers.headerLength + min(segmentSize, payload) <= OffloadLayout.maximumIPPacket else {
+            throw .segmentTooLarge
+        }
+        self.packet = packet
+        self.isIPv6 = headers.isV6
+        self.ipHeaderLength = headers.ipHeaderLength
+        self.headerLength = headers.headerLength
+        self.segmentSize = segmentSize
+        self.segmentCount = payload == 0 ? 1 : (payload + segmentSize - 1) / segmentSize
+        self.addressesOffset = headers.addressesOffset
+        self.addressesSize = headers.addressesSize
+        self.firstSequence = packet.be32(headers.ipHeaderLength + OffloadLayout.tcpSequenceOffset)
+        self.firstIdentification = headers.isV6 ? 0 : packet.be16(OffloadLayout.ipv4IdentificationOffset)
+    }
+
+    /// Writes the next segment at the start of `destination` and returns its length, or nil when
+    /// all segments were produced. A too-small destination is refused before anything is written
+    /// and the segment is not consumed.
+    public mutating func next(into destination: UnsafeMutableRawBufferPointer) throws(OffloadError) -> Int? {
+        guard producedCount < segmentCount else { return nil }
+        let index = producedCount
+        let payloadStart = headerLength + index * segmentSize
+        let payloadEnd = min(payloadStart + segmentSize, packet.count)
+        let length = headerLength + (payloadEnd - payloadStart)
+        guard destination.count >= length, let target = destination.baseAddress, let source = packet.baseAddress
+        else { throw .destinationTooSmall(needed: length) }
+        // Sound: `headerLength <= payloadStart <= payloadEnd <= packet.count`, `length <= destination.count`,
+        // and the caller's destination does not overlap the super-packet (both are caller-owned).
+        target.copyMemory(from: source, byteCount: headerLength)
+        (target + headerLength).copyMemory(from: source + payloadStart, byteCount: payloadEnd - payloadStart)
+        let segment = UnsafeMutableRawBufferPointer(start: target, count: length)
+
+        if isIPv6 {
+            segment.storeBE16(UInt16(length - ipHeaderLength), at: OffloadLayout.ipv6PayloadLengthOffset)
+        } else {
+            segment.storeBE16(UInt16(length), at: OffloadLayout.ipv4TotalLengthOffset)
+            segment.storeBE16(
+                firstIdentification &+ UInt16(truncatingIfNeeded: index), at: OffloadLayout.ipv4IdentificationOffset)
+            segment.storeBE16(0, at: OffloadLayout.ipv4ChecksumOffset)
+            let ipHeader = UnsafeRawBufferPointer(start: target, count: ipHeaderLength)
+            segment.storeBE16(InternetChecksum.checksum(ipHeader), at: OffloadLayout.ipv4ChecksumOffset)
+        }
+
+        let tcp = ipHeaderLength
+        segment.storeBE32(
+            firstSequence &+ UInt32(truncatingIfNeeded: index * segmentSize), at: tcp + OffloadLayout.tcpSequenceOffset)
+        var flags = segment[tcp + OffloadLayout.tcpFlagsOffset]
+        if index != segmentCount - 1 { flags &= ~(OffloadLayout.tcpFIN | OffloadLayout.tcpPSH) }
+        if index != 0 { flags &= ~OffloadLayout.tcpCWR }
+        segment[tcp + OffloadLayout.tcpFlagsOffset] = flags
+
+        segment.storeBE16(0, at: tcp + OffloadLayout.tcpChecksumOffset)
+        let readable = UnsafeRawBufferPointer(segment)
+        let pseudo = InternetChecksum.pseudoHeaderSum(
+            addresses: UnsafeRawBufferPointer(rebasing: readable[addressesOffset..<addressesOffset + addressesSize]),
+            protocolNumber: OffloadLayout.protocolTCP, length: length - tcp)
+        let checksum = InternetChecksum.checksum(UnsafeRawBufferPointer(rebasing: readable[tcp...]), initial: pseudo)
+        segment.storeBE16(checksum, at: tcp + OffloadLayout.tcpChecksumOffset)
+
+        producedCount += 1
+        return length
+    }
+}
+
+// MARK: - TUN write side
+
+/// Coalesces the TCP segments of one receive batch into super-packets for one write each to an
+/// IFF_VNET_HDR TUN (GRO in userspace), under the rules of the kernel's `tcp_gro_receive` and
+/// wireguard-go's `tcpGRO`.
+///
+/// A segment joins the open group of its flow (same addresses and ports) when: flags are ACK, or
+/// ACK+PSH (which then ends the group); it has payload; its sequence number is the group's next;
+/// ACK number, window and TCP options (bytes) equal the group's first segment; IPv4 without
+/// options or fragmentation, with equal TOS, TTL and DF (and, without DF, the next identification);
+/// IPv6 without extension headers, with equal version/class/flow-label word and hop limit; its
+/// payload is at most the first segment's (a shorter one ends the group); the result stays within
+/// 65535 bytes; and both its TCP checksum and (on the first merge) the first segment's verify,
+/// because the merged packet goes up with a partial checksum the kernel will not check again.
+///
+/// Ordering: outputs are listed in the order of their first packet. A packet of a flow that
+/// cannot join closes that flow's group and, if eligible, opens the next one, so one flow's
+/// packets are never reordered. Other flows and non-TCP packets do not close a group, as in Linux
+/// GRO (IP promises no order across flows).
+///
+/// Memory: all state is allocated in `init` and freed when the coalescer goes away. Packets stay
+/// in the caller's receive slots: the coalescer reads them (never writes) between `add` and
+/// `finish`, so they must not change in that time. A packet that is not merged is never copied;
+/// the first packet of a group is copied into one of the coalescer's output buffers when a second
+/// joins, later ones only have their payload appended.
+///
+/// Driving it, once per batch of decrypted packets bound for the TUN:
+///
+///     coalescer.reset()
+///     for each packet (trimmed to its IP length) in receive order: coalescer.add(packet, slot: i)
+///     coalescer.finish()
+///     for k in 0..<coalescer.outputCount:
+///         .packet(slot):  write VirtioNetHeader.none ‖ that slot's packet (e.g. the header into
+///                         the 10 bytes of headroom in front of it, or writev)
+///         .merged(b):     write coalescer.mergedRecord(b) (header included)
+public struct TCPCoalescer: ~Copyable {
+    /// One write to the TUN.
+    public enum Output: Equatable, Sendable {
+        /// The packet the caller added with this slot, unchanged; write it after a zero header.
+        case packet(slot: Int)
+        /// Output buffer `buffer`: a virtio header and a super-packet, from `mergedRecord(_:)`.
+        case merged(buffer: Int)
+    }
+
+    /// Packets `add` accepts per batch.
+    public let maximumPackets: Int
+    /// Flows with an open group at once; a packet of a further flow passes through unmerged.
+    public let maximumFlows: Int
+    /// Output buffers per batch; once all are used, packets pass through unmerged.
+    public let bufferCount: Int
+    /// Bytes per output buffer: a virtio header and the largest IP packet.
+    public static let bufferSize = VirtioNetHeader.size + OffloadLayout.maximumIPPacket
+
+    /// Entries of `outputs`: a slot (>= 0) or `-1 - buffer`.
+    private let outputs: UnsafeMutablePointer<Int>
+    public private(set) var outputCount = 0
+    private let groups: UnsafeMutablePointer<Group>
+    private var openCount = 0
+    private let buffers: UnsafeMutableRawPointer
+    private let bufferLengths: UnsafeMutablePointer<Int>
+    private var buffersUsed = 0
+    private var finished = false
+
+    /// Identity of a TCP flow in one direction; IPv4 addresses use the low 32 bits of `source.1`/`destination.1`.
+    struct FlowKey: Equatable {
+        var isV6: Bool
+        var source: (UInt64, UInt64)
+        var destination: (UInt64, UInt64)
+        var ports: UInt32
+
+        static func == (a: FlowKey, b: FlowKey) -> Bool {
+            a.ports == b.ports && a.source == b.source && a.destination == b.destination && a.isV6 == b.isV6
+        }
+    }
+
+    /// A TCP segment that may be coalesced: the facts `add` compares.
+    struct Candidate {
+        var headers: TCPHeaders
+        var key: FlowKey
+        var payloadLength: Int
+        var sequence: UInt32
+        var push: Bool
+    }
+
+    /// An open group: its first packet (still in the caller's slot) and what the next must match.
+    struct Group {
+        var key: FlowKey
+        var first: UnsafeRawBufferPointer
+        var headers: TCPHeaders
+        /// The entry in `outputs` that names this group.
+        var outputIndex: Int
+        /// Output buffer once a second segment joined, else -1.
+        var buffer: Int
+        var segmentSize: Int
+        var nextSequence: UInt32
+        var segments: Int
+        var totalLength: Int
+        var push: Bool
+    }
+
+    public init(maximumPackets: Int, maximumFlows: Int = 8, bufferCount: Int = 8) {
+        precondition(maximumPackets > 0 && maximumFlows > 0 && bufferCount > 0, "TCPCoalescer sizes must be positive")
+        self.maximumPackets = maximumPackets
+        self.maximumFlows = maximumFlows
+        self.bufferCount = bufferCount
+        outputs = .allocate(capacity: maximumPackets)
+        groups = .allocate(capacity: maximumFlows)
+        bufferLengths = .allocate(capacity: bufferCount)
+        bufferLengths.initialize(repeating: 0, count: bufferCount)
+        // Not zero-filled: only bytes written by a merge are ever read back.
+        buffers = .allocate(byteCount: bufferCount * Self.bufferSize, alignment: 16)
+    }
+
+    deinit {
+        // `Group` holds only trivial values, so the slots need no deinitialization.
+        outputs.deallocate()
+        groups.deallocate()
+        bufferLengths.deallocate()
+        buffers.deallocate()
+    }
+
+    /// Forgets the previous batch; output buffers from it become invalid.
+    public mutating func reset() {
+        outputCount = 0
+        openCount = 0
+        buffersUsed = 0
+        finished = false
+    }
+
+    /// The `index`th write, in order, after `finish()`.
+    public func output(at index: Int) -> Output {
+        precondition(finished && index >= 0 && index < outputCount, "TCPCoalescer output out of range")
+        let entry = outputs[index]
+        return entry >= 0 ? .packet(slot: entry) : .merged(buffer: -1 - entry)
+    }
+
+    /// Output buffer `buffer` after `finish()`: virtio header then super-packet, ready to write.
+    /// Valid until the next `reset()`.
+    public func mergedRecord(_ buffer: Int) -> UnsafeRawBufferPointer {
+        precondition(finished && buffer >= 0 && buffer < buffersUsed, "TCPCoalescer buffer out of range")
+        // Sound: buffer `buffer` lies inside the allocation and its first `bufferLengths[buffer]`
+        // bytes were written by `materialize`/`append`/`seal`.
+        return UnsafeRawBufferPointer(start: buffers + buffer * Self.bufferSize, count: bufferLengths[buffer])
+    }
+
+    /// Adds the next packet of the batch (an IP packet, trimmed to its length field), which the
+    /// caller keeps in the slot it calls `slot` until `finish()` returns. Returns true when the
+    /// packet was merged into an earlier one (it gets no output of its own).
+    @discardableResult
+    public mutating func add(_ packet: UnsafeRawBufferPointer, slot: Int) -> Bool {
+        precondition(!finished, "TCPCoalescer.add after finish without reset")
+        precondition(slot >= 0, "TCPCoalescer slot must be non-negative")
+        guard let candidate = Self.candidate(packet) else {
+            appendOutput(slot)
+            return false
+        }
+        var groupIndex = -1
+        for index in 0..<openCount where groups[index].key == candidate.key {
+            groupIndex = index
+            break
+        }
+        if groupIndex >= 0 {
+            if joins(candidate, packet, group: groupIndex) {
+                return true
+            }
+            seal(groupIndex)
+            if !Self.checksumValid(packet, candidate.headers) {
+                // It will be dropped by the kernel; it must not open a group others join.
+                appendOutput(slot)
+                return false
+            }
+        }
+        appendOutput(slot)
+        if candidate.push || openCount == maximumFlows {
+            return false  // nothing may follow a PSH segment; a full table merges no new flow
+        }
+        // Sound: slot `openCount < maximumFlows` is inside the table; `Group` is trivial.
+        (groups + openCount).initialize(
+            to: Group(
+                key: candidate.key, first: packet, headers: candidate.headers, outputIndex: outputCount - 1, buffer: -1,
+                segmentSize: candidate.payloadLength,
+                nextSequence: candidate.sequence &+ UInt32(candidate.payloadLength),
+                segments: 1, totalLength: packet.count, push: false))
+        openCount += 1
+        return false
+    }
+
+    /// Writes the headers of every merged packet. Call once per batch, after the last `add`.
+    public mutating func finish() {
+        precondition(!finished, "TCPCoalescer.finish twice without reset")
+        while openCount > 0 { seal(openCount - 1) }
+        finished = true
+    }
+
+    // MARK: Internals
+
+    private mutating func appendOutput(_ entry: Int) {
+        precondition(outputCount < maximumPackets, "TCPCoalescer: more packets than maximumPackets")
+        outputs[outputCount] = entry
+        outputCount += 1
+    }
+
+    /// The eligibility checks that need only the packet itself; nil means "pass through".
+    static func candidate(_ packet: UnsafeRawBufferPointer) -> Candidate? {
+        guard packet.count <= OffloadLayout.maximumIPPacket,
+            let headers = try? TCPHeaders(parsing: packet)
+        else { return nil }
+        if headers.isV6 {
+            guard Int(packet.be16(OffloadLayout.ipv6PayloadLengthOffset)) + OffloadLayout.ipv6Header == packet.count
+            else { return nil }
+        } else {
+            guard headers.ipHeaderLength == OffloadLayout.ipv4MinimumHeader,
+                Int(packet.be16(OffloadLayout.ipv4TotalLengthOffset)) == packet.count,
+                packet.be16(OffloadLayout.ipv4FlagsOffset)
+                    & (OffloadLayout.ipv4MoreFragments | OffloadLayout.ipv4FragmentOffsetMask) == 0
+            else { return nil }
+        }
+        let tcp = headers.ipHeaderLength
+        let flags = packet[tcp + OffloadLayout.tcpFlagsOffset]
+        guard flags == OffloadLayout.tcpACK || flags == OffloadLayout.tcpACK | OffloadLayout.tcpPSH else { return nil }
+        let payloadLength = packet.count - headers.headerLength
+        guard payloadLength > 0 else { return nil }
+        let key: FlowKey
+        if headers.isV6 {
+            key = FlowKey(
+                isV6: true, source: (packet.be64(8), packet.be64(16)), destination: (packet.be64(24), packet.be64(32)),
+                ports: packet.be32(tcp))
+        } else {
+            key = FlowKey(
+                isV6: false, source: (0, UInt64(packet.be32(12))), destination: (0, UInt64(packet.be32(16))),
+                ports: packet.be32(tcp))
+        }
+        return Candidate(
+            headers: headers, key: key, payloadLength: payloadLength,
+            sequence: packet.be32(tcp + OffloadLayout.tcpSequenceOffset), push: flags & OffloadLayout.tcpPSH != 0)
+    }
+
+    /// Whether the TCP checksum of `packet` verifies.
+    static func checksumValid(_ packet: UnsafeRawBufferPointer, _ headers: TCPHeaders) -> Bool {
+        let tcp = headers.ipHeaderLength
+        let pseudo = InternetChecksum.pseudoHeaderSum(
+            addresses: UnsafeRawBufferPointer(
+                rebasing: packet[headers.addressesOffset..<headers.addressesOffset + headers.addressesSize]),
+            protocolNumber: OffloadLayout.protocolTCP, length: packet.count - tcp)
+        return InternetChecksum.checksum(UnsafeRawBufferPointer(rebasing: packet[tcp...]), initial: pseudo) == 0
+    }
+
+    /// Whether `candidate` may follow the group's last segment (everything but the checksums).
+    private func follows(_ candidate: Candidate, _ packet: UnsafeRawBufferPointer, _ group: Group) -> Bool {
+        let first = group.first
+        let tcp = group.headers.ipHeaderLength
+        guard candidate.headers.tcpHeaderLength == group.headers.tcpHeaderLength,
+            candidate.sequence == group.nextSequence,
+            candidate.payloadLength <= group.segmentSize,
+            group.totalLength + candidate.payloadLength <= OffloadLayout.maximumIPPacket,
+            // ACK number and window (offsets 8..<12 and 14..<16) as in tcp_gro_receive.
+            packet.be32(tcp + OffloadLayout.tcpAcknowledgmentOffset)
+                == first.be32(tcp + OffloadLayout.tcpAcknowledgmentOffset),
+            packet.be16(tcp + OffloadLayout.tcpWindowOffset) == first.be16(tcp + OffloadLayout.tcpWindowOffset)
+        else { return false }
+        // TCP options, byte for byte.
+        let optionsStart = tcp + OffloadLayout.tcpMinimumHeader
+        let optionsEnd = tcp + group.headers.tcpHeaderLength
+        if optionsEnd > optionsStart {
+            // Sound: both packets hold `optionsEnd` bytes (their TCP headers were validated).
+            guard
+                let a = first.baseAddress, let b = packet.baseAddress,
+                bytesEqual(a + optionsStart, b + optionsStart, count: optionsEnd - optionsStart)
+            else { return false }
+        }
+        if group.headers.isV6 {
+            // Version, traffic class and flow label; hop limit.
+            return packet.be32(0) == first.be32(0)
+                && packet[OffloadLayout.ipv6HopLimitOffset] == first[OffloadLayout.ipv6HopLimitOffset]
+        }
+        let flags = packet.be16(OffloadLayout.ipv4FlagsOffset)
+        guard packet[OffloadLayout.ipv4TypeOfServiceOffset] == first[OffloadLayout.ipv4TypeOfServiceOffset],
+            packet[OffloadLayout.ipv4TimeToLiveOffset] == first[OffloadLayout.ipv4TimeToLiveOffset],
+            flags == first.be16(OffloadLayout.ipv4FlagsOffset)
+        else { return false }
+        if flags & OffloadLayout.ipv4DontFragment == 0 {
+            // Without DF the identification matters; segmentation will rebuild it as first + i.
+            let expected =
+                first.be16(OffloadLayout.ipv4IdentificationOffset) &+ UInt16(truncatingIfNeeded: group.segments)
+            guard packet.be16(OffloadLayout.ipv4IdentificationOffset) == expected else { return false }
+        }
+        return true
+    }
+
+    /// Merges `candidate` into group `index` if it may follow; false leaves everything unchanged.
+    private mutating func joins(_ candidate: Candidate, _ packet: UnsafeRawBufferPointer, group index: Int) -> Bool {
+        var group = groups[index]
+        guard follows(candidate, packet, group) else { return false }
+        if group.buffer < 0 {
+            guard buffersUsed < bufferCount, Self.checksumValid(group.first, group.headers) else { return false }
+        }
+        guard Self.checksumValid(packet, candidate.headers) else { return false }
+        // Candidates hold at least a TCP header, so neither packet is empty.
+        guard let firstBytes = group.first.baseAddress, let packetBytes = packet.baseAddress else { return false }
+        if group.buffer < 0 {
+            group.buffer = buffersUsed
+            buffersUsed += 1
+            let record = buffers + group.buffer * Self.bufferSize
+            // Sound: the first packet is at most 65535 bytes and lands after the header, inside
+            // this buffer; it lives in the caller's slot, which cannot overlap our allocation.
+            (record + VirtioNetHeader.size).copyMemory(from: firstBytes, byteCount: group.first.count)
+            outputs[group.outputIndex] = -1 - group.buffer
+        }
+        let record = buffers + group.buffer * Self.bufferSize
+        // Sound: `totalLength + payloadLength <= 65535` was checked in `follows`, so the payload
+        // ends inside this buffer; the source is the caller's slot.
+        (record + VirtioNetHeader.size + group.totalLength).copyMemory(
+            from: packetBytes + candidate.headers.headerLength, byteCount: candidate.payloadLength)
+        group.totalLength += candidate.payloadLength
+        group.nextSequence = group.nextSequence &+ UInt32(candidate.payloadLength)
+        group.segments += 1
+        group.push = candidate.push
+        groups[index] = group
+        if candidate.push || candidate.payloadLength < group.segmentSize {
+            seal(index)  // nothing may follow a PSH or a short segment
+        }
+        return true
+    }
+
+    /// Closes group `index`: writes the headers of its super-packet if it merged anything, and
+    /// removes it from the table (the last open group takes its place).
+    private mutating func seal(_ index: Int) {
+        let group = groups[index]
+        openCount -= 1
+        if index != openCount { groups[index] = groups[openCount] }
+        guard group.buffer >= 0 else { return }
+        let length = VirtioNetHeader.size + group.totalLength
+        bufferLengths[group.buffer] = length
+        // Sound: `length <= bufferSize` (see `follows`), inside this buffer of our allocation.
+        let record = UnsafeMutableRawBufferPointer(start: buffers + group.buffer * Self.bufferSize, count: length)
+        let packet = UnsafeMutableRawBufferPointer(rebasing: record[VirtioNetHeader.size...])
+        let ipHeaderLength = group.headers.ipHeaderLength
+        let tcp = ipHeaderLength
+        if group.headers.isV6 {
+            packet.storeBE16(UInt16(group.totalLength - ipHeaderLength), at: OffloadLayout.ipv6PayloadLengthOffset)
+        } else {
+            packet.storeBE16(UInt16(group.totalLength), at: OffloadLayout.ipv4TotalLengthOffset)
+            packet.storeBE16(0, at: OffloadLayout.ipv4ChecksumOffset)
+            let checksum = InternetChecksum.checksum(UnsafeRawBufferPointer(rebasing: packet[0..<ipHeaderLength]))
+            packet.storeBE16(checksum, at: OffloadLayout.ipv4ChecksumOffset)
+        }
+        if group.push { packet[tcp + OffloadLayout.tcpFlagsOffset] |= OffloadLayout.tcpPSH }
+        // CHECKSUM_PARTIAL: the field holds the pseudo-header partial sum, not complemented, as
+        // `tcp_v4_send_check`/`tcp_v6_send_check` leave it; the kernel finishes it over csum_start..end.
+        let readable = UnsafeRawBufferPointer(packet)
+        let pseudo = InternetChecksum.pseudoHeaderSum(
+            addresses: UnsafeRawBufferPointer(
+                rebasing: readable[
+                    group.headers.addressesOffset..<group.headers.addressesOffset
+                        + group.headers.addressesSize]),
+            protocolNumber: OffloadLayout.protocolTCP, length: group.totalLength - tcp)
+        packet.storeBE16(pseudo, at: tcp + OffloadLayout.tcpChecksumOffset)
+        let header = VirtioNetHeader(
+            flags: VirtioNetHeader.Flags.needsChecksum,
+            gsoType: group.headers.isV6 ? VirtioNetHeader.GSOType.tcpV6 : VirtioNetHeader.GSOType.tcpV4,
+            headerLength: UInt16(group.headers.headerLength), gsoSize: UInt16(group.segmentSize),
+            checksumStart: UInt16(tcp), checksumOffset: UInt16(OffloadLayout.tcpChecksumOffset))
+        header.store(into: record)  // the record is longer than the header
+    }
+}
+
+/// Byte-wise equality of two regions the caller has bounds-checked.
+@inline(__always)
+private func bytesEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, count: Int) -> Bool {
+    for offset in 0..<count
+    where a.load(fromByteOffset: offset, as: UInt8.self) != b.load(fromByteOffset: offset, as: UInt8.self) {
+        return false
+    }
+    return true
+}
