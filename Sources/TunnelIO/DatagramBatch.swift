@@ -20,10 +20,21 @@ public struct ReceiveBatch: ~Copyable {
     let vectors: UnsafeMutablePointer<iovec>
     let messages: UnsafeMutablePointer<tunctl_mmsghdr>
     let addresses: UnsafeMutablePointer<sockaddr_storage>
+    /// `controlSpace` bytes of ancillary data per slot, where the kernel puts the `UDP_GRO` size.
+    let control: UnsafeMutableRawPointer
+
+    /// Slot size a socket with `UDPOffload.coalescing` needs: the kernel hands over a coalesced
+    /// message whole (up to 64 KiB less headers) and would cut a shorter slot short.
+    public static let coalescingBufferSize = 65535
+
+    /// Ancillary bytes per slot: the `UDP_GRO` message (`CMSG_SPACE(sizeof(int))`, 24 bytes) with
+    /// room to spare for one more, such as IPV6_PKTINFO (40), should the socket ever ask for it.
+    static let controlSpace = 64
 
     /// - Parameters:
     ///   - capacity: datagrams per `recvmmsg` (wireguard-go uses 128).
-    ///   - bufferSize: bytes per slot; 2048 holds any datagram for a 1500-byte path without GRO.
+    ///   - bufferSize: bytes per slot; 2048 holds any datagram for a 1500-byte path without GRO;
+    ///     a socket that coalesces (GRO) needs `coalescingBufferSize`.
     public init(capacity: Int, bufferSize: Int = 2048) {
         precondition(capacity > 0 && capacity <= Int(UInt32.max), "ReceiveBatch capacity out of range")
         precondition(bufferSize > 0, "ReceiveBatch bufferSize must be positive")
@@ -36,13 +47,18 @@ public struct ReceiveBatch: ~Copyable {
         messages = .allocate(capacity: capacity)
         addresses = .allocate(capacity: capacity)
         addresses.initialize(repeating: sockaddr_storage(), count: capacity)
-        // Sound: each header points at its own iovec, address and slot, all inside this allocation.
+        // Aligned for cmsghdr (CMSG_SPACE keeps every later header aligned within a slot's part).
+        control = .allocate(byteCount: capacity * ReceiveBatch.controlSpace, alignment: 16)
+        control.initializeMemory(as: UInt8.self, repeating: 0, count: capacity * ReceiveBatch.controlSpace)
+        // Sound: each header points at its own iovec, address, control area and slot, all inside
+        // this batch's allocations.
         for slot in 0..<capacity {
             vectors[slot] = iovec(iov_base: storage + slot * bufferSize, iov_len: bufferSize)
             messages[slot] = tunctl_mmsghdr(msg_hdr: msghdr(), msg_len: 0)
             messages[slot].msg_hdr.msg_iov = vectors + slot
             messages[slot].msg_hdr.msg_iovlen = 1
             messages[slot].msg_hdr.msg_name = UnsafeMutableRawPointer(addresses + slot)
+            messages[slot].msg_hdr.msg_control = control + slot * ReceiveBatch.controlSpace
         }
         resetHeaders(count: capacity)
     }
@@ -52,6 +68,7 @@ public struct ReceiveBatch: ~Copyable {
         vectors.deallocate()
         messages.deallocate()
         addresses.deallocate()
+        control.deallocate()
     }
 
     /// Bytes in slot `index` (after truncation).
@@ -60,10 +77,11 @@ public struct ReceiveBatch: ~Copyable {
         return min(Int(messages[index].msg_len), bufferSize)
     }
 
-    /// Whether the datagram in slot `index` was longer than `bufferSize` and was cut short.
+    /// Whether slot `index` was cut short: its message was longer than `bufferSize`, or the
+    /// ancillary data that says how to split it did not fit (then its datagrams cannot be told apart).
     public func isTruncated(at index: Int) -> Bool {
         precondition(index >= 0 && index < count, "ReceiveBatch slot out of range")
-        return messages[index].msg_hdr.msg_flags & Int32(MSG_TRUNC) != 0
+        return messages[index].msg_hdr.msg_flags & Int32(MSG_TRUNC | MSG_CTRUNC) != 0
     }
 
     /// Where the datagram in slot `index` came from; IPv4-mapped sources are `.v4`.
@@ -99,6 +117,7 @@ public struct ReceiveBatch: ~Copyable {
     mutating func resetHeaders(count: Int) {
         for slot in 0..<count {
             messages[slot].msg_hdr.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            messages[slot].msg_hdr.msg_controllen = ReceiveBatch.controlSpace
             messages[slot].msg_hdr.msg_flags = 0
             messages[slot].msg_len = 0
         }
@@ -108,6 +127,80 @@ public struct ReceiveBatch: ~Copyable {
 // Sound: the batch is noncopyable, so its memory has one owner; mutation needs `inout` (exclusive),
 // and sharing a borrow only permits reads.
 extension ReceiveBatch: @unchecked Sendable {}
+
+// MARK: Coalesced datagrams (UDP GRO)
+
+/// With `UDPOffload.coalescing` a slot may hold several datagrams from one source that the kernel
+/// joined: all `segmentSize(at:)` bytes long except a possibly shorter last one, back to back.
+/// Without it (or when the kernel did not coalesce) a slot holds one datagram. These methods are
+/// correct either way, so a receive loop uses them and need not know whether GRO is on.
+extension ReceiveBatch {
+    /// Size of each datagram in slot `index`: the kernel's `UDP_GRO` segment size when it joined
+    /// several, otherwise the slot's whole `length(at:)`.
+    public func segmentSize(at index: Int) -> Int {
+        let length = self.length(at: index)
+        guard let size = coalescedSegmentSize(at: index), size < length else { return length }
+        return size
+    }
+
+    /// How many datagrams slot `index` holds: at least 1 (an empty datagram is one datagram).
+    public func datagramCount(at index: Int) -> Int {
+        let length = self.length(at: index)
+        let size = segmentSize(at: index)
+        return size == 0 ? 1 : (length + size - 1) / size
+    }
+
+    /// Calls `body` for each datagram in slot `index`, in the order the peer sent them, with a
+    /// mutable view of exactly that datagram's bytes (for decryption in place; writing past it is
+    /// not possible, the next datagram follows) and the slot's source. A truncated slot
+    /// (`isTruncated(at:)`) or one without a source yields nothing. The buffer must not escape `body`.
+    public mutating func forEachDatagram<E: Error>(
+        inSlot index: Int, _ body: (_ datagram: UnsafeMutableRawBufferPointer, _ source: Endpoint) throws(E) -> Void
+    ) throws(E) {
+        guard !isTruncated(at: index), let source = source(at: index) else { return }
+        let length = self.length(at: index)
+        let size = segmentSize(at: index)
+        let slot = storage + index * bufferSize
+        var offset = 0
+        repeat {
+            let datagramLength = min(size, length - offset)
+            // Sound: offset + datagramLength <= length(at:) <= bufferSize, inside this slot.
+            try body(UnsafeMutableRawBufferPointer(start: slot + offset, count: datagramLength), source)
+            offset += datagramLength
+        } while offset < length
+    }
+
+    /// Calls `body` for every datagram of every slot from the last receive, slot by slot and in
+    /// order within a slot; truncated slots are skipped (count them with `isTruncated(at:)`).
+    public mutating func forEachDatagram<E: Error>(
+        _ body: (_ datagram: UnsafeMutableRawBufferPointer, _ source: Endpoint) throws(E) -> Void
+    ) throws(E) {
+        for index in 0..<count {
+            try forEachDatagram(inSlot: index, body)
+        }
+    }
+
+    /// The `UDP_GRO` segment size the kernel attached to slot `index`, or nil when it attached none
+    /// (the slot then holds one datagram) or an unusable one.
+    func coalescedSegmentSize(at index: Int) -> Int? {
+        precondition(index >= 0 && index < count, "ReceiveBatch slot out of range")
+        // Sound: the index is checked; the header's control pointer and the kernel-set length
+        // describe this slot's control area, and the CMSG helpers never step outside that length.
+        guard let header = (messages + index).pointer(to: \.msg_hdr) else { return nil }
+        var next = tunctl_cmsg_firsthdr(header)
+        while let message = next {
+            if message.pointee.cmsg_level == tunctl_sol_udp, message.pointee.cmsg_type == tunctl_udp_gro,
+                message.pointee.cmsg_len >= tunctl_cmsg_len(MemoryLayout<Int32>.size),
+                let data = tunctl_cmsg_data(message)
+            {
+                let size = Int(UnsafeRawPointer(data).loadUnaligned(as: Int32.self))
+                return size > 0 ? size : nil
+            }
+            next = tunctl_cmsg_nxthdr(header, message)
+        }
+        return nil
+    }
+}
 
 /// Datagrams queued for one `sendmmsg`, in storage allocated once.
 ///
@@ -130,6 +223,20 @@ public struct SendBatch: ~Copyable {
     let addresses: UnsafeMutablePointer<sockaddr_storage>
     let destinations: UnsafeMutablePointer<Endpoint>
 
+    // UDP GSO: pending slots grouped into runs, one message per run (see `planRuns`). A run's
+    // message names the run's iovecs, which point at the slots themselves, so nothing is copied.
+    /// One header per possible run (at most one per slot).
+    let runMessages: UnsafeMutablePointer<tunctl_mmsghdr>
+    /// `runControlSpace` bytes per run: a `UDP_SEGMENT` cmsg, header written once in `init`.
+    let runControl: UnsafeMutableRawPointer
+    /// First slot of each planned run.
+    let runStarts: UnsafeMutablePointer<Int>
+    /// Runs planned by the last `planRuns`.
+    var runCount = 0
+
+    /// `CMSG_SPACE(sizeof(uint16_t))`: the `UDP_SEGMENT` value is a u16 segment size.
+    static let runControlSpace = tunctl_cmsg_space(MemoryLayout<UInt16>.size)
+
     /// - Parameters:
     ///   - capacity: datagrams per `sendmmsg`.
     ///   - bufferSize: bytes per slot; must hold the largest datagram you will append.
@@ -146,6 +253,12 @@ public struct SendBatch: ~Copyable {
         addresses.initialize(repeating: sockaddr_storage(), count: capacity)
         destinations = .allocate(capacity: capacity)
         destinations.initialize(repeating: Endpoint(address: .v4(0), port: 0), count: capacity)
+        runMessages = .allocate(capacity: capacity)
+        runMessages.initialize(repeating: tunctl_mmsghdr(msg_hdr: msghdr(), msg_len: 0), count: capacity)
+        runControl = .allocate(byteCount: capacity * Int(SendBatch.runControlSpace), alignment: 16)
+        runControl.initializeMemory(as: UInt8.self, repeating: 0, count: capacity * Int(SendBatch.runControlSpace))
+        runStarts = .allocate(capacity: capacity)
+        runStarts.initialize(repeating: 0, count: capacity)
         // Sound: each header points at its own iovec, address and slot, all inside this allocation.
         for slot in 0..<capacity {
             vectors[slot] = iovec(iov_base: storage + slot * bufferSize, iov_len: 0)
@@ -153,6 +266,19 @@ public struct SendBatch: ~Copyable {
             messages[slot].msg_hdr.msg_iov = vectors + slot
             messages[slot].msg_hdr.msg_iovlen = 1
             messages[slot].msg_hdr.msg_name = UnsafeMutableRawPointer(addresses + slot)
+        }
+        // The cmsg header of every run's control area never changes; only its u16 value does.
+        // Sound: the header is pointed at run `run`'s own `runControlSpace` bytes, which hold one
+        // cmsghdr plus the aligned value, so CMSG_FIRSTHDR/CMSG_DATA stay inside them.
+        for run in 0..<capacity {
+            runMessages[run].msg_hdr.msg_control = runControl + run * Int(SendBatch.runControlSpace)
+            runMessages[run].msg_hdr.msg_controllen = Int(SendBatch.runControlSpace)
+            guard let header = (runMessages + run).pointer(to: \.msg_hdr),
+                let cmsg = tunctl_cmsg_firsthdr(header)
+            else { preconditionFailure("UDP_SEGMENT control area too small") }
+            cmsg.pointee.cmsg_level = tunctl_sol_udp
+            cmsg.pointee.cmsg_type = tunctl_udp_segment
+            cmsg.pointee.cmsg_len = tunctl_cmsg_len(MemoryLayout<UInt16>.size)
         }
     }
 
@@ -162,6 +288,9 @@ public struct SendBatch: ~Copyable {
         messages.deallocate()
         addresses.deallocate()
         destinations.deallocate()
+        runMessages.deallocate()
+        runControl.deallocate()
+        runStarts.deallocate()
     }
 
     /// Datagrams queued and not yet sent.
@@ -243,6 +372,75 @@ public struct SendBatch: ~Copyable {
         firstPending += sent
         precondition(firstPending <= count, "sendmmsg reported more datagrams than were queued")
         if firstPending == count { removeAll() }
+    }
+
+    // MARK: UDP GSO runs
+
+    /// Groups the pending slots into runs and writes one message per run into `runMessages`;
+    /// returns the number of runs (also `runCount`). Call after `prepareForSend`.
+    ///
+    /// A run is consecutive slots with the same destination whose lengths equal the first's,
+    /// except that the last may be shorter (and not empty): exactly what the kernel splits back
+    /// into datagrams every `segmentSize` bytes. It holds at most `maxSegments` datagrams and
+    /// `maxBytes` bytes. A run of one is sent as a plain message, without the cmsg.
+    mutating func planRuns(maxSegments: Int, maxBytes: Int) -> Int {
+        runCount = 0
+        var slot = firstPending
+        while slot < count {
+            let start = slot
+            let segmentSize = vectors[start].iov_len
+            var bytes = segmentSize
+            slot += 1
+            // An empty datagram cannot be a segment: the kernel would send nothing for it.
+            if segmentSize > 0 {
+                while slot < count, slot - start < maxSegments {
+                    let length = vectors[slot].iov_len
+                    guard length > 0, length <= segmentSize, bytes + length <= maxBytes,
+                        destinations[slot] == destinations[start]
+                    else { break }
+                    bytes += length
+                    slot += 1
+                    if length < segmentSize { break }
+                }
+            }
+            let run = runCount
+            runStarts[run] = start
+            runMessages[run].msg_hdr.msg_name = messages[start].msg_hdr.msg_name
+            runMessages[run].msg_hdr.msg_namelen = messages[start].msg_hdr.msg_namelen
+            // Sound: start..<slot are filled slots, so the run's iovecs lie inside `vectors`.
+            runMessages[run].msg_hdr.msg_iov = vectors + start
+            runMessages[run].msg_hdr.msg_iovlen = slot - start
+            runMessages[run].msg_len = 0
+            let control = runControl + run * Int(SendBatch.runControlSpace)
+            if slot - start > 1 {
+                // Two or more segments fit in maxBytes, so the size is below 32 KiB and fits a u16.
+                precondition(segmentSize <= Int(UInt16.max), "UDP_SEGMENT size exceeds 16 bits")
+                runMessages[run].msg_hdr.msg_control = control
+                runMessages[run].msg_hdr.msg_controllen = Int(SendBatch.runControlSpace)
+                // Sound: the header was pointed at this run's control area in `init`.
+                guard let header = (runMessages + run).pointer(to: \.msg_hdr),
+                    let cmsg = tunctl_cmsg_firsthdr(header), let data = tunctl_cmsg_data(cmsg)
+                else { preconditionFailure("UDP_SEGMENT control area lost its header") }
+                UnsafeMutableRawPointer(data).storeBytes(of: UInt16(segmentSize), as: UInt16.self)
+            } else {
+                runMessages[run].msg_hdr.msg_control = nil
+                runMessages[run].msg_hdr.msg_controllen = 0
+            }
+            runCount += 1
+        }
+        return runCount
+    }
+
+    /// Number of datagrams in planned run `run`.
+    func runLength(_ run: Int) -> Int {
+        precondition(run >= 0 && run < runCount, "SendBatch run out of range")
+        return Int(runMessages[run].msg_hdr.msg_iovlen)
+    }
+
+    /// Segment size of planned run `run`: its first datagram's length.
+    func runSegmentSize(_ run: Int) -> Int {
+        precondition(run >= 0 && run < runCount, "SendBatch run out of range")
+        return vectors[runStarts[run]].iov_len
     }
 }
 

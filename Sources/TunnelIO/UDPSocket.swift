@@ -3,6 +3,27 @@ import Glibc
 import Synchronization
 import TunnelCore
 
+/// UDP offloads a socket may use; each is probed when the socket is made and left off if the
+/// kernel refuses it.
+public struct UDPOffload: OptionSet, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// UDP GSO (`UDP_SEGMENT`, Linux 4.18): `send(_: inout SendBatch)` hands the kernel a run of
+    /// equal-size datagrams to one destination as one message, which it splits back into datagrams
+    /// on the wire. Invisible to the receiver.
+    public static let segmentation = UDPOffload(rawValue: 1 << 0)
+    /// UDP GRO (`UDP_GRO`, Linux 5.0): the kernel may join datagrams from one source into one
+    /// received message. A socket with it must be read with `ReceiveBatch` slots of
+    /// `ReceiveBatch.coalescingBufferSize` and `forEachDatagram`, which splits them again.
+    public static let coalescing = UDPOffload(rawValue: 1 << 1)
+
+    public var description: String {
+        let names = [(UDPOffload.segmentation, "gso"), (.coalescing, "gro")].filter { contains($0.0) }.map(\.1)
+        return names.isEmpty ? "none" : names.joined(separator: "+")
+    }
+}
+
 /// A non-blocking, close-on-exec UDP socket bound to one port on all addresses.
 ///
 /// Dual-stack (AF_INET6 with `IPV6_V6ONLY` off) when the kernel has IPv6, IPv4-only otherwise.
@@ -28,6 +49,15 @@ public final class UDPSocket: Sendable {
     public let sendBufferSize: Int
 
     private let descriptor: Atomic<Int32>
+    /// `UDPOffload` bits in use; segmentation may be dropped at run time (see `send(_:)`).
+    private let activeOffload: Atomic<UInt8>
+
+    /// Most datagrams in one GSO message: the kernel's UDP_MAX_SEGMENTS, 64 since 4.18 (raised
+    /// later), so 64 is accepted by every kernel that has UDP_SEGMENT.
+    static let maximumSegments = 64
+    /// Most payload bytes in one GSO message: 65535 less the IPv4 and UDP headers (20 + 8), the
+    /// limit for IPv4 destinations and a safe one for IPv6.
+    static let maximumSegmentedBytes = 65507
 
     /// The descriptor, for registering with epoll; -1 after `close()`. Do not close it yourself.
     public var fileDescriptor: Int32 { descriptor.load(ordering: .acquiring) }
@@ -36,8 +66,12 @@ public final class UDPSocket: Sendable {
     ///
     /// Buffers: `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` (needs CAP_NET_ADMIN) to `bufferSize`, falling back
     /// to `SO_RCVBUF`/`SO_SNDBUF` when not permitted. `allowIPv6: false` forces an IPv4-only socket.
+    /// `offload` asks for UDP offloads; `self.offload` says which the kernel accepted. GSO is
+    /// asked for by default because it is invisible to every reader; GRO changes what a receive
+    /// returns, so only a caller that splits with `forEachDatagram` should ask for it.
     public init(
-        port: UInt16, bufferSize: Int = UDPSocket.defaultBufferSize, allowIPv6: Bool = true
+        port: UInt16, bufferSize: Int = UDPSocket.defaultBufferSize, allowIPv6: Bool = true,
+        offload: UDPOffload = .segmentation
     )
         throws(SystemError)
     {
@@ -94,6 +128,34 @@ public final class UDPSocket: Sendable {
         }
         self.family = family
         self.descriptor = Atomic(fd)
+        self.activeOffload = Atomic(UDPSocket.probeOffload(fd, offload).rawValue)
+    }
+
+    /// Turns on what the kernel accepts of `requested`. A refusal (ENOPROTOOPT on kernels without
+    /// the option) just leaves that offload off.
+    private static func probeOffload(_ fd: Int32, _ requested: UDPOffload) -> UDPOffload {
+        var accepted: UDPOffload = []
+        // A per-socket UDP_SEGMENT of 0 means "no default segment size": it changes nothing and
+        // succeeds exactly where the per-message cmsg is understood.
+        if requested.contains(.segmentation),
+            (try? setOption(fd, tunctl_sol_udp, tunctl_udp_segment, Int32(0), "setsockopt(UDP_SEGMENT)")) != nil
+        {
+            accepted.insert(.segmentation)
+        }
+        if requested.contains(.coalescing),
+            (try? setOption(fd, tunctl_sol_udp, tunctl_udp_gro, Int32(1), "setsockopt(UDP_GRO)")) != nil
+        {
+            accepted.insert(.coalescing)
+        }
+        return accepted
+    }
+
+    /// The offloads in use now. Segmentation can drop out after `init` (see `send(_:)`).
+    public var offload: UDPOffload { UDPOffload(rawValue: activeOffload.load(ordering: .relaxed)) }
+
+    /// Stops using UDP GSO for good; later batches go out one message per datagram.
+    public func disableSegmentation() {
+        activeOffload.bitwiseAnd(~UDPOffload.segmentation.rawValue, ordering: .relaxed)
     }
 
     deinit {
@@ -154,9 +216,16 @@ public final class UDPSocket: Sendable {
         return (min(received, buffer.count), endpoint)
     }
 
-    /// Receives up to `batch.capacity` datagrams with one `recvmmsg`, replacing the batch's contents.
+    /// Receives up to `batch.capacity` messages with one `recvmmsg`, replacing the batch's contents.
     /// Returns how many arrived (also `batch.count`); 0 means none was waiting.
+    ///
+    /// With `UDPOffload.coalescing` a message may hold several datagrams: read them with
+    /// `batch.forEachDatagram`, which is also right without it. Such a socket needs slots of
+    /// `ReceiveBatch.coalescingBufferSize`, or coalesced messages would arrive truncated.
     public func receive(into batch: inout ReceiveBatch) throws(SystemError) -> Int {
+        precondition(
+            !offload.contains(.coalescing) || batch.bufferSize >= ReceiveBatch.coalescingBufferSize,
+            "a UDP_GRO socket needs ReceiveBatch slots of coalescingBufferSize bytes")
         batch.resetHeaders(count: batch.count)
         batch.count = 0
         let fd = fileDescriptor
@@ -180,29 +249,87 @@ public final class UDPSocket: Sendable {
     /// destination on an IPv4 socket…); that datagram is dropped from the batch before the throw,
     /// so calling again continues with the next. Each refused datagram is reported exactly once and
     /// every sent one is counted in a return value.
+    ///
+    /// With `UDPOffload.segmentation`, runs of equal-size datagrams to one destination go out as
+    /// one message each (UDP GSO), straight from the slots. A run the kernel refuses is resent
+    /// datagram by datagram in the same call, so the contract above holds unchanged; EIO (the
+    /// route's device cannot checksum a GSO send) also turns segmentation off for this socket.
     public func send(_ batch: inout SendBatch) throws(SystemError) -> Int {
         guard !batch.isEmpty else { return 0 }
         batch.prepareForSend(mapV4ToV6: family == .dualStack)
-        let fd = fileDescriptor
         var total = 0
-        while !batch.isEmpty {
-            // Sound: firstPending < count <= capacity, so the pending headers lie inside the batch.
+        if offload.contains(.segmentation) {
+            guard try sendRuns(&batch, total: &total) else { return total }
+        }
+        _ = try sendEach(&batch, upTo: batch.count, total: &total)
+        return total
+    }
+
+    /// Sends pending slots up to (not including) `end` one message per datagram, adding what was
+    /// sent to `total`. Returns true when all of them went, false when the socket would block or
+    /// a refusal is left for the next call (because this call already sent something).
+    private func sendEach(_ batch: inout SendBatch, upTo end: Int, total: inout Int) throws(SystemError) -> Bool {
+        let fd = fileDescriptor
+        while batch.firstPending < end {
+            // Sound: firstPending < end <= count <= capacity, so the headers lie inside the batch.
             let first = batch.messages + batch.firstPending
-            let pending = UInt32(batch.pendingCount)
+            let pending = UInt32(end - batch.firstPending)
             let result: IOResult<Int32>
             do throws(SystemError) {
                 result = try Syscall.shimIO("sendmmsg") { tunctl_sendmmsg(fd, first, pending, 0) }
             } catch {
                 // Report it on the next call, when it is the first thing that happens.
-                if total > 0 { return total }
+                if total > 0 { return false }
                 batch.advance(by: 1)
                 throw error
             }
-            guard case .done(let sent) = result, sent > 0 else { return total }
+            guard case .done(let sent) = result, sent > 0 else { return false }
+            // Advancing may empty the batch (firstPending back to 0) only when end == count.
+            let finished = batch.firstPending + Int(sent) == end
             batch.advance(by: Int(sent))
             total += Int(sent)
+            if finished { return true }
         }
-        return total
+        return true
+    }
+
+    /// Sends the pending slots as GSO runs, adding the datagrams sent to `total`. Returns true
+    /// when the batch is empty or segmentation was turned off and the rest should go one by one;
+    /// false when the socket would block or a refusal is left for the next call.
+    private func sendRuns(_ batch: inout SendBatch, total: inout Int) throws(SystemError) -> Bool {
+        let fd = fileDescriptor
+        let runCount = batch.planRuns(
+            maxSegments: UDPSocket.maximumSegments, maxBytes: UDPSocket.maximumSegmentedBytes)
+        var run = 0
+        while run < runCount {
+            // Sound: run < runCount <= capacity, so the run headers lie inside the batch.
+            let first = batch.runMessages + run
+            let pending = UInt32(runCount - run)
+            let result: IOResult<Int32>
+            do throws(SystemError) {
+                result = try Syscall.shimIO("sendmmsg(UDP_SEGMENT)") { tunctl_sendmmsg(fd, first, pending, 0) }
+            } catch {
+                // The kernel refused run `run`, the first message of that call.
+                let length = batch.runLength(run)
+                if length == 1 {
+                    if total > 0 { return false }
+                    batch.advance(by: 1)
+                    throw SystemError(call: "sendmmsg", errno: error.errno)
+                }
+                if error.errno == EIO { disableSegmentation() }
+                guard try sendEach(&batch, upTo: batch.firstPending + length, total: &total) else { return false }
+                run += 1
+                if !offload.contains(.segmentation) { return true }
+                continue
+            }
+            guard case .done(let sent) = result, sent > 0 else { return false }
+            var datagrams = 0
+            for done in run..<(run + Int(sent)) { datagrams += batch.runLength(done) }
+            run += Int(sent)
+            batch.advance(by: datagrams)
+            total += datagrams
+        }
+        return true
     }
 
     // MARK: Socket options
