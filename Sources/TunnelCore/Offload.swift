@@ -682,7 +682,7 @@ public struct TCPCoalescer: ~Copyable {
     public func mergedRecord(_ buffer: Int) -> UnsafeRawBufferPointer {
         precondition(finished && buffer >= 0 && buffer < buffersUsed, "TCPCoalescer buffer out of range")
         // Sound: buffer `buffer` lies inside the allocation and its first `bufferLengths[buffer]`
-        // bytes were written by `materialize`/`append`/`seal`.
+        // bytes were written by `joins` and `seal`.
         return UnsafeRawBufferPointer(start: buffers + buffer * Self.bufferSize, count: bufferLengths[buffer])
     }
 
@@ -693,9 +693,22 @@ public struct TCPCoalescer: ~Copyable {
     public mutating func add(_ packet: UnsafeRawBufferPointer, slot: Int) -> Bool {
         precondition(!finished, "TCPCoalescer.add after finish without reset")
         precondition(slot >= 0, "TCPCoalescer slot must be non-negative")
-        guard let candidate = Self.candidate(packet) else {
+        let candidate: Candidate
+        switch Self.classify(packet) {
+        case .other:
             appendOutput(slot)
             return false
+        case .ineligibleTCP(let key):
+            // A packet of the flow that cannot be merged (pure ACK, FIN, RST, ...) ends the flow's
+            // group, so nothing of that flow is moved ahead of it.
+            for index in 0..<openCount where groups[index].key == key {
+                seal(index)
+                break
+            }
+            appendOutput(slot)
+            return false
+        case .candidate(let eligible):
+            candidate = eligible
         }
         var groupIndex = -1
         for index in 0..<openCount where groups[index].key == candidate.key {
@@ -743,39 +756,56 @@ public struct TCPCoalescer: ~Copyable {
         outputCount += 1
     }
 
-    /// The eligibility checks that need only the packet itself; nil means "pass through".
-    static func candidate(_ packet: UnsafeRawBufferPointer) -> Candidate? {
-        guard packet.count <= OffloadLayout.maximumIPPacket,
-            let headers = try? TCPHeaders(parsing: packet)
-        else { return nil }
-        if headers.isV6 {
-            guard Int(packet.be16(OffloadLayout.ipv6PayloadLengthOffset)) + OffloadLayout.ipv6Header == packet.count
-            else { return nil }
-        } else {
-            guard headers.ipHeaderLength == OffloadLayout.ipv4MinimumHeader,
-                Int(packet.be16(OffloadLayout.ipv4TotalLengthOffset)) == packet.count,
-                packet.be16(OffloadLayout.ipv4FlagsOffset)
-                    & (OffloadLayout.ipv4MoreFragments | OffloadLayout.ipv4FragmentOffsetMask) == 0
-            else { return nil }
-        }
+    /// What `add` does with a packet, from the checks that need only the packet itself.
+    enum Classification {
+        /// Not TCP, or too malformed to name a flow: passes through.
+        case other
+        /// TCP that may not be merged: passes through and ends its flow's group.
+        case ineligibleTCP(FlowKey)
+        case candidate(Candidate)
+    }
+
+    static func classify(_ packet: UnsafeRawBufferPointer) -> Classification {
+        guard let headers = try? TCPHeaders(parsing: packet) else { return .other }
         let tcp = headers.ipHeaderLength
-        let flags = packet[tcp + OffloadLayout.tcpFlagsOffset]
-        guard flags == OffloadLayout.tcpACK || flags == OffloadLayout.tcpACK | OffloadLayout.tcpPSH else { return nil }
-        let payloadLength = packet.count - headers.headerLength
-        guard payloadLength > 0 else { return nil }
-        let key: FlowKey
+        let key = flowKey(packet, headers)
+        let lengthMatches: Bool
         if headers.isV6 {
-            key = FlowKey(
-                isV6: true, source: (packet.be64(8), packet.be64(16)), destination: (packet.be64(24), packet.be64(32)),
-                ports: packet.be32(tcp))
+            lengthMatches =
+                Int(packet.be16(OffloadLayout.ipv6PayloadLengthOffset)) + OffloadLayout.ipv6Header == packet.count
         } else {
-            key = FlowKey(
-                isV6: false, source: (0, UInt64(packet.be32(12))), destination: (0, UInt64(packet.be32(16))),
-                ports: packet.be32(tcp))
+            lengthMatches =
+                headers.ipHeaderLength == OffloadLayout.ipv4MinimumHeader
+                && Int(packet.be16(OffloadLayout.ipv4TotalLengthOffset)) == packet.count
+                && packet.be16(OffloadLayout.ipv4FlagsOffset)
+                    & (OffloadLayout.ipv4MoreFragments | OffloadLayout.ipv4FragmentOffsetMask) == 0
         }
-        return Candidate(
-            headers: headers, key: key, payloadLength: payloadLength,
-            sequence: packet.be32(tcp + OffloadLayout.tcpSequenceOffset), push: flags & OffloadLayout.tcpPSH != 0)
+        let flags = packet[tcp + OffloadLayout.tcpFlagsOffset]
+        let payloadLength = packet.count - headers.headerLength
+        guard lengthMatches, packet.count <= OffloadLayout.maximumIPPacket, payloadLength > 0,
+            flags == OffloadLayout.tcpACK || flags == OffloadLayout.tcpACK | OffloadLayout.tcpPSH
+        else { return .ineligibleTCP(key) }
+        return .candidate(
+            Candidate(
+                headers: headers, key: key, payloadLength: payloadLength,
+                sequence: packet.be32(tcp + OffloadLayout.tcpSequenceOffset),
+                push: flags & OffloadLayout.tcpPSH != 0))
+    }
+
+    /// The flow of a packet whose headers were validated.
+    static func flowKey(_ packet: UnsafeRawBufferPointer, _ headers: TCPHeaders) -> FlowKey {
+        let ports = packet.be32(headers.ipHeaderLength)
+        if headers.isV6 {
+            let source = OffloadLayout.ipv6AddressesOffset
+            let destination = source + 16
+            return FlowKey(
+                isV6: true, source: (packet.be64(source), packet.be64(source + 8)),
+                destination: (packet.be64(destination), packet.be64(destination + 8)), ports: ports)
+        }
+        let source = OffloadLayout.ipv4AddressesOffset
+        return FlowKey(
+            isV6: false, source: (0, UInt64(packet.be32(source))), destination: (0, UInt64(packet.be32(source + 4))),
+            ports: ports)
     }
 
     /// Whether the TCP checksum of `packet` verifies.
