@@ -377,8 +377,8 @@ struct TCPHeaders {
     var tcpHeaderLength: Int
     var headerLength: Int { ipHeaderLength + tcpHeaderLength }
 
-    /// Validates the IP and TCP headers at the start of `packet`. `extensionHeaders` lists why an
-    /// IPv6 next-header that is not TCP is refused.
+    /// Validates the IP and TCP headers at the start of `packet`: IPv4 (options allowed) or IPv6
+    /// whose next header is TCP; an IPv6 extension header is refused as such, to name the reason.
     init(parsing packet: UnsafeRawBufferPointer) throws(OffloadError) {
         guard let first = packet.first else { throw .unsupportedIPVersion(0) }
         switch first >> 4 {
