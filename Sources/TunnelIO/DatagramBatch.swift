@@ -207,6 +207,10 @@ extension ReceiveBatch {
 /// Fill it with `append`, hand it to `UDPSocket.send(_:)`, which removes what the kernel took from
 /// the front; what remains (after would-block) stays queued for the next call. When the last
 /// pending datagram is sent the batch empties itself. Nothing here allocates after `init`.
+///
+/// With UDP GSO each run of consecutive datagrams to one destination with equal lengths (the
+/// last may be shorter) leaves as one message, so queue a peer's datagrams back to back (as
+/// segmenting one TSO super-packet does) to make the runs long. Slots need not be contiguous.
 public struct SendBatch: ~Copyable {
     /// Number of datagram slots.
     public let capacity: Int
