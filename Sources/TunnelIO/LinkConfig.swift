@@ -114,27 +114,56 @@ public enum LinkConfig {
         }
         guard let executable = ipPath else { throw LinkConfigError(command: command, reason: .ipNotFound) }
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        let errors = Pipe()
-        process.standardError = errors
-        do {
-            try process.run()
-        } catch {
-            throw LinkConfigError(command: command, reason: .launchFailed(String(describing: error)))
+        // posix_spawn and waitpid, not Foundation's Process: Process needs a CFRunLoop wake-up
+        // socket pair that cannot be made in a namespace whose loopback is down, and then hangs.
+        var pipeFDs: [Int32] = [-1, -1]
+        guard pipe(&pipeFDs) == 0 else {
+            throw LinkConfigError(command: command, reason: .launchFailed("pipe: errno \(errno)"))
+        }
+        let (readEnd, writeEnd) = (pipeFDs[0], pipeFDs[1])
+        // pipe2 is hidden from Swift's Glibc: mark both ends close-on-exec right away; the child
+        // gets the write end only as its stderr (dup2 clears the flag on the copy).
+        _ = fcntl(readEnd, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(writeEnd, F_SETFD, FD_CLOEXEC)
+        defer { Glibc.close(readEnd) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, writeEnd, STDERR_FILENO)
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        Glibc.close(writeEnd)
+        guard spawned == 0 else {
+            throw LinkConfigError(command: command, reason: .launchFailed("posix_spawn: errno \(spawned)"))
         }
         // Read to end of file before waiting, so a chatty ip cannot block on a full pipe.
-        let output = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationReason == .exit, process.terminationStatus == 0 else {
+        var output: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1024)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(readEnd, $0.baseAddress, $0.count) }
+            if count > 0 {
+                output += chunk[0..<count]
+            } else if count < 0 && errno == EINTR {
+                continue
+            } else {
+                break
+            }
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        // WIFEXITED / WEXITSTATUS, which Swift does not import (they are macros).
+        let exited = status & 0x7f == 0
+        let exitStatus = (status >> 8) & 0xff
+        guard exited, exitStatus == 0 else {
             let text = String(decoding: output, as: UTF8.self)
             let firstLine = text.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
-            let status = process.terminationReason == .exit ? process.terminationStatus : -1
             throw LinkConfigError(
-                command: command, reason: .failed(status: status, message: firstLine.isEmpty ? "no message" : firstLine)
+                command: command,
+                reason: .failed(status: exited ? exitStatus : -1, message: firstLine.isEmpty ? "no message" : firstLine)
             )
         }
     }
