@@ -361,7 +361,9 @@ public final class Tunnel: @unchecked Sendable {
             if errno == 0, let port = listenPort {
                 do { try rebind(port: port) } catch { return "errno=-\(EADDRINUSE)\n\n" }
             }
-            if errno == 0 { syncRoutes() }
+            // Routes are ours only when we own the config (`tunctl up`); under wg-quick
+            // (`tunctl userspace`) they are wg-quick's, as with wireguard-go.
+            if errno == 0, configPath != nil { syncRoutes() }
             return "errno=\(errno)\n\n"
         case .show:
             return withEngine { _ in ShowReport(tunnel: self).json } + "\n\n"
