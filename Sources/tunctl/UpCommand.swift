@@ -109,9 +109,13 @@ struct Userspace: ParsableCommand {
                 guard background else { return }
                 // Readiness is one byte on stdout (a pipe the parent reads); then stdout is released.
                 _ = write(STDOUT_FILENO, "1", 1)
+                // Let go of the caller's stdout and stderr, or `$(wg-quick up X)` and pipes never
+                // end; logs stay on stderr with --verbose or LOG_LEVEL set, as wireguard-go does.
+                let keepStderr = verbose || ProcessInfo.processInfo.environment["LOG_LEVEL"] != nil
                 let null = open("/dev/null", O_WRONLY)
                 if null >= 0 {
                     dup2(null, STDOUT_FILENO)
+                    if !keepStderr { dup2(null, STDERR_FILENO) }
                     close(null)
                 }
             }
