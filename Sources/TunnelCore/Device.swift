@@ -633,6 +633,11 @@ public final class Device {
 
     // MARK: - Drops
 
+    /// Counts a drop decided outside the core (the I/O layer's offload parsing).
+    public func countDrop(_ reason: DropReason) {
+        drops.count(reason)
+    }
+
     private func drop(_ reason: DropReason, _ peer: Peer? = nil) -> OutboundAction {
         drops.count(reason)
         peer?.drops.count(reason)

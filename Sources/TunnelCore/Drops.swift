@@ -24,6 +24,8 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     case stagedQueueFull
     case noPrivateKey
     case handshakeTimedOut
+    /// A TUN read whose virtio-net header or TCP super-packet could not be segmented.
+    case badOffloadPacket
 
     public var description: String {
         switch self {
@@ -48,6 +50,7 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .stagedQueueFull: return "staged_queue_full"
         case .noPrivateKey: return "no_private_key"
         case .handshakeTimedOut: return "handshake_timed_out"
+        case .badOffloadPacket: return "bad_offload_packet"
         }
     }
 }

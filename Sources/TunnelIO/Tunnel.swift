@@ -68,10 +68,16 @@ public final class Tunnel: @unchecked Sendable {
 
     private var receiveBatch: ReceiveBatch
     private var sendBatch: SendBatch
+    /// Inbound: hands decrypted packets to the TUN, coalescing TCP when it has a virtio header.
+    private var writer: TunWriter
+    /// Outbound, with a virtio header only: one TUN read (header + up to 64 KiB), segmented into
+    /// send slots from here. Owned by `outboundQueue`.
+    private let tunRecord: UnsafeMutableRawBufferPointer
+    let offload: OffloadSettings
     /// Reads per wake-up before yielding to the other sources (fairness; bounded work per event).
     static let burst = 64
-    /// The largest UDP payload over IPv4 or IPv6 without jumbograms.
-    static let maximumDatagram = 65535
+    /// TUN reads per wake-up when each may be a 64 KiB super-packet.
+    static let recordBurst = 16
 
     /// Opens the TUN, binds the socket, configures the link and loads `config` into the engine.
     /// Undoes what it did if a step fails. Call `run` next.
@@ -88,12 +94,26 @@ public final class Tunnel: @unchecked Sendable {
         device = Device(privateKey: config?.privateKey, mtu: mtu)
         // A send slot holds the largest packet the TUN hands us (its MTU) plus the transport
         // overhead; a receive slot, any datagram a peer may send (its MTU may exceed ours).
-        receiveBatch = ReceiveBatch(capacity: Tunnel.burst, bufferSize: Tunnel.maximumDatagram)
+        receiveBatch = ReceiveBatch(capacity: Tunnel.burst, bufferSize: ReceiveBatch.coalescingBufferSize)
         sendBatch = SendBatch(capacity: Tunnel.burst, bufferSize: mtu + Device.headroom + Device.tailroom)
+        offload = OffloadSettings.fromEnvironment()
+        tunRecord = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: offload.tun ? VirtioNetHeader.size + OffloadLayout.maximumIPPacket : 0, alignment: 16)
+        writer = TunWriter(capacity: Tunnel.burst * 48, virtio: offload.tun)
 
-        tun = try TunDevice.open(name: name)
+        tun = try TunDevice.open(name: name, virtioHeader: offload.tun)
         do {
-            socket = try UDPSocket(port: config?.interface.listenPort ?? 0)
+            if offload.tun {
+                // TSO and checksum offload: the kernel may hand us TCP super-packets, which we cut
+                // up. If it refuses, reads still carry a (plain) virtio header.
+                do {
+                    try tun.setOffloads([.checksum, .tcpSegmentationV4, .tcpSegmentationV6, .tcpSegmentationECN])
+                } catch {
+                    logger.info("\(name): TUN offloads unavailable (\(error)); packets go one by one")
+                }
+            }
+            socket = try UDPSocket(
+                port: config?.interface.listenPort ?? 0, offload: offload.udp ? [.segmentation, .coalescing] : [])
             try LinkConfig.setMTU(mtu, interface: tun.name)
             for address in config?.interface.addresses ?? [] {
                 try LinkConfig.addAddress(address, interface: tun.name)
@@ -177,10 +197,15 @@ public final class Tunnel: @unchecked Sendable {
 
     // MARK: - Data path (on `queue`)
 
+    deinit {
+        tunRecord.deallocate()
+    }
+
     /// TUN → encrypt → UDP. Reads up to `burst` packets, each straight into a send-batch slot
     /// behind room for the header, seals it there in place, and sends the batch with one sendmmsg:
     /// no copy and no allocation per packet.
     private func drainTun() {
+        if tun.hasVirtioHeader { return drainTunRecords() }
         let now = currentInstant()
         var sink = SocketSink(socket: socket, logger: logger)
         var drained = false
@@ -213,6 +238,75 @@ public final class Tunnel: @unchecked Sendable {
         if let failure { handleTunError(failure) }
     }
 
+    /// TUN → encrypt → UDP with a virtio-net header: each read is a packet or a TCP super-packet
+    /// (up to 64 KiB); a super-packet is cut into segments straight into send slots, each sealed
+    /// in place, so a run of equal segments to one peer leaves as one UDP GSO message.
+    private func drainTunRecords() {
+        let now = currentInstant()
+        var sink = SocketSink(socket: socket, logger: logger)
+        for _ in 0..<Tunnel.recordBurst {
+            let recordLength: Int
+            do {
+                guard let count = try tun.read(into: tunRecord) else { break }
+                recordLength = count
+            } catch {
+                flushSendBatch()
+                handleTunError(error)
+                return
+            }
+            let record = UnsafeMutableRawBufferPointer(rebasing: tunRecord[0..<recordLength])
+            do {
+                switch try interpretTUNRead(record) {
+                case .packet(let length):
+                    // The one copy on this path: a read cannot know in advance whether it will be a
+                    // super-packet (segmented from here) or a single packet (moved into a slot).
+                    let packet = UnsafeRawBufferPointer(
+                        rebasing: record[VirtioNetHeader.size..<(VirtioNetHeader.size + length)])
+                    _ = sealIntoBatch(now: now, sink: &sink) { area in
+                        area.copyMemory(from: packet)
+                        return packet.count
+                    }
+                case .superPacket(var segmenter):
+                    var failure: (any Error)?
+                    while sealIntoBatch(
+                        now: now, sink: &sink,
+                        { area in
+                            do {
+                                return try segmenter.next(into: area)
+                            } catch {
+                                failure = error
+                                return nil
+                            }
+                        })
+                    {}
+                    if failure != nil { withEngine { $0.countDrop(.badOffloadPacket) } }
+                }
+            } catch {
+                withEngine { $0.countDrop(.badOffloadPacket) }
+            }
+        }
+        flushSendBatch()
+    }
+
+    /// Puts one plaintext packet into the next send slot (`produce` writes it at the header room
+    /// and returns its length, or nil when there is nothing more), seals it there and queues it.
+    /// Returns false once `produce` has nothing more. Flushes first when the batch is full.
+    private func sealIntoBatch(
+        now: Instant, sink: inout SocketSink, _ produce: (UnsafeMutableRawBufferPointer) -> Int?
+    ) -> Bool {
+        if sendBatch.isFull { flushSendBatch() }
+        var produced = false
+        _ = sendBatch.appendRouted { slot -> (length: Int, destination: Endpoint)? in
+            let area = UnsafeMutableRawBufferPointer(rebasing: slot[Device.headroom..<(slot.count - Device.tailroom)])
+            guard let length = produce(area) else { return nil }
+            produced = true
+            let action = withEngine { $0.encapsulate(slot, packetLength: length, now: now, sink: &sink) }
+            if case .send(let datagramLength, let endpoint) = action { return (datagramLength, endpoint) }
+            return nil
+        }
+        return produced
+    }
+
     private func flushSendBatch() {
         guard !sendBatch.isEmpty else {
             sendBatch.removeAll()
@@ -223,11 +317,13 @@ public final class Tunnel: @unchecked Sendable {
         sendBatch.removeAll()
     }
 
-    /// UDP → decrypt → TUN. Receives batches with recvmmsg, opens each in place, writes the
-    /// inner packets to the TUN.
+    /// UDP → decrypt → TUN. Receives batches with recvmmsg (each slot possibly several datagrams
+    /// coalesced by UDP GRO), opens each datagram in place, and hands the packets to the TUN writer,
+    /// which coalesces TCP segments into super-packets when the TUN takes them.
     private func drainSocket() {
         var sink = SocketSink(socket: socket, logger: logger)
-        for _ in 0..<8 {
+        let tun = self.tun
+        for _ in 0..<4 {
             let received: Int
             do {
                 received = try socket.receive(into: &receiveBatch)
@@ -237,23 +333,16 @@ public final class Tunnel: @unchecked Sendable {
             }
             if received == 0 { return }
             let now = currentInstant()
-            for slot in 0..<received {
-                guard let source = receiveBatch.source(at: slot), !receiveBatch.isTruncated(at: slot) else { continue }
-                let length = receiveBatch.length(at: slot)
-                receiveBatch.withMutableSlot(at: slot) { buffer in
-                    let action = withEngine {
-                        $0.decapsulate(buffer, length: length, from: source, now: now, sink: &sink)
-                    }
-                    if case .deliver(let offset, let packetLength) = action {
-                        let packet = UnsafeRawBufferPointer(rebasing: buffer[offset..<(offset + packetLength)])
-                        do {
-                            _ = try tun.write(packet)
-                        } catch {
-                            logger.debug("\(name): TUN write failed: \(error)")
-                        }
-                    }
+            receiveBatch.forEachDatagram { datagram, source in
+                let action = withEngine {
+                    $0.decapsulate(datagram, length: datagram.count, from: source, now: now, sink: &sink)
+                }
+                if case .deliver(let offset, let length) = action {
+                    writer.add(UnsafeMutableRawBufferPointer(rebasing: datagram[offset..<(offset + length)]), tun: tun)
                 }
             }
+            // Before the next receive reuses the slots the writer points into.
+            writer.flush(tun: tun)
             if received < receiveBatch.capacity { return }
         }
     }

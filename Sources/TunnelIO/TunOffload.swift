@@ -1,0 +1,96 @@
+import Glibc
+import TunnelCore
+
+/// Whether the daemon asks the kernel for offloads: TUN TSO/checksum (`IFF_VNET_HDR` +
+/// `TUNSETOFFLOAD`) and UDP GSO/GRO. On by default; `TUNCTL_OFFLOAD=off` turns all of them off
+/// (the tests run both ways), and any the kernel refuses fall back on their own.
+public struct OffloadSettings: Sendable, Equatable {
+    public var tun: Bool
+    public var udp: Bool
+
+    public static let all = OffloadSettings(tun: true, udp: true)
+    public static let none = OffloadSettings(tun: false, udp: false)
+
+    public static func fromEnvironment() -> OffloadSettings {
+        guard let value = getenv("TUNCTL_OFFLOAD").map({ String(cString: $0) }) else { return .all }
+        return ["off", "0", "no", "false"].contains(value.lowercased()) ? .none : .all
+    }
+}
+
+/// Hands decrypted packets to the TUN device. With a virtio-net header, the TCP segments of one
+/// received batch are coalesced into super-packets (GRO in userspace: one write for up to 64 KiB)
+/// and every other packet goes out behind an empty header; without one, each packet is written
+/// as it comes.
+///
+/// Ownership: `add` keeps only views of packets that live in the caller's receive batch, so the
+/// caller must `flush` before that batch is reused. Each packet must have
+/// `VirtioNetHeader.size` writable bytes in front of it (the transport header's room).
+/// Owned by the inbound queue; nothing here allocates after `init`.
+struct TunWriter: ~Copyable {
+    let virtio: Bool
+    let capacity: Int
+    private var coalescer: TCPCoalescer
+    private let bases: UnsafeMutablePointer<UnsafeMutableRawPointer>
+    private let lengths: UnsafeMutablePointer<Int>
+    private var count = 0
+    /// Packets the TUN refused (full queue or an error), for the log.
+    private(set) var refused: UInt64 = 0
+
+    init(capacity: Int, virtio: Bool) {
+        self.virtio = virtio
+        self.capacity = capacity
+        coalescer = TCPCoalescer(maximumPackets: capacity, maximumFlows: 8, bufferCount: 8)
+        bases = .allocate(capacity: capacity)
+        lengths = .allocate(capacity: capacity)
+    }
+
+    deinit {
+        bases.deallocate()
+        lengths.deallocate()
+    }
+
+    /// Queues (or, without a virtio header, writes) `packet`.
+    mutating func add(_ packet: UnsafeMutableRawBufferPointer, tun: TunDevice) {
+        // A delivered packet is never empty (the core checked its IP header).
+        guard let base = packet.baseAddress else { return }
+        guard virtio else {
+            write(UnsafeRawBufferPointer(packet), tun: tun)
+            return
+        }
+        if count == capacity { flush(tun: tun) }
+        bases[count] = base
+        lengths[count] = packet.count
+        count += 1
+    }
+
+    /// Coalesces and writes everything queued since the last flush.
+    mutating func flush(tun: TunDevice) {
+        guard virtio, count > 0 else { return }
+        coalescer.reset()
+        for index in 0..<count {
+            _ = coalescer.add(UnsafeRawBufferPointer(start: bases[index], count: lengths[index]), slot: index)
+        }
+        coalescer.finish()
+        for output in 0..<coalescer.outputCount {
+            switch coalescer.output(at: output) {
+            case .packet(let slot):
+                // Sound: the caller guarantees VirtioNetHeader.size writable bytes before each packet.
+                let record = UnsafeMutableRawBufferPointer(
+                    start: bases[slot] - VirtioNetHeader.size, count: lengths[slot] + VirtioNetHeader.size)
+                try? VirtioNetHeader.none.write(to: record)
+                write(UnsafeRawBufferPointer(record), tun: tun)
+            case .merged(let buffer):
+                write(coalescer.mergedRecord(buffer), tun: tun)
+            }
+        }
+        count = 0
+    }
+
+    private mutating func write(_ record: UnsafeRawBufferPointer, tun: TunDevice) {
+        // A full TUN queue drops the packet, as a full link would; TCP recovers.
+        guard (try? tun.write(record)) == true else {
+            refused &+= 1
+            return
+        }
+    }
+}
