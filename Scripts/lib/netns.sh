@@ -511,7 +511,8 @@ tcp_transfer() {
 # run_test NAME FUNC: runs FUNC in a subshell with its own cleanup trap and a fresh
 # $TT_TEST_DIR; records PASS/FAIL; on failure prints the tail of every log of the test.
 run_test() {
-  local name=$1 func=$2 rc
+  # TT_TAG (e.g. "offload-off") names a second pass of the same tests under other settings.
+  local name=$1${TT_TAG:+ [$TT_TAG]} func=$2 rc
   TT_SEQ=$((TT_SEQ + 1))
   TT_TEST_DIR="$TT_TMP/$TT_SEQ-$name"
   mkdir -p "$TT_TEST_DIR"
