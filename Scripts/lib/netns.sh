@@ -399,6 +399,31 @@ print(sum(int(v) for k, v in drops.items() if re.search(sys.argv[1], k, re.I)))
 ' "$re"
 }
 
+# underlay_pair V6: two namespaces A and B joined by veth (198.18.0.1/30 and 2001:db8::1/64 on A,
+# .2 on B), keys a, b and a PSK ab in $KEYS. Sets NS_A NS_B IF_A IF_B KEYS, and U_A U_B (the
+# underlay addresses to put in Endpoint: IPv6 in brackets when V6 is 1).
+underlay_pair() {
+  local v6=$1
+  NS_A=$(ns_name a)
+  NS_B=$(ns_name b)
+  IF_A=$(if_name a)
+  IF_B=$(if_name b)
+  KEYS="$TT_TEST_DIR/keys"
+  mkdir -p "$KEYS"
+  ns_create "$NS_A" && ns_create "$NS_B" || return 1
+  veth_create "$NS_A" veA "$NS_B" veB || return 1
+  addr_add "$NS_A" veA 198.18.0.1/30 2001:db8::1/64 || return 1
+  addr_add "$NS_B" veB 198.18.0.2/30 2001:db8::2/64 || return 1
+  if ((v6)); then
+    U_A="[2001:db8::1]"
+    U_B="[2001:db8::2]"
+  else
+    U_A=198.18.0.1
+    U_B=198.18.0.2
+  fi
+  tt_keypair "$KEYS" a && tt_keypair "$KEYS" b && tt_psk "$KEYS/ab.psk" || return 1
+}
+
 # ---------------------------------------------------------------------------------------------
 # Common topology: two nodes joined by one veth, tunctl up on both.
 #
@@ -432,24 +457,7 @@ two_nodes_setup() {
     esac
     shift
   done
-  NS_A=$(ns_name a)
-  NS_B=$(ns_name b)
-  IF_A=$(if_name a)
-  IF_B=$(if_name b)
-  KEYS="$TT_TEST_DIR/keys"
-  mkdir -p "$KEYS"
-  ns_create "$NS_A" && ns_create "$NS_B" || return 1
-  veth_create "$NS_A" veA "$NS_B" veB || return 1
-  addr_add "$NS_A" veA 198.18.0.1/30 2001:db8::1/64 || return 1
-  addr_add "$NS_B" veB 198.18.0.2/30 2001:db8::2/64 || return 1
-  if ((v6)); then
-    U_A="[2001:db8::1]"
-    U_B="[2001:db8::2]"
-  else
-    U_A=198.18.0.1
-    U_B=198.18.0.2
-  fi
-  tt_keypair "$KEYS" a && tt_keypair "$KEYS" b && tt_psk "$KEYS/ab.psk" || return 1
+  underlay_pair "$v6" || return 1
   CONF_A="$TT_TEST_DIR/$IF_A.conf"
   CONF_B="$TT_TEST_DIR/$IF_B.conf"
   write_conf "$CONF_A" --key "$KEYS/a.key" --address 198.18.1.1/24,2001:db8:1::1/64 --port "$PORT_A" \

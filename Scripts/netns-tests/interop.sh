@@ -98,24 +98,7 @@ pair_setup() {
     esac
     shift
   done
-  NS_A=$(ns_name a)
-  NS_B=$(ns_name b)
-  IF_A=$(if_name a)
-  IF_B=$(if_name b)
-  KEYS="$TT_TEST_DIR/keys"
-  mkdir -p "$KEYS"
-  ns_create "$NS_A" && ns_create "$NS_B" || return 1
-  veth_create "$NS_A" veA "$NS_B" veB || return 1
-  addr_add "$NS_A" veA 198.18.0.1/30 2001:db8::1/64 || return 1
-  addr_add "$NS_B" veB 198.18.0.2/30 2001:db8::2/64 || return 1
-  if ((v6)); then
-    U_A="[2001:db8::1]"
-    U_B="[2001:db8::2]"
-  else
-    U_A=198.18.0.1
-    U_B=198.18.0.2
-  fi
-  tt_keypair "$KEYS" a && tt_keypair "$KEYS" b && tt_psk "$KEYS/ab.psk" || return 1
+  underlay_pair "$v6" || return 1
   local pa=() pb=() ea=() eb=() ka=()
   ((psk)) && pa=(--psk "$KEYS/ab.psk") && pb=(--psk "$KEYS/ab.psk")
   [[ $initiator == tunctl || $initiator == both ]] && ea=(--endpoint "$U_B:$PORT_B")
