@@ -28,6 +28,20 @@ public final class SecretKey: @unchecked Sendable, Equatable, CustomStringConver
         self.init { $0.copyMemory(from: bytes) }
     }
 
+    /// Decodes exactly 32 bytes of standard base64 (as `wg genkey` prints); nil otherwise.
+    public convenience init?(base64: some StringProtocol) {
+        var ok = false
+        self.init { ok = Encoding.decodeBase64(base64, into: $0) }
+        guard ok else { return nil }
+    }
+
+    /// Decodes exactly 32 bytes of hex (as the UAPI sends keys); nil otherwise.
+    public convenience init?(hex: some StringProtocol) {
+        var ok = false
+        self.init { ok = Encoding.decodeHex(hex, into: $0) }
+        guard ok else { return nil }
+    }
+
     /// 32 zero bytes (the "no preshared key" value of the protocol).
     public static func zero() -> SecretKey { SecretKey { _ in } }
 
@@ -101,16 +115,12 @@ public final class PrivateKey: Sendable, Equatable, CustomStringConvertible, Cus
     public static func generate() -> PrivateKey { PrivateKey(secret: .random()) }
 
     public convenience init?(base64: some StringProtocol) {
-        var ok = false
-        let secret = SecretKey { ok = Encoding.decodeBase64(base64, into: $0) }
-        guard ok else { return nil }
+        guard let secret = SecretKey(base64: base64) else { return nil }
         self.init(secret: secret)
     }
 
     public convenience init?(hex: some StringProtocol) {
-        var ok = false
-        let secret = SecretKey { ok = Encoding.decodeHex(hex, into: $0) }
-        guard ok else { return nil }
+        guard let secret = SecretKey(hex: hex) else { return nil }
         self.init(secret: secret)
     }
 
@@ -135,16 +145,12 @@ public final class PresharedKey: Sendable, Equatable, CustomStringConvertible, C
     public static func none() -> PresharedKey { PresharedKey(secret: .zero()) }
 
     public convenience init?(base64: some StringProtocol) {
-        var ok = false
-        let secret = SecretKey { ok = Encoding.decodeBase64(base64, into: $0) }
-        guard ok else { return nil }
+        guard let secret = SecretKey(base64: base64) else { return nil }
         self.init(secret: secret)
     }
 
     public convenience init?(hex: some StringProtocol) {
-        var ok = false
-        let secret = SecretKey { ok = Encoding.decodeHex(hex, into: $0) }
-        guard ok else { return nil }
+        guard let secret = SecretKey(hex: hex) else { return nil }
         self.init(secret: secret)
     }
 
