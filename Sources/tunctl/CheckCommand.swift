@@ -12,14 +12,18 @@ struct Check: ParsableCommand {
     var config: String
 
     func run() throws {
-        let loaded: LoadedConfig
-        do {
-            loaded = try ConfigLoader.load(path: config)
-        } catch {
-            throw CLIError.config(error)
-        }
+        let loaded = try loadConfig(config)
         let publicKey = loaded.config.privateKey.map { $0.publicKey.base64 } ?? "(unresolved)"
         let peers = loaded.config.peers.count
         print("\(loaded.interfaceName): ok, public key \(publicKey), \(peers) peer\(peers == 1 ? "" : "s")")
+    }
+}
+
+/// Loads a config file as `up` does, turning a load error into the CLI's one-line error.
+func loadConfig(_ path: String) throws -> LoadedConfig {
+    do {
+        return try ConfigLoader.load(path: path)
+    } catch {
+        throw CLIError.config(error)
     }
 }

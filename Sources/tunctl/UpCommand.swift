@@ -65,12 +65,7 @@ struct Up: ParsableCommand {
     var verbose = false
 
     func run() throws {
-        let loaded: LoadedConfig
-        do {
-            loaded = try ConfigLoader.load(path: config)
-        } catch {
-            throw CLIError.config(error)
-        }
+        let loaded = try loadConfig(config)
         bootstrapLogging(verbose: verbose)
         try runTunnel(
             name: loaded.interfaceName.rawValue, config: loaded.config, configPath: loaded.path, verbose: verbose)
