@@ -28,7 +28,10 @@ let package = Package(
                 "TunnelCore", "CLinuxShim",
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        .target(name: "TunnelTestSupport", dependencies: ["TunnelCore"]),
+        // Test support only: replaces malloc with a counting wrapper so tests can prove a hot path
+        // allocates nothing. Linked into the test bundle through TunnelTestSupport, nowhere else.
+        .target(name: "CAllocationCounter", path: "Sources/CAllocationCounter"),
+        .target(name: "TunnelTestSupport", dependencies: ["TunnelCore", "CAllocationCounter"]),
         .executableTarget(
             name: "tunctl",
             dependencies: [

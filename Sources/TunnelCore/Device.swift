@@ -189,7 +189,7 @@ public final class Device {
     }
 
     private func route(destinationOf packet: UnsafeRawBufferPointer) -> Peer? {
-        guard let first = packet.first else { return nil }
+        guard let first = packet.firstByte else { return nil }
         switch first >> 4 {
         case 4 where packet.count >= IPPacketHeader.Layout.ipv4MinimumHeader:
             // In bounds: checked just above; the lookup reads 4 bytes.

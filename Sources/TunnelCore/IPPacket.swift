@@ -35,7 +35,7 @@ public struct IPPacketHeader: Hashable, Sendable {
     /// Validates the header at the start of `packet` and reads its length and addresses.
     /// `packet` is the whole decrypted plaintext (padding included); nothing is retained.
     public init(parsing packet: UnsafeRawBufferPointer) throws(IPPacketError) {
-        guard let first = packet.first else { throw .truncatedHeader }
+        guard let first = packet.firstByte else { throw .truncatedHeader }
         let version = first >> 4
         switch version {
         case 4:
@@ -92,4 +92,10 @@ public struct IPPacketHeader: Hashable, Sendable {
         let low = UInt64(bigEndian: buffer.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self))
         return UInt128(high) << 64 | UInt128(low)
     }
+}
+
+extension UnsafeRawBufferPointer {
+    /// The first byte, or nil when empty. Per-packet code uses this, not `first`: the generic
+    /// `Collection.first` allocates in unoptimised builds (caught by AllocationTests).
+    @inline(__always) var firstByte: UInt8? { isEmpty ? nil : self[0] }
 }

@@ -380,7 +380,7 @@ struct TCPHeaders {
     /// Validates the IP and TCP headers at the start of `packet`: IPv4 (options allowed) or IPv6
     /// whose next header is TCP; an IPv6 extension header is refused as such, to name the reason.
     init(parsing packet: UnsafeRawBufferPointer) throws(OffloadError) {
-        guard let first = packet.first else { throw .unsupportedIPVersion(0) }
+        guard let first = packet.firstByte else { throw .unsupportedIPVersion(0) }
         switch first >> 4 {
         case 4:
             guard packet.count >= OffloadLayout.ipv4MinimumHeader else { throw .truncatedIPHeader }
@@ -458,7 +458,7 @@ public struct TCPSegmenter {
             throw .unsupportedGSOType(header.gsoType)
         }
         guard header.gsoSize > 0 else { throw .zeroGSOSize }
-        if let first = packet.first, first >> 4 == 4 || first >> 4 == 6 {
+        if let first = packet.firstByte, first >> 4 == 4 || first >> 4 == 6 {
             guard (first >> 4 == 6) == (kind == VirtioNetHeader.GSOType.tcpV6) else { throw .ipVersionMismatch }
         }
         let headers = try TCPHeaders(parsing: packet)
