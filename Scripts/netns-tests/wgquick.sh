@@ -25,17 +25,9 @@ PORT_P=51821
 # wq_setup: namespaces, keys, the wrapper, wg-quick's config for W (named after the interface),
 # and the peer P (wireguard-go configured with `wg`). Sets NS_W NS_P IF_W IF_P KEYS CONF_W WRAPPER.
 wq_setup() {
-  NS_W=$(ns_name w)
-  NS_P=$(ns_name p)
-  IF_W=$(if_name w)
-  IF_P=$(if_name p)
-  KEYS="$TT_TEST_DIR/keys"
-  mkdir -p "$KEYS"
-  ns_create "$NS_W" && ns_create "$NS_P" || return 1
-  veth_create "$NS_W" veW "$NS_P" veP || return 1
-  addr_add "$NS_W" veW 198.18.0.1/30 2001:db8::1/64 || return 1
-  addr_add "$NS_P" veP 198.18.0.2/30 2001:db8::2/64 || return 1
-  tt_keypair "$KEYS" w && tt_keypair "$KEYS" p && tt_psk "$KEYS/wp.psk" || return 1
+  # The harness's two-namespace underlay: W is its A side, P its B side (keys a, b, PSK ab).
+  underlay_pair 0 || return 1
+  NS_W=$NS_A NS_P=$NS_B IF_W=$IF_A IF_P=$IF_B
   tt_register_iface "$IF_W"
   tt_register_iface "$IF_P"
 
@@ -46,8 +38,8 @@ wq_setup() {
 
   # Minimal wg-quick config: no DNS, no Table, no MTU, no /0.
   CONF_W="$TT_TEST_DIR/$IF_W.conf"
-  write_conf "$CONF_W" --key "$KEYS/w.key" --address 198.18.1.1/24,2001:db8:1::1/64 --port "$PORT_W" \
-    --peer "$KEYS/p.pub" --psk "$KEYS/wp.psk" --endpoint "198.18.0.2:$PORT_P" \
+  write_conf "$CONF_W" --key "$KEYS/a.key" --address 198.18.1.1/24,2001:db8:1::1/64 --port "$PORT_W" \
+    --peer "$KEYS/b.pub" --psk "$KEYS/ab.psk" --endpoint "198.18.0.2:$PORT_P" \
     --allowed 198.18.1.2/32,198.18.3.0/24,2001:db8:1::2/128 || return 1
 
   # P: wireguard-go, configured with wg (it learns W's endpoint from W's handshake).
@@ -59,8 +51,8 @@ wq_setup() {
     sleep 0.1
   done
   ((i < 100)) || fail "wireguard-go did not come up" || return 1
-  nsx "$NS_P" wg set "$IF_P" private-key "$KEYS/p.key" listen-port "$PORT_P" \
-    peer "$(cat "$KEYS/w.pub")" preshared-key "$KEYS/wp.psk" allowed-ips 198.18.1.1/32,2001:db8:1::1/128 ||
+  nsx "$NS_P" wg set "$IF_P" private-key "$KEYS/b.key" listen-port "$PORT_P" \
+    peer "$(cat "$KEYS/a.pub")" preshared-key "$KEYS/ab.psk" allowed-ips 198.18.1.1/32,2001:db8:1::1/128 ||
     fail "wg set on wireguard-go" || return 1
   addr_add "$NS_P" "$IF_P" 198.18.1.2/24 198.18.3.1/24 2001:db8:1::2/64 || return 1
   nsx "$NS_P" ip link set "$IF_P" mtu 1420 up
@@ -98,8 +90,8 @@ assert_up() {
   local show
   show=$(nsx "$NS_W" wg showconf "$IF_W") || fail "wg showconf $IF_W" || return 1
   has -x "ListenPort = $PORT_W" <<<"$show" || fail "showconf: ListenPort" || return 1
-  has -x "PrivateKey = $(cat "$KEYS/w.key")" <<<"$show" || fail "showconf: PrivateKey" || return 1
-  has -x "PublicKey = $(cat "$KEYS/p.pub")" <<<"$show" || fail "showconf: peer" || return 1
+  has -x "PrivateKey = $(cat "$KEYS/a.key")" <<<"$show" || fail "showconf: PrivateKey" || return 1
+  has -x "PublicKey = $(cat "$KEYS/b.pub")" <<<"$show" || fail "showconf: peer" || return 1
   has -x "Endpoint = 198.18.0.2:$PORT_P" <<<"$show" || fail "showconf: Endpoint" || return 1
 
   ping_until "$NS_W" 198.18.1.2 10 || fail "W -> P: no reply within 10 s" || return 1
@@ -168,7 +160,7 @@ test_wgquick_two_words() {
 # not the kernel's own (proto kernel / link-local multicast), then wg-quick down.
 impl_routes() {
   wq "$1" up || fail "wg-quick up ($1) failed: $(tail -5 "$WQ_LOG")" || return 1
-  nsx "$NS_W" wg set "$IF_W" peer "$(cat "$KEYS/p.pub")" allowed-ips 198.18.1.2/32,198.18.3.0/24,198.18.4.0/24,2001:db8:1::2/128 ||
+  nsx "$NS_W" wg set "$IF_W" peer "$(cat "$KEYS/b.pub")" allowed-ips 198.18.1.2/32,198.18.3.0/24,198.18.4.0/24,2001:db8:1::2/128 ||
     fail "wg set allowed-ips ($1)" || return 1
   sleep 0.5
   { nsx "$NS_W" ip -4 route show table all dev "$IF_W"; nsx "$NS_W" ip -6 route show table all dev "$IF_W"; } |
