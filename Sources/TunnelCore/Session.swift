@@ -89,10 +89,10 @@ enum Transport {
         let counter = keypair.sendCounter
         keypair.sendCounter += 1
         TransportMessage.writeHeader(receiver: keypair.remoteIndex, counter: counter, to: buffer)
-        ChaChaPoly.seal(
+        ChaChaPoly.sealInPlace(
             key: keypair.sendingKey, counter: counter,
-            plaintext: UnsafeRawBufferPointer(start: base + header, count: padded),
-            into: base + header)
+            message: UnsafeMutableRawBufferPointer(start: base + header, count: padded),
+            tag: base + header + padded)
         return header + padded + MessageSize.tag
     }
 
@@ -104,8 +104,11 @@ enum Transport {
     ) -> Int? {
         let header = TransportMessage.headerSize
         guard length >= header + MessageSize.tag, let base = buffer.baseAddress else { return nil }
-        let ciphertext = UnsafeRawBufferPointer(start: base + header, count: length - header)
-        guard ChaChaPoly.open(key: keypair.receivingKey, counter: counter, ciphertext: ciphertext, into: base + header)
+        let messageLength = length - header - MessageSize.tag
+        let message = UnsafeMutableRawBufferPointer(start: base + header, count: messageLength)
+        guard
+            ChaChaPoly.openInPlace(
+                key: keypair.receivingKey, counter: counter, message: message, tag: base + header + messageLength)
         else { return nil }
         return length - header - MessageSize.tag
     }

@@ -44,6 +44,186 @@ public enum ChaChaPoly {
         }
     }
 
+    // MARK: Transport data: the same construction, keystream in whole 8-block chunks
+
+    /// Bytes of keystream per libsodium call on the transport path: libsodium's AVX2 ChaCha20
+    /// works 8 blocks (512 bytes) at a time and finishes a shorter remainder through slower
+    /// 4-block and 1-block code, plus one more call for the Poly1305 key. Measured here with
+    /// libsodium 1.0.18: a 1420-byte seal takes 1.66 µs through `..._encrypt_detached` and 1.36 µs
+    /// when the remainder goes through a whole chunk; block 0 alone costs 0.15 µs.
+    static let chunkLength = 512
+    static let blockLength = 64
+    /// Plaintext bytes that share the first chunk with block 0 (the Poly1305 key).
+    static let firstChunkText = chunkLength - blockLength
+    /// Below this many bytes libsodium's own AEAD is as fast or faster (measured: 358 vs 469 ns at
+    /// 64 bytes, even at 128), so short messages (keepalives, TCP ACKs) go through it.
+    public static let chunkedFrom = 128
+    /// Scratch on the stack: one chunk, then the Poly1305 state (256 bytes, 16-aligned).
+    private static let scratchLength = chunkLength + 256
+
+    /// Seals `message` in place and writes the 16-byte tag at `tag`: exactly what `seal` computes
+    /// with no additional data (RFC 8439 §2.8, checked against libsodium's AEAD for every length
+    /// up to 3000 bytes), built from libsodium's ChaCha20 and Poly1305 so that all keystream comes
+    /// in whole chunks: block 0 and the first 448 bytes from one chunk, the rest in place, a
+    /// remainder through a stack chunk. No allocation; the scratch is zeroed before returning.
+    public static func sealInPlace(
+        key: SecretKey, counter: UInt64, message: UnsafeMutableRawBufferPointer, tag: UnsafeMutableRawPointer
+    ) {
+        _ = Sodium.ready
+        guard message.count >= chunkedFrom else {
+            return withNonce(counter) { nonce in
+                _ = crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+                    message.cBytes, tag.assumingMemoryBound(to: UInt8.self), nil, message.cBytes,
+                    UInt64(message.count), nil, 0, nil, nonce, key.storage.assumingMemoryBound(to: UInt8.self))
+            }
+        }
+        withTransportScratch(counter: counter) { nonce, scratch in
+            let key = key.storage.assumingMemoryBound(to: UInt8.self)
+            let head = firstChunk(message, nonce: nonce, key: key, scratch: scratch)
+            if head > 0, let base = message.baseAddress {
+                base.copyMemory(from: scratch + blockLength, byteCount: head)
+            }
+            // The remainder below reuses the chunk that holds the Poly1305 key: the state keeps it.
+            let state = polyState(scratch)
+            applyKeystream(message, from: head, nonce: nonce, key: key, scratch: scratch)
+            authenticate(UnsafeRawBufferPointer(message), state: state, tag: tag)
+        }
+    }
+
+    /// Opens `message` (ciphertext without its tag) in place when `tag` verifies; otherwise
+    /// returns false, with `message` unspecified (libsodium zeroes a short one) but never any
+    /// unauthenticated plaintext. The inverse of `sealInPlace`.
+    public static func openInPlace(
+        key: SecretKey, counter: UInt64, message: UnsafeMutableRawBufferPointer, tag: UnsafeRawPointer
+    ) -> Bool {
+        _ = Sodium.ready
+        guard message.count >= chunkedFrom else {
+            return withNonce(counter) { nonce in
+                crypto_aead_chacha20poly1305_ietf_decrypt_detached(
+                    message.cBytes, nil, message.cBytes, UInt64(message.count), tag.assumingMemoryBound(to: UInt8.self),
+                    nil, 0, nonce, key.storage.assumingMemoryBound(to: UInt8.self)) == 0
+            }
+        }
+        return withTransportScratch(counter: counter) { nonce, scratch in
+            let key = key.storage.assumingMemoryBound(to: UInt8.self)
+            let head = firstChunk(message, nonce: nonce, key: key, scratch: scratch)
+            var computed: (UInt64, UInt64) = (0, 0)
+            let verified = withUnsafeMutableBytes(of: &computed) { expected in
+                // `expected` is the 16-byte tuple, so its base address is non-nil.
+                let expected = expected.baseAddress!
+                authenticate(UnsafeRawBufferPointer(message), state: polyState(scratch), tag: expected)
+                return crypto_verify_16(
+                    expected.assumingMemoryBound(to: UInt8.self), tag.assumingMemoryBound(to: UInt8.self)) == 0
+            }
+            guard verified else { return false }
+            if head > 0, let base = message.baseAddress {
+                base.copyMemory(from: scratch + blockLength, byteCount: head)
+            }
+            applyKeystream(message, from: head, nonce: nonce, key: key, scratch: scratch)
+            return true
+        }
+    }
+
+    /// Runs `body` with the transport nonce and a stack scratch of `scratchLength` bytes, zeroed
+    /// after use. A fixed-size local rather than `withUnsafeTemporaryAllocation`, which goes to the
+    /// heap in debug builds (the allocation test caught it).
+    @inline(__always)
+    private static func withTransportScratch<R>(
+        counter: UInt64, _ body: (UnsafePointer<UInt8>, UnsafeMutableRawPointer) -> R
+    ) -> R {
+        withNonce(counter) { nonce in
+            var scratch = TransportScratch()
+            return withUnsafeMutableBytes(of: &scratch) { scratch in
+                // A 768-byte local, so its base address is non-nil; SIMD64 aligns it to 16.
+                let base = scratch.baseAddress!
+                defer { sodium_memzero(base, scratchLength) }
+                return body(nonce, base)
+            }
+        }
+    }
+
+    /// `scratchLength` bytes, 16-aligned (the Poly1305 state's alignment).
+    private struct TransportScratch {
+        var chunk = (
+            SIMD64<UInt8>(), SIMD64<UInt8>(), SIMD64<UInt8>(), SIMD64<UInt8>(),
+            SIMD64<UInt8>(), SIMD64<UInt8>(), SIMD64<UInt8>(), SIMD64<UInt8>()
+        )
+        var state = (SIMD64<UInt8>(), SIMD64<UInt8>(), SIMD64<UInt8>(), SIMD64<UInt8>())
+    }
+
+    /// Keystream blocks 0–7 into `scratch`: block 0 (the Poly1305 key) at 0..<64, and the first
+    /// `firstChunkText` bytes of `message` XORed at 64... Returns how many message bytes that covers.
+    private static func firstChunk(
+        _ message: UnsafeMutableRawBufferPointer, nonce: UnsafePointer<UInt8>, key: UnsafePointer<UInt8>,
+        scratch: UnsafeMutableRawPointer
+    ) -> Int {
+        let head = min(message.count, firstChunkText)
+        scratch.initializeMemory(as: UInt8.self, repeating: 0, count: blockLength)
+        if head > 0, let base = message.baseAddress {
+            (scratch + blockLength).copyMemory(from: base, byteCount: head)
+        }
+        let bytes = scratch.assumingMemoryBound(to: UInt8.self)
+        _ = crypto_stream_chacha20_ietf_xor_ic(bytes, bytes, UInt64(chunkLength), nonce, 0, key)
+        return head
+    }
+
+    /// XORs keystream into `message[offset...]`, where `offset` is a whole number of blocks past
+    /// block 1: whole chunks in place, the remainder through `scratch`.
+    private static func applyKeystream(
+        _ message: UnsafeMutableRawBufferPointer, from offset: Int, nonce: UnsafePointer<UInt8>,
+        key: UnsafePointer<UInt8>, scratch: UnsafeMutableRawPointer
+    ) {
+        guard offset < message.count, let base = message.baseAddress else { return }
+        let whole = (message.count - offset) / chunkLength * chunkLength
+        let firstBlock = UInt32(1 + offset / blockLength)
+        let text = (base + offset).assumingMemoryBound(to: UInt8.self)
+        if whole > 0 {
+            _ = crypto_stream_chacha20_ietf_xor_ic(text, text, UInt64(whole), nonce, firstBlock, key)
+        }
+        let remainder = message.count - offset - whole
+        guard remainder > 0 else { return }
+        if remainder <= blockLength {
+            // One block: libsodium's single-block path (0.12 µs) beats a whole chunk (0.25 µs).
+            _ = crypto_stream_chacha20_ietf_xor_ic(
+                text + whole, text + whole, UInt64(remainder), nonce, firstBlock + UInt32(whole / blockLength), key)
+            return
+        }
+        let bytes = scratch.assumingMemoryBound(to: UInt8.self)
+        scratch.copyMemory(from: text + whole, byteCount: remainder)
+        _ = crypto_stream_chacha20_ietf_xor_ic(
+            bytes, bytes, UInt64(chunkLength), nonce, firstBlock + UInt32(whole / blockLength), key)
+        UnsafeMutableRawPointer(text + whole).copyMemory(from: scratch, byteCount: remainder)
+    }
+
+    /// The Poly1305 state behind the chunk in `scratch`, keyed with block 0's first 32 bytes.
+    private static func polyState(
+        _ scratch: UnsafeMutableRawPointer
+    ) -> UnsafeMutablePointer<crypto_onetimeauth_poly1305_state> {
+        let state = (scratch + chunkLength).bindMemory(to: crypto_onetimeauth_poly1305_state.self, capacity: 1)
+        _ = crypto_onetimeauth_poly1305_init(state, scratch.assumingMemoryBound(to: UInt8.self))
+        return state
+    }
+
+    /// Poly1305 over `ciphertext ‖ zero padding to 16 ‖ LE64(0) ‖ LE64(length)` (RFC 8439 §2.8,
+    /// no additional data) with a keyed `state`; the tag goes to `tag`.
+    private static func authenticate(
+        _ ciphertext: UnsafeRawBufferPointer, state: UnsafeMutablePointer<crypto_onetimeauth_poly1305_state>,
+        tag: UnsafeMutableRawPointer
+    ) {
+        if let base = ciphertext.baseAddress, ciphertext.count > 0 {
+            _ = crypto_onetimeauth_poly1305_update(
+                state, base.assumingMemoryBound(to: UInt8.self), UInt64(ciphertext.count))
+        }
+        var trailer: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, UInt64(ciphertext.count).littleEndian)
+        withUnsafeBytes(of: &trailer) { trailer in
+            // 32 bytes: up to 15 of zero padding are taken from the front, then the two lengths.
+            let padding = (16 - ciphertext.count % 16) % 16
+            let start = trailer.baseAddress!.assumingMemoryBound(to: UInt8.self) + (16 - padding)
+            _ = crypto_onetimeauth_poly1305_update(state, start, UInt64(padding + 16))
+        }
+        _ = crypto_onetimeauth_poly1305_final(state, tag.assumingMemoryBound(to: UInt8.self))
+    }
+
     /// The 12-byte IETF nonce on the stack: 4 zero bytes, then the counter little-endian.
     @inline(__always)
     private static func withNonce<R>(_ counter: UInt64, _ body: (UnsafePointer<UInt8>) -> R) -> R {

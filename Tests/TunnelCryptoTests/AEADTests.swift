@@ -158,6 +158,86 @@ import TunnelCrypto
         #expect(!ok)
     }
 
+    // MARK: The transport path (sealInPlace / openInPlace)
+
+    /// `sealInPlace` on a copy of `plaintext` with `before` and `after` guard bytes around it:
+    /// returns ciphertext ‖ tag, and checks the guards were not touched.
+    static func sealTransport(key: SecretKey, counter: UInt64, _ plaintext: [UInt8]) -> [UInt8] {
+        let guardBytes = [UInt8](repeating: 0xa5, count: 600)
+        var buffer = guardBytes + plaintext + [UInt8](repeating: 0, count: 16) + guardBytes
+        buffer.withUnsafeMutableBytes { raw in
+            let message = UnsafeMutableRawBufferPointer(rebasing: raw[600..<(600 + plaintext.count)])
+            ChaChaPoly.sealInPlace(
+                key: key, counter: counter, message: message, tag: raw.baseAddress! + 600 + plaintext.count)
+        }
+        #expect(Array(buffer.prefix(600)) == guardBytes)
+        #expect(Array(buffer.suffix(600)) == guardBytes)
+        return Array(buffer[600..<(600 + plaintext.count + 16)])
+    }
+
+    /// `openInPlace` on ciphertext ‖ tag between guard bytes: the plaintext, or nil (on the
+    /// chunked path with the ciphertext left exactly as it was).
+    static func openTransport(key: SecretKey, counter: UInt64, _ sealed: [UInt8]) -> [UInt8]? {
+        let guardBytes = [UInt8](repeating: 0x5a, count: 600)
+        let length = sealed.count - 16
+        var buffer = guardBytes + sealed + guardBytes
+        let ok = buffer.withUnsafeMutableBytes { raw in
+            ChaChaPoly.openInPlace(
+                key: key, counter: counter, message: UnsafeMutableRawBufferPointer(rebasing: raw[600..<(600 + length)]),
+                tag: raw.baseAddress! + 600 + length)
+        }
+        #expect(Array(buffer.prefix(600)) == guardBytes)
+        #expect(Array(buffer.suffix(600)) == guardBytes)
+        if !ok, length >= ChaChaPoly.chunkedFrom {
+            // The chunked path verifies before it decrypts anything (libsodium's zeroes a short message).
+            #expect(Array(buffer[600..<(600 + sealed.count)]) == sealed, "a failed open changed the buffer")
+        }
+        return ok ? Array(buffer[600..<(600 + length)]) : nil
+    }
+
+    /// Differential: every length from 0 to 3000 (all remainders against the 512-byte chunks and
+    /// the 448-byte first chunk) gives exactly libsodium's AEAD output, and opens back.
+    @Test func transportPathMatchesLibsodiumAEADAtEveryLength() {
+        let key = SecretKey.random()
+        var generator = SystemRandomNumberGenerator()
+        let data = (0..<3000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for length in 0...3000 {
+            let plaintext = Array(data.prefix(length))
+            let counter = UInt64(length) &* 0x9e37_79b9_7f4a_7c15
+            let expected = Self.seal(key: key, counter: counter, plaintext)
+            let sealed = Self.sealTransport(key: key, counter: counter, plaintext)
+            #expect(sealed == expected, "length \(length)")
+            #expect(Self.openTransport(key: key, counter: counter, sealed) == plaintext, "length \(length)")
+        }
+    }
+
+    @Test(arguments: protocolNonceCrossCheck.filter { $0.ad.isEmpty })
+    func transportPathMatchesPython(counter: UInt64, plaintext: [UInt8], ad: [UInt8], expected: String) {
+        let key = SecretKey.test(hex: Self.crossCheckKey)
+        let sealed = Self.sealTransport(key: key, counter: counter, plaintext)
+        #expect(hex(sealed) == expected)
+        #expect(Self.openTransport(key: key, counter: counter, sealed) == plaintext)
+    }
+
+    /// A flipped bit anywhere (first chunk, whole chunks, remainder, tag), the wrong counter or the
+    /// wrong key: refused, buffer unchanged.
+    @Test(arguments: [(1420, [0, 1, 447, 448, 449, 959, 960, 1419, 1420, 1435]), (64, [0, 63, 64, 79])])
+    func transportPathRejectsTampering(length: Int, flipped: [Int]) {
+        let key = SecretKey.random()
+        let plaintext = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let sealed = Self.sealTransport(key: key, counter: 9, plaintext)
+        for index in flipped {
+            for bit in [0, 7] {
+                var bad = sealed
+                bad[index] ^= 1 << bit
+                #expect(Self.openTransport(key: key, counter: 9, bad) == nil, "byte \(index) bit \(bit)")
+            }
+        }
+        #expect(Self.openTransport(key: key, counter: 10, sealed) == nil)
+        #expect(Self.openTransport(key: SecretKey.random(), counter: 9, sealed) == nil)
+        #expect(Self.openTransport(key: key, counter: 9, sealed) == plaintext)
+    }
+
     // MARK: XChaCha20-Poly1305
 
     /// draft-irtf-cfrg-xchacha-03, Appendix A.3.1 (the same vector is in libsodium's
