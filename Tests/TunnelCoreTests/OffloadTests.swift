@@ -288,9 +288,9 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
 
     @Test func checksumMatchesByteWiseReferenceAtEveryLengthAndAlignment() {
         var generator = SplitMix64(seed: 1071)
-        let data = (0..<600).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let data = (0..<65_600).map { _ in UInt8.random(in: 0...255, using: &generator) }
         for start in 0..<9 {
-            for length in [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 31, 32, 33, 63, 64, 65, 100, 255, 511] {
+            for length in [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 31, 32, 33, 63, 64, 65, 100, 255, 511, 1420, 65_535] {
                 let slice = Array(data[start..<start + length])
                 let initial = UInt16.random(in: 0...0xffff, using: &generator)
                 let expected = PacketBuilder.internetChecksum(slice, initial: UInt32(initial))
@@ -303,8 +303,10 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
             }
         }
         // All ones: the sum must stay 0xffff, never fold to 0.
-        let ones = [UInt8](repeating: 0xff, count: 64)
-        ones.withUnsafeBytes { #expect(InternetChecksum.sum($0) == 0xffff) }
+        for count in [64, 65_534] {
+            let ones = [UInt8](repeating: 0xff, count: count)
+            ones.withUnsafeBytes { #expect(InternetChecksum.sum($0) == 0xffff, "\(count) bytes") }
+        }
     }
 
     @Test func pseudoHeaderSumMatchesReference() {
