@@ -25,10 +25,44 @@ public enum InboundAction: Equatable, Sendable {
     case dropped(DropReason)
 }
 
+/// A data packet `Device.prepareSend` cleared to leave: the session and counter to seal it under.
+/// Holding it keeps the keys alive, so sealing is safe even if the session is replaced meanwhile.
+public struct SealTicket {
+    let peer: Peer
+    let keypair: Keypair
+    let counter: UInt64
+    let mtu: Int
+    let packetLength: Int
+    /// Where the sealed datagram goes.
+    public let endpoint: Endpoint
+}
+
+/// What `Device.prepareSend` decided: seal now (step 2), or nothing more to do.
+public enum SendPlan {
+    case seal(SealTicket)
+    case finished(OutboundAction)
+}
+
+/// A transport datagram `Device.prepareReceive` matched to a live session, to open (step 2).
+public struct OpenTicket {
+    let peer: Peer
+    let keypair: Keypair
+    let counter: UInt64
+    let length: Int
+}
+
+/// What `Device.prepareReceive` decided: open now (step 2), or already handled.
+public enum ReceivePlan {
+    case open(OpenTicket)
+    case finished(InboundAction)
+}
+
 /// The protocol engine of one interface: peers, cryptokey routing, handshakes, transport and
 /// timers. Pure: no I/O, no clock of its own; every entry point takes `now`.
 ///
-/// Not thread-safe by design: exactly one serial queue owns a Device and makes every call.
+/// Not thread-safe by design: one owner (a serial queue, or a lock) makes every call, except the
+/// static `seal` and `open`, which touch no device state and so can run outside that owner while
+/// it serves the other direction.
 public final class Device {
     /// Room the caller leaves in front of an outgoing packet for the transport header.
     public static let headroom = TransportMessage.headerSize
@@ -170,22 +204,60 @@ public final class Device {
     /// Encrypts the IP packet at `buffer[headroom ..< headroom + packetLength]` in place for the
     /// peer whose AllowedIPs hold its destination. `buffer` must extend `tailroom` bytes past the
     /// packet. Without a session the packet is staged and a handshake begins through `sink`.
+    /// The three steps of `prepareSend`, `seal` and `completeSend` in one call.
     public func encapsulate<Sink: DatagramSink>(
         _ buffer: UnsafeMutableRawBufferPointer, packetLength: Int, now: Instant, sink: inout Sink
     ) -> OutboundAction {
+        switch prepareSend(buffer, packetLength: packetLength, now: now, sink: &sink) {
+        case .finished(let action):
+            return action
+        case .seal(let ticket):
+            let length = Device.seal(buffer, ticket)
+            completeSend(ticket, datagramLength: length, now: now, sink: &sink)
+            return .send(length: length, to: ticket.endpoint)
+        }
+    }
+
+    /// Step 1 of sending: routes the packet (as `encapsulate` describes) and, when a session is
+    /// up, reserves its counter. Staging and drops finish here.
+    public func prepareSend<Sink: DatagramSink>(
+        _ buffer: UnsafeMutableRawBufferPointer, packetLength: Int, now: Instant, sink: inout Sink
+    ) -> SendPlan {
         precondition(buffer.count >= Device.headroom + packetLength + Device.tailroom)
         let packet = UnsafeRawBufferPointer(rebasing: buffer[Device.headroom..<(Device.headroom + packetLength)])
-        guard let peer = route(destinationOf: packet) else { return drop(.noRoute) }
-        guard local != nil else { return drop(.noPrivateKey, peer) }
-        guard let endpoint = peer.endpoint else { return drop(.noEndpoint, peer) }
+        guard let peer = route(destinationOf: packet) else { return .finished(drop(.noRoute)) }
+        guard local != nil else { return .finished(drop(.noPrivateKey, peer)) }
+        guard let endpoint = peer.endpoint else { return .finished(drop(.noEndpoint, peer)) }
         guard let keypair = peer.sendingKeypair(at: now.monotonic) else {
-            guard stage(packet, for: peer) else { return drop(.stagedQueueFull, peer) }
+            guard stage(packet, for: peer) else { return .finished(drop(.stagedQueueFull, peer)) }
             initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
-            return .staged
+            return .finished(.staged)
         }
-        let length = Transport.seal(buffer, plaintextLength: packetLength, mtu: mtu, keypair: keypair)
-        dataSent(peer, keypair: keypair, datagramLength: length, isKeepalive: packetLength == 0, now: now, sink: &sink)
-        return .send(length: length, to: endpoint)
+        let counter = keypair.sendCounter
+        keypair.sendCounter += 1
+        return .seal(
+            SealTicket(
+                peer: peer, keypair: keypair, counter: counter, mtu: mtu, packetLength: packetLength,
+                endpoint: endpoint))
+    }
+
+    /// Step 2: seals the packet in `buffer` (the one given to `prepareSend`) in place and returns
+    /// the datagram length. Touches no device state, so it may run on any thread, outside whatever
+    /// serializes the device; the ticket keeps the keys alive.
+    public static func seal(_ buffer: UnsafeMutableRawBufferPointer, _ ticket: SealTicket) -> Int {
+        Transport.seal(
+            buffer, plaintextLength: ticket.packetLength, mtu: ticket.mtu, keypair: ticket.keypair,
+            counter: ticket.counter)
+    }
+
+    /// Step 3, back with the device's owner: byte counts and timers for the sealed datagram (which
+    /// may start a rekey through `sink`).
+    public func completeSend<Sink: DatagramSink>(
+        _ ticket: SealTicket, datagramLength: Int, now: Instant, sink: inout Sink
+    ) {
+        dataSent(
+            ticket.peer, keypair: ticket.keypair, datagramLength: datagramLength,
+            isKeepalive: ticket.packetLength == 0, now: now, sink: &sink)
     }
 
     private func route(destinationOf packet: UnsafeRawBufferPointer) -> Peer? {
@@ -216,43 +288,67 @@ public final class Device {
         _ buffer: UnsafeMutableRawBufferPointer, length: Int, from source: Endpoint, now: Instant,
         sink: inout Sink
     ) -> InboundAction {
-        let datagram = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
-        guard length >= MessageSize.minimum else { return drop(.tooShort) }
-        guard let type = classify(datagram) else {
-            let raw = LittleEndian.readUInt32(datagram, at: 0).flatMap(MessageType.init(rawValue:))
-            return drop(raw == nil ? .unknownType : .badMessageLength)
-        }
-        switch type {
-        case .transport:
-            return receiveTransport(buffer, length: length, from: source, now: now, sink: &sink)
-        case .initiation, .response:
-            return receiveHandshake(datagram, type: type, from: source, now: now, sink: &sink)
-        case .cookieReply:
-            return receiveCookieReply(datagram, now: now)
+        switch prepareReceive(buffer, length: length, from: source, now: now, sink: &sink) {
+        case .finished(let action):
+            return action
+        case .open(let ticket):
+            let opened = Device.open(buffer, ticket)
+            return completeReceive(buffer, ticket, plaintextLength: opened, from: source, now: now, sink: &sink)
         }
     }
 
-    private func receiveTransport<Sink: DatagramSink>(
+    /// Step 1 of receiving: classifies the datagram and, for a transport message, finds its
+    /// keypair. Everything but transport data (handshakes, cookies, drops) finishes here.
+    public func prepareReceive<Sink: DatagramSink>(
         _ buffer: UnsafeMutableRawBufferPointer, length: Int, from source: Endpoint, now: Instant,
         sink: inout Sink
-    ) -> InboundAction {
+    ) -> ReceivePlan {
         let datagram = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
-        guard let receiver = LittleEndian.readUInt32(datagram, at: TransportMessage.receiverOffset),
-            let counter = LittleEndian.readUInt64(datagram, at: TransportMessage.counterOffset)
-        else { return drop(.tooShort) }
-        guard case .keypair(let peer, let keypair) = indices[receiver] else { return drop(.unknownReceiver) }
-        guard !keypair.isExpired(at: now.monotonic), counter < Protocol.rejectAfterMessages else {
-            return drop(.expiredKeypair, peer)
+        guard length >= MessageSize.minimum else { return .finished(drop(.tooShort)) }
+        guard let type = classify(datagram) else {
+            let raw = LittleEndian.readUInt32(datagram, at: 0).flatMap(MessageType.init(rawValue:))
+            return .finished(drop(raw == nil ? .unknownType : .badMessageLength))
         }
-        guard let plaintextLength = Transport.open(buffer, length: length, counter: counter, keypair: keypair) else {
-            return drop(.decryptFailed, peer)
+        switch type {
+        case .transport:
+            guard let receiver = LittleEndian.readUInt32(datagram, at: TransportMessage.receiverOffset),
+                let counter = LittleEndian.readUInt64(datagram, at: TransportMessage.counterOffset)
+            else { return .finished(drop(.tooShort)) }
+            guard case .keypair(let peer, let keypair) = indices[receiver] else {
+                return .finished(drop(.unknownReceiver))
+            }
+            guard !keypair.isExpired(at: now.monotonic), counter < Protocol.rejectAfterMessages else {
+                return .finished(drop(.expiredKeypair, peer))
+            }
+            return .open(OpenTicket(peer: peer, keypair: keypair, counter: counter, length: length))
+        case .initiation, .response:
+            return .finished(receiveHandshake(datagram, type: type, from: source, now: now, sink: &sink))
+        case .cookieReply:
+            return .finished(receiveCookieReply(datagram, now: now))
         }
-        guard keypair.replay.validate(counter) else { return drop(.replayed, peer) }
+    }
+
+    /// Step 2: opens the transport datagram in `buffer` (the one given to `prepareReceive`) in
+    /// place; the plaintext length, or nil when the tag does not verify. Touches no device state,
+    /// so it may run on any thread, outside whatever serializes the device.
+    public static func open(_ buffer: UnsafeMutableRawBufferPointer, _ ticket: OpenTicket) -> Int? {
+        Transport.open(buffer, length: ticket.length, counter: ticket.counter, keypair: ticket.keypair)
+    }
+
+    /// Step 3, back with the device's owner: the replay check, session confirmation, roaming,
+    /// timers and the inner packet's source check, given what `open` returned.
+    public func completeReceive<Sink: DatagramSink>(
+        _ buffer: UnsafeMutableRawBufferPointer, _ ticket: OpenTicket, plaintextLength: Int?,
+        from source: Endpoint, now: Instant, sink: inout Sink
+    ) -> InboundAction {
+        let (peer, keypair) = (ticket.peer, ticket.keypair)
+        guard let plaintextLength else { return drop(.decryptFailed, peer) }
+        guard keypair.replay.validate(ticket.counter) else { return drop(.replayed, peer) }
 
         // Authenticated from here on.
         if keypair === peer.next { confirm(peer, now: now, sink: &sink) }
         peer.endpoint = source
-        peer.rxBytes &+= UInt64(length)
+        peer.rxBytes &+= UInt64(ticket.length)
         authenticatedPacketReceived(peer, now: now)
         keepKeyFreshReceiving(peer, keypair: keypair, now: now, sink: &sink)
         if plaintextLength == 0 { return .consumed }  // keepalive

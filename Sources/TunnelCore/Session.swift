@@ -25,7 +25,9 @@ public struct Instant: Sendable, Hashable {
 
 /// One direction pair of transport keys from one handshake (a Noise "session").
 ///
-/// Owned by its peer and used only on the queue that owns the device; not Sendable.
+/// Owned by its peer. The `let`s (keys, indices) may be read on any thread holding a reference,
+/// which is how sealing and opening run outside whatever serializes the device; the `var`s are
+/// touched only by the device's owner.
 final class Keypair {
     let sendingKey: SecretKey
     let receivingKey: SecretKey
@@ -77,6 +79,16 @@ enum Transport {
     static func seal(
         _ buffer: UnsafeMutableRawBufferPointer, plaintextLength: Int, mtu: Int, keypair: Keypair
     ) -> Int {
+        let counter = keypair.sendCounter
+        keypair.sendCounter += 1
+        return seal(buffer, plaintextLength: plaintextLength, mtu: mtu, keypair: keypair, counter: counter)
+    }
+
+    /// `seal` under a counter reserved earlier. Reads only the keypair's immutable key and index,
+    /// so it may run on another thread than the one that owns the device.
+    static func seal(
+        _ buffer: UnsafeMutableRawBufferPointer, plaintextLength: Int, mtu: Int, keypair: Keypair, counter: UInt64
+    ) -> Int {
         let header = TransportMessage.headerSize
         let padded = paddedLength(plaintextLength, mtu: mtu)
         precondition(buffer.count >= header + padded + MessageSize.tag, "transport buffer too small")
@@ -86,8 +98,6 @@ enum Transport {
             (base + header + plaintextLength).initializeMemory(
                 as: UInt8.self, repeating: 0, count: padded - plaintextLength)
         }
-        let counter = keypair.sendCounter
-        keypair.sendCounter += 1
         TransportMessage.writeHeader(receiver: keypair.remoteIndex, counter: counter, to: buffer)
         ChaChaPoly.sealInPlace(
             key: keypair.sendingKey, counter: counter,
@@ -98,7 +108,8 @@ enum Transport {
 
     /// Opens a transport datagram in `buffer[0..<length]` in place; the plaintext lands at
     /// `TransportMessage.headerSize`. Returns its length, or nil when the tag does not verify.
-    /// The replay check is the caller's, after this succeeds.
+    /// The replay check is the caller's, after this succeeds. Reads only the keypair's immutable
+    /// key, so it may run on another thread than the one that owns the device.
     static func open(
         _ buffer: UnsafeMutableRawBufferPointer, length: Int, counter: UInt64, keypair: Keypair
     ) -> Int? {

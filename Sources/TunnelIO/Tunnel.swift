@@ -40,7 +40,8 @@ struct SocketSink: DatagramSink {
 /// - `inboundQueue` owns `receiveBatch` and the UDP read source (UDP → open → TUN);
 /// - `queue` (control) owns everything else: timer, signals, control socket, routes, shutdown.
 /// - `device` is shared by all three and touched only inside `withEngine` (one lock; system
-///   calls stay outside it).
+///   calls stay outside it). Encryption and decryption run outside the lock through the static
+///   `Device.seal`/`Device.open`, which touch no device state.
 /// - `socket` is replaced only by `rebind`, while both data queues are held (`sync`).
 public final class Tunnel: @unchecked Sendable {
     public let name: String
@@ -227,11 +228,7 @@ public final class Tunnel: @unchecked Sendable {
                     drained = true
                     return nil
                 }
-                let action = withEngine { $0.encapsulate(slot, packetLength: length, now: now, sink: &sink) }
-                switch action {
-                case .send(let datagramLength, let endpoint): return (datagramLength, endpoint)
-                case .staged, .dropped: return nil
-                }
+                return seal(slot, packetLength: length, now: now, sink: &sink)
             }
         }
         flushSendBatch()
@@ -300,11 +297,41 @@ public final class Tunnel: @unchecked Sendable {
             let area = UnsafeMutableRawBufferPointer(rebasing: slot[Device.headroom..<(slot.count - Device.tailroom)])
             guard let length = produce(area) else { return nil }
             produced = true
-            let action = withEngine { $0.encapsulate(slot, packetLength: length, now: now, sink: &sink) }
-            if case .send(let datagramLength, let endpoint) = action { return (datagramLength, endpoint) }
-            return nil
+            return seal(slot, packetLength: length, now: now, sink: &sink)
         }
         return produced
+    }
+
+    /// Seals the packet in `slot` for its peer and returns the datagram's length and destination,
+    /// or nil when the core staged or dropped it. The engine lock is held only to route and
+    /// reserve a counter, and then for the timers; the encryption runs outside it, so the other
+    /// direction is not kept waiting for 1.4 µs per packet.
+    private func seal(
+        _ slot: UnsafeMutableRawBufferPointer, packetLength: Int, now: Instant, sink: inout SocketSink
+    ) -> (length: Int, destination: Endpoint)? {
+        let plan = withEngine { $0.prepareSend(slot, packetLength: packetLength, now: now, sink: &sink) }
+        guard case .seal(let ticket) = plan else { return nil }
+        let length = Device.seal(slot, ticket)
+        withEngine { $0.completeSend(ticket, datagramLength: length, now: now, sink: &sink) }
+        return (length, ticket.endpoint)
+    }
+
+    /// Opens one datagram in place, the decryption outside the engine lock (as `seal` does).
+    private func open(
+        _ datagram: UnsafeMutableRawBufferPointer, from source: Endpoint, now: Instant, sink: inout SocketSink
+    ) -> InboundAction {
+        let plan = withEngine {
+            $0.prepareReceive(datagram, length: datagram.count, from: source, now: now, sink: &sink)
+        }
+        switch plan {
+        case .finished(let action):
+            return action
+        case .open(let ticket):
+            let opened = Device.open(datagram, ticket)
+            return withEngine {
+                $0.completeReceive(datagram, ticket, plaintextLength: opened, from: source, now: now, sink: &sink)
+            }
+        }
     }
 
     private func flushSendBatch() {
@@ -334,9 +361,7 @@ public final class Tunnel: @unchecked Sendable {
             if received == 0 { return }
             let now = currentInstant()
             receiveBatch.forEachDatagram { datagram, source in
-                let action = withEngine {
-                    $0.decapsulate(datagram, length: datagram.count, from: source, now: now, sink: &sink)
-                }
+                let action = open(datagram, from: source, now: now, sink: &sink)
                 if case .deliver(let offset, let length) = action {
                     writer.add(UnsafeMutableRawBufferPointer(rebasing: datagram[offset..<(offset + length)]), tun: tun)
                 }
