@@ -116,6 +116,13 @@ public enum Syscall {
         }
     }
 
+    /// Waits up to `milliseconds` for `fd` to become readable; false on timeout, on a signal and on
+    /// any error (the caller then returns to its event source, which reports what is wrong).
+    public static func waitReadable(_ fd: Int32, milliseconds: Int32) -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, milliseconds) == 1 && entry.revents & Int16(POLLIN) != 0
+    }
+
     /// Closes `fd` exactly once. EINTR is not retried: Linux releases the descriptor before it
     /// reports EINTR, so a retry could close a descriptor another thread has just been given.
     public static func close(_ fd: Int32) throws(SystemError) {
