@@ -28,6 +28,52 @@ final class DeviceTests: XCTestCase {
         network.log.filter { $0.messageType == type && $0.from == node.endpoint }.count
     }
 
+    // MARK: The three-step send and receive (crypto outside the device's owner)
+
+    /// Tickets are sealed out of order and after the sender dropped its session (as when the
+    /// other queue's work interleaves): every datagram still opens at the peer, in any order,
+    /// and step 3 then counts it like `encapsulate` would.
+    func testTicketsSealOutOfOrderAndOutliveTheirSession() throws {
+        let (network, a, b) = pair()
+        network.inject(ping(aAddress, bAddress), at: a)
+        network.pump()
+        XCTAssertEqual(b.delivered.count, 1)
+        let packets = (2...4).map { ping(aAddress, bAddress, UInt16($0)) }
+        var buffers = packets.map { $0.count }.map {
+            [UInt8](repeating: 0, count: Device.headroom + $0 + Device.tailroom)
+        }
+        var sink = AllocationTests.DiscardingSink()
+        var tickets: [SealTicket] = []
+        for (index, packet) in packets.enumerated() {
+            buffers[index].replaceSubrange(Device.headroom..<(Device.headroom + packet.count), with: packet)
+            let plan = buffers[index].withUnsafeMutableBytes {
+                a.device.prepareSend($0, packetLength: packet.count, now: network.clock.now, sink: &sink)
+            }
+            guard case .seal(let ticket) = plan else { return XCTFail("A has a session") }
+            tickets.append(ticket)
+        }
+        let peer = try XCTUnwrap(a.device.peers.first)
+        let txBefore = peer.txBytes
+        a.device.removeAllPeers()  // the session (and its keypair's owner) is gone before sealing
+        var datagrams: [[UInt8]] = Array(repeating: [], count: tickets.count)
+        for index in tickets.indices.reversed() {
+            let length = buffers[index].withUnsafeMutableBytes { Device.seal($0, tickets[index]) }
+            datagrams[index] = Array(buffers[index][0..<length])
+        }
+        XCTAssertEqual(peer.txBytes, txBefore, "nothing is counted before step 3")
+        for (ticket, datagram) in zip(tickets, datagrams) {
+            a.device.completeSend(ticket, datagramLength: datagram.count, now: network.clock.now, sink: &sink)
+        }
+        XCTAssertEqual(peer.txBytes, txBefore + UInt64(datagrams.map(\.count).reduce(0, +)))
+        for datagram in datagrams.reversed() {
+            network.deliver(WireDatagram(bytes: datagram, from: a.endpoint, to: b.endpoint))
+        }
+        XCTAssertEqual(Array(b.delivered.dropFirst()), packets.reversed())
+        // A replay of one of them is refused by the receive steps.
+        XCTAssertEqual(
+            network.deliver(WireDatagram(bytes: datagrams[0], from: a.endpoint, to: b.endpoint)), .dropped(.replayed))
+    }
+
     // MARK: Handshake and transport
 
     func testHandshakeAndPacketsBothWaysWithoutPSK() {
