@@ -177,22 +177,54 @@ public enum InternetChecksum {
     public static func sum(_ bytes: UnsafeRawBufferPointer, initial: UInt16 = 0) -> UInt16 {
         guard let base = bytes.baseAddress else { return initial }
         let count = bytes.count
-        var accumulator: UInt64 = 0
         var index = 0
-        @inline(__always) func accumulate(_ word: UInt64) {
-            let (sum, overflow) = accumulator.addingReportingOverflow(word)
-            accumulator = sum &+ (overflow ? 1 : 0)  // cannot overflow: sum < word after a carry
-        }
-        // Sound: every load below reads bytes `index..<index+size` with `index + size <= count`.
         var lanes0 = SIMD4<UInt64>()
         var lanes1 = SIMD4<UInt64>()
+        // Sound: every load reads bytes `index..<index+32` with `index + 32 <= count`.
         while index + 32 <= count {
             lanes0 &+= SIMD4(truncatingIfNeeded: base.loadUnaligned(fromByteOffset: index, as: SIMD4<UInt32>.self))
             lanes1 &+= SIMD4(truncatingIfNeeded: base.loadUnaligned(fromByteOffset: index + 16, as: SIMD4<UInt32>.self))
             index += 32
         }
         // Each lane is below 2^32 · count / 32, so four of them sum without overflow.
-        accumulate((lanes0 &+ lanes1).wrappedSum())
+        return finishSum((lanes0 &+ lanes1).wrappedSum(), from: base + index, count: count - index, initial: initial)
+    }
+
+    /// Copies `count` bytes from `source` to `destination` (which must not overlap) and returns
+    /// their partial sum, as `sum` would: one pass over the bytes instead of a copy and then a sum.
+    public static func copyAndSum(
+        from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, count: Int
+    ) -> UInt16 {
+        var index = 0
+        var lanes0 = SIMD4<UInt64>()
+        var lanes1 = SIMD4<UInt64>()
+        // Sound: every access below covers bytes `index..<index+32` with `index + 32 <= count`.
+        while index + 32 <= count {
+            let low = source.loadUnaligned(fromByteOffset: index, as: SIMD4<UInt32>.self)
+            let high = source.loadUnaligned(fromByteOffset: index + 16, as: SIMD4<UInt32>.self)
+            destination.storeBytes(of: low, toByteOffset: index, as: SIMD4<UInt32>.self)
+            destination.storeBytes(of: high, toByteOffset: index + 16, as: SIMD4<UInt32>.self)
+            lanes0 &+= SIMD4(truncatingIfNeeded: low)
+            lanes1 &+= SIMD4(truncatingIfNeeded: high)
+            index += 32
+        }
+        (destination + index).copyMemory(from: source + index, byteCount: count - index)
+        return finishSum((lanes0 &+ lanes1).wrappedSum(), from: source + index, count: count - index, initial: 0)
+    }
+
+    /// Adds the last `count` (< 32) bytes at `base`, 8, 4, 2 and 1 at a time with end-around
+    /// carry, to a host-order 64-bit `accumulator`, folds it to 16 bits, converts it to big-endian
+    /// and adds `initial`.
+    private static func finishSum(
+        _ accumulator: UInt64, from base: UnsafeRawPointer, count: Int, initial: UInt16
+    ) -> UInt16 {
+        var accumulator = accumulator
+        var index = 0
+        @inline(__always) func accumulate(_ word: UInt64) {
+            let (sum, overflow) = accumulator.addingReportingOverflow(word)
+            accumulator = sum &+ (overflow ? 1 : 0)  // cannot overflow: sum < word after a carry
+        }
+        // Sound: every load below reads bytes `index..<index+size` with `index + size <= count`.
         while index + 8 <= count {
             accumulate(base.loadUnaligned(fromByteOffset: index, as: UInt64.self))
             index += 8
@@ -511,7 +543,9 @@ public struct TCPSegmenter {
         // Sound: `headerLength <= payloadStart <= payloadEnd <= packet.count`, `length <= destination.count`,
         // and the caller's destination does not overlap the super-packet (both are caller-owned).
         target.copyMemory(from: source, byteCount: headerLength)
-        (target + headerLength).copyMemory(from: source + payloadStart, byteCount: payloadEnd - payloadStart)
+        // The payload is summed as it is copied; `headerLength` is even, so the sums combine.
+        let payloadSum = InternetChecksum.copyAndSum(
+            from: source + payloadStart, to: target + headerLength, count: payloadEnd - payloadStart)
         let segment = UnsafeMutableRawBufferPointer(start: target, count: length)
 
         if isIPv6 {
@@ -538,7 +572,8 @@ public struct TCPSegmenter {
         let pseudo = InternetChecksum.pseudoHeaderSum(
             addresses: UnsafeRawBufferPointer(rebasing: readable[addressesOffset..<addressesOffset + addressesSize]),
             protocolNumber: OffloadLayout.protocolTCP, length: length - tcp)
-        let checksum = InternetChecksum.checksum(UnsafeRawBufferPointer(rebasing: readable[tcp...]), initial: pseudo)
+        let tcpHeader = UnsafeRawBufferPointer(rebasing: readable[tcp..<headerLength])
+        let checksum = InternetChecksum.checksum(tcpHeader, initial: InternetChecksum.add(pseudo, payloadSum))
         segment.storeBE16(checksum, at: tcp + OffloadLayout.tcpChecksumOffset)
 
         producedCount += 1
@@ -596,6 +631,8 @@ public struct TCPCoalescer: ~Copyable {
     public let maximumFlows: Int
     /// Output buffers per batch; once all are used, packets pass through unmerged.
     public let bufferCount: Int
+    /// Merge without verifying TCP checksums (see `init`).
+    public let trustChecksums: Bool
     /// Bytes per output buffer: a virtio header and the largest IP packet.
     public static let bufferSize = VirtioNetHeader.size + OffloadLayout.maximumIPPacket
 
@@ -646,8 +683,13 @@ public struct TCPCoalescer: ~Copyable {
         var push: Bool
     }
 
-    public init(maximumPackets: Int, maximumFlows: Int = 8, bufferCount: Int = 8) {
+    /// - Parameter trustChecksums: skip verifying TCP checksums before merging, for packets whose
+    ///   integrity something stronger has already proven (the tunnel's Poly1305 tag); the kernel's
+    ///   WireGuard likewise marks every decrypted packet CHECKSUM_UNNECESSARY (receive.c,
+    ///   `wg_packet_consume_data_done`). Off by default: then a segment that fails is never merged.
+    public init(maximumPackets: Int, maximumFlows: Int = 8, bufferCount: Int = 8, trustChecksums: Bool = false) {
         precondition(maximumPackets > 0 && maximumFlows > 0 && bufferCount > 0, "TCPCoalescer sizes must be positive")
+        self.trustChecksums = trustChecksums
         self.maximumPackets = maximumPackets
         self.maximumFlows = maximumFlows
         self.bufferCount = bufferCount
@@ -725,7 +767,7 @@ public struct TCPCoalescer: ~Copyable {
                 return true
             }
             seal(groupIndex)
-            if !Self.checksumValid(packet, candidate.headers) {
+            if !checksumTrusted(packet, candidate.headers) {
                 // It will be dropped by the kernel; it must not open a group others join.
                 appendOutput(slot)
                 return false
@@ -813,6 +855,11 @@ public struct TCPCoalescer: ~Copyable {
             ports: ports)
     }
 
+    /// Whether `packet` may be merged as far as its checksum goes: trusted, or verified.
+    private func checksumTrusted(_ packet: UnsafeRawBufferPointer, _ headers: TCPHeaders) -> Bool {
+        trustChecksums || Self.checksumValid(packet, headers)
+    }
+
     /// Whether the TCP checksum of `packet` verifies.
     static func checksumValid(_ packet: UnsafeRawBufferPointer, _ headers: TCPHeaders) -> Bool {
         let tcp = headers.ipHeaderLength
@@ -870,9 +917,9 @@ public struct TCPCoalescer: ~Copyable {
         var group = groups[index]
         guard follows(candidate, packet, group) else { return false }
         if group.buffer < 0 {
-            guard buffersUsed < bufferCount, Self.checksumValid(group.first, group.headers) else { return false }
+            guard buffersUsed < bufferCount, checksumTrusted(group.first, group.headers) else { return false }
         }
-        guard Self.checksumValid(packet, candidate.headers) else { return false }
+        guard checksumTrusted(packet, candidate.headers) else { return false }
         // Candidates hold at least a TCP header, so neither packet is empty.
         guard let firstBytes = group.first.baseAddress, let packetBytes = packet.baseAddress else { return false }
         if group.buffer < 0 {

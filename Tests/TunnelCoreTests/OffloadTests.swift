@@ -169,6 +169,7 @@ private struct Batch {
     var packets: [[UInt8]]
     var maximumFlows = 8
     var bufferCount = 8
+    var trustChecksums = false
 
     struct Outcome {
         var outputs: [TCPCoalescer.Output] = []
@@ -182,7 +183,8 @@ private struct Batch {
         let slots = UnsafeMutableRawBufferPointer.allocate(byteCount: packets.count * slotSize, alignment: 16)
         defer { slots.deallocate() }
         var coalescer = TCPCoalescer(
-            maximumPackets: packets.count, maximumFlows: maximumFlows, bufferCount: bufferCount)
+            maximumPackets: packets.count, maximumFlows: maximumFlows, bufferCount: bufferCount,
+            trustChecksums: trustChecksums)
         var outcome = Outcome()
         for (slot, packet) in packets.enumerated() {
             let region = UnsafeMutableRawBufferPointer(
@@ -306,6 +308,28 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
         for count in [64, 65_534] {
             let ones = [UInt8](repeating: 0xff, count: count)
             ones.withUnsafeBytes { #expect(InternetChecksum.sum($0) == 0xffff, "\(count) bytes") }
+        }
+    }
+
+    @Test func copyAndSumCopiesExactlyAndSumsLikeSum() {
+        var generator = SplitMix64(seed: 793)
+        let data = (0..<1600).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for start in 0..<5 {
+            for length in [0, 1, 2, 31, 32, 33, 63, 64, 65, 1368, 1380, 1448, 1501] {
+                var target = [UInt8](repeating: 0xee, count: length + 2)
+                let sum = data.withUnsafeBytes { source in
+                    target.withUnsafeMutableBytes { destination in
+                        InternetChecksum.copyAndSum(
+                            from: source.baseAddress! + start, to: destination.baseAddress! + 1, count: length)
+                    }
+                }
+                let expected = data.withUnsafeBytes {
+                    InternetChecksum.sum(UnsafeRawBufferPointer(rebasing: $0[start..<start + length]))
+                }
+                #expect(sum == expected, "start \(start) length \(length)")
+                #expect(Array(target[1..<length + 1]) == Array(data[start..<start + length]))
+                #expect(target.first == 0xee && target.last == 0xee, "wrote outside the destination")
+            }
         }
     }
 
@@ -671,6 +695,14 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
         var firstBad = segments(TCPFields(), sizes: [1000, 1000, 1000])
         firstBad[0][100] ^= 0x01
         expectOutputs(Batch(packets: firstBad), [[0], [1, 2]])
+    }
+
+    /// Trusted (the tunnel's packets passed their Poly1305 tag): checksums are not looked at, so
+    /// the same batch merges whole, and the bad byte travels on in the payload.
+    @Test func trustedChecksumsAreNotVerified() {
+        var parts = segments(TCPFields(), sizes: [1000, 1000, 1000])
+        parts[1][100] ^= 0x01
+        expectOutputs(Batch(packets: parts, trustChecksums: true), [[0, 1, 2]])
     }
 
     @Test func tableAndBufferLimitsPassPacketsThrough() {
