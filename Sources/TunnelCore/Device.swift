@@ -233,11 +233,9 @@ public final class Device {
             initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
             return .finished(.staged)
         }
-        let counter = keypair.sendCounter
-        keypair.sendCounter += 1
         return .seal(
             SealTicket(
-                peer: peer, keypair: keypair, counter: counter, mtu: mtu, packetLength: packetLength,
+                peer: peer, keypair: keypair, counter: keypair.reserveCounter(), mtu: mtu, packetLength: packetLength,
                 endpoint: endpoint))
     }
 

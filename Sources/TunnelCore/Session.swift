@@ -56,6 +56,12 @@ final class Keypair {
         now &- created >= Protocol.rejectAfterTime
     }
 
+    /// Takes the next send counter (the caller checked `canSend`).
+    func reserveCounter() -> UInt64 {
+        defer { sendCounter += 1 }
+        return sendCounter
+    }
+
     /// Usable for sending: young enough and counters left.
     func canSend(at now: UInt64) -> Bool {
         !isExpired(at: now) && sendCounter < Protocol.rejectAfterMessages
@@ -79,9 +85,7 @@ enum Transport {
     static func seal(
         _ buffer: UnsafeMutableRawBufferPointer, plaintextLength: Int, mtu: Int, keypair: Keypair
     ) -> Int {
-        let counter = keypair.sendCounter
-        keypair.sendCounter += 1
-        return seal(buffer, plaintextLength: plaintextLength, mtu: mtu, keypair: keypair, counter: counter)
+        seal(buffer, plaintextLength: plaintextLength, mtu: mtu, keypair: keypair, counter: keypair.reserveCounter())
     }
 
     /// `seal` under a counter reserved earlier. Reads only the keypair's immutable key and index,
