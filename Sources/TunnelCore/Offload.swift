@@ -1,12 +1,12 @@
 // TUN offloads, the pure part: the virtio-net header a TUN device opened with IFF_VNET_HDR puts in
-// front of every packet, TCP segmentation of the super-packets it reads (TSO, after
-// TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)), and coalescing of received TCP segments
-// into super-packets to write (GRO in userspace). No syscalls and no allocation per packet: every
-// function works on caller-owned buffers.
+// front of every packet, segmentation of the TCP and UDP super-packets it reads (TSO and USO, after
+// TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6)), and coalescing of
+// received TCP segments and UDP datagrams into super-packets to write (GRO in userspace). No
+// syscalls and no allocation per packet: every function works on caller-owned buffers.
 //
 // Facts come from the kernel (`include/uapi/linux/virtio_net.h`, `net/ipv4/tcp_offload.c`,
-// `skb_checksum_help` in `net/core/dev.c`) and wireguard-go (`tun/offload_linux.go`,
-// `tun/tcp_offload_linux.go`); the code is our own.
+// `net/ipv4/udp_offload.c`, `skb_checksum_help` in `net/core/dev.c`) and wireguard-go
+// (`tun/offload_linux.go`, `tun/tcp_offload_linux.go`); the code is our own.
 
 // MARK: - Layout
 
@@ -37,6 +37,7 @@ public enum OffloadLayout {
     public static let ipv6AddressesSize = 32
 
     public static let protocolTCP: UInt8 = 6
+    public static let protocolUDP: UInt8 = 17
 
     public static let tcpMinimumHeader = 20
     public static let tcpMaximumHeader = 60
@@ -57,6 +58,11 @@ public enum OffloadLayout {
     public static let tcpECE: UInt8 = 0x40
     public static let tcpCWR: UInt8 = 0x80
 
+    /// RFC 768: ports, length (header included), checksum.
+    public static let udpHeader = 8
+    public static let udpLengthOffset = 4
+    public static let udpChecksumOffset = 6
+
     /// The largest IP packet a 16-bit length field can describe; also the largest super-packet
     /// the coalescer builds (the kernel's TUN accepts up to 64 KiB after the virtio header).
     public static let maximumIPPacket = 65535
@@ -74,7 +80,7 @@ public enum OffloadError: Error, Hashable, Sendable, CustomStringConvertible {
     case zeroGSOSize
     /// The IP version nibble is neither 4 nor 6, or the packet is empty.
     case unsupportedIPVersion(UInt8)
-    /// gso_type TCPV4 on an IPv6 packet or TCPV6 on an IPv4 packet.
+    /// gso_type TCPV4 on an IPv6 packet or TCPV6 on an IPv4 packet (UDP_L4 serves both).
     case ipVersionMismatch
     /// Shorter than the IP header (fixed part, or IHL for IPv4).
     case truncatedIPHeader
@@ -82,12 +88,16 @@ public enum OffloadError: Error, Hashable, Sendable, CustomStringConvertible {
     case badIPv4HeaderLength
     /// A GSO packet that is an IPv4 fragment (MF or a fragment offset set).
     case fragmented
-    /// IPv6 extension headers before TCP (this next-header value); TSO never needs them.
+    /// IPv6 extension headers before TCP or UDP (this next-header value); TSO and USO never need them.
     case ipv6ExtensionHeaders(UInt8)
     /// A GSO packet whose transport protocol is not TCP (this protocol number).
     case notTCP(UInt8)
+    /// A UDP GSO packet whose IPv4 protocol / IPv6 next header is this, not UDP.
+    case notUDP(UInt8)
     /// Shorter than the TCP header its data offset announces.
     case truncatedTCPHeader
+    /// Shorter than an IP header and the 8-byte UDP header.
+    case truncatedUDPHeader
     /// TCP data offset below 5 words.
     case badTCPHeaderLength
     /// hdr_len points past the end of the packet.
@@ -112,7 +122,9 @@ public enum OffloadError: Error, Hashable, Sendable, CustomStringConvertible {
         case .fragmented: return "fragmented"
         case .ipv6ExtensionHeaders(let next): return "ipv6_extension_headers(\(next))"
         case .notTCP(let proto): return "not_tcp(\(proto))"
+        case .notUDP(let proto): return "not_udp(\(proto))"
         case .truncatedTCPHeader: return "truncated_tcp_header"
+        case .truncatedUDPHeader: return "truncated_udp_header"
         case .badTCPHeaderLength: return "bad_tcp_header_length"
         case .headerLengthExceedsPacket: return "header_length_exceeds_packet"
         case .badChecksumLocation: return "bad_checksum_location"
@@ -365,8 +377,8 @@ public enum TUNRead {
     /// One complete packet (its checksum finished in place if it was partial), `length` bytes at
     /// offset `VirtioNetHeader.size` of the record.
     case packet(length: Int)
-    /// A TCP super-packet to cut into segments with the segmenter.
-    case superPacket(TCPSegmenter)
+    /// A TCP or UDP super-packet to cut into segments with the segmenter.
+    case superPacket(GSOSegmenter)
 }
 
 /// Interprets one record read from an IFF_VNET_HDR TUN: `record` is exactly the bytes read.
@@ -384,7 +396,7 @@ public func interpretTUNRead(_ record: UnsafeMutableRawBufferPointer) throws(Off
         }
         return .packet(length: packet.count)
     }
-    return .superPacket(try TCPSegmenter(header: header, packet: UnsafeRawBufferPointer(packet)))
+    return .superPacket(try GSOSegmenter(header: header, packet: UnsafeRawBufferPointer(packet)))
 }
 
 /// Finishes a CHECKSUM_PARTIAL transport checksum in place: the 16-bit field at `start + offset`
@@ -407,41 +419,56 @@ public func finishPartialChecksum(
     packet.storeBE16(checksum, at: field)
 }
 
-/// The validated facts of an IPv4/IPv6 + TCP packet's headers.
-struct TCPHeaders {
+/// The validated facts of an IPv4/IPv6 + TCP or UDP packet's headers.
+struct TransportHeaders {
     var isV6: Bool
+    var isUDP: Bool
     var ipHeaderLength: Int
-    var tcpHeaderLength: Int
-    var headerLength: Int { ipHeaderLength + tcpHeaderLength }
+    /// The TCP header with its options, or the 8-byte UDP header.
+    var transportHeaderLength: Int
+    var headerLength: Int { ipHeaderLength + transportHeaderLength }
+    var protocolNumber: UInt8 { isUDP ? OffloadLayout.protocolUDP : OffloadLayout.protocolTCP }
+    /// Where the transport checksum sits, from the start of the transport header.
+    var checksumOffset: Int { isUDP ? OffloadLayout.udpChecksumOffset : OffloadLayout.tcpChecksumOffset }
 
-    /// Validates the IP and TCP headers at the start of `packet`: IPv4 (options allowed) or IPv6
-    /// whose next header is TCP; an IPv6 extension header is refused as such, to name the reason.
-    init(parsing packet: UnsafeRawBufferPointer) throws(OffloadError) {
+    /// Validates the IP and transport headers at the start of `packet`: IPv4 (options allowed) or
+    /// IPv6 whose next header is the transport; an IPv6 extension header is refused as such, to
+    /// name the reason. `udp` says which transport is expected; nil takes either.
+    init(parsing packet: UnsafeRawBufferPointer, udp: Bool? = false) throws(OffloadError) {
         guard let first = packet.firstByte else { throw .unsupportedIPVersion(0) }
+        let proto: UInt8
         switch first >> 4 {
         case 4:
             guard packet.count >= OffloadLayout.ipv4MinimumHeader else { throw .truncatedIPHeader }
             ipHeaderLength = Int(first & 0x0f) * 4
             guard ipHeaderLength >= OffloadLayout.ipv4MinimumHeader else { throw .badIPv4HeaderLength }
             guard packet.count >= ipHeaderLength else { throw .truncatedIPHeader }
-            let proto = packet[OffloadLayout.ipv4ProtocolOffset]
-            guard proto == OffloadLayout.protocolTCP else { throw .notTCP(proto) }
+            proto = packet[OffloadLayout.ipv4ProtocolOffset]
             isV6 = false
         case 6:
             guard packet.count >= OffloadLayout.ipv6Header else { throw .truncatedIPHeader }
-            let next = packet[OffloadLayout.ipv6NextHeaderOffset]
-            guard next == OffloadLayout.protocolTCP else {
-                throw TCPHeaders.isIPv6ExtensionHeader(next) ? .ipv6ExtensionHeaders(next) : .notTCP(next)
-            }
+            proto = packet[OffloadLayout.ipv6NextHeaderOffset]
+            if TransportHeaders.isIPv6ExtensionHeader(proto) { throw .ipv6ExtensionHeaders(proto) }
             ipHeaderLength = OffloadLayout.ipv6Header
             isV6 = true
         default:
             throw .unsupportedIPVersion(first >> 4)
         }
+        switch (proto, udp) {
+        case (OffloadLayout.protocolTCP, false), (OffloadLayout.protocolTCP, nil): isUDP = false
+        case (OffloadLayout.protocolUDP, true), (OffloadLayout.protocolUDP, nil): isUDP = true
+        case (_, true): throw .notUDP(proto)
+        default: throw .notTCP(proto)
+        }
+        if isUDP {
+            transportHeaderLength = OffloadLayout.udpHeader
+            guard packet.count >= ipHeaderLength + OffloadLayout.udpHeader else { throw .truncatedUDPHeader }
+            return
+        }
         guard packet.count >= ipHeaderLength + OffloadLayout.tcpMinimumHeader else { throw .truncatedTCPHeader }
-        tcpHeaderLength = Int(packet[ipHeaderLength + OffloadLayout.tcpDataOffsetOffset] >> 4) * 4
-        guard tcpHeaderLength >= OffloadLayout.tcpMinimumHeader else { throw .badTCPHeaderLength }
-        guard packet.count >= ipHeaderLength + tcpHeaderLength else { throw .truncatedTCPHeader }
+        transportHeaderLength = Int(packet[ipHeaderLength + OffloadLayout.tcpDataOffsetOffset] >> 4) * 4
+        guard transportHeaderLength >= OffloadLayout.tcpMinimumHeader else { throw .badTCPHeaderLength }
+        guard packet.count >= ipHeaderLength + transportHeaderLength else { throw .truncatedTCPHeader }
     }
 
     /// IANA's IPv6 extension header numbers (RFC 8200 §4, plus ESP/AH/Mobility/HIP/Shim6).
@@ -457,18 +484,22 @@ struct TCPHeaders {
     var addressesSize: Int { isV6 ? OffloadLayout.ipv6AddressesSize : OffloadLayout.ipv4AddressesSize }
 }
 
-/// Cuts one TCP super-packet (TSO, read from the TUN) into complete IPv4/IPv6 + TCP segments of
-/// at most `segmentSize` payload bytes, one per `next(into:)` call, as `tcp_gso_segment` would:
-/// IP header (options included) and TCP header (options included) copied to every segment;
-/// IPv4 total length, identification (+1 per segment) and header checksum rewritten; IPv6
-/// payload length rewritten; TCP sequence advanced by the payload offset; FIN and PSH kept on the
-/// last segment only, CWR on the first only; TCP checksum computed in full.
+/// Cuts one super-packet read from the TUN (TSO, or USO once `TUN_F_USO4/6` is on) into complete
+/// IPv4/IPv6 packets of at most `segmentSize` payload bytes, one per `next(into:)` call, as
+/// `tcp_gso_segment` and `__udp_gso_segment` would: IP header (options included) and transport
+/// header copied to every segment; IPv4 total length, identification (+1 per segment) and header
+/// checksum rewritten; IPv6 payload length rewritten. TCP: sequence advanced by the payload
+/// offset; FIN and PSH kept on the last segment only, CWR on the first only. UDP: the length
+/// field set per datagram. The transport checksum is computed in full (a UDP result of 0 is sent
+/// as 0xffff, since 0 means "none").
 ///
 /// Borrowing: the segmenter reads the super-packet through the pointer it was given and never
 /// writes to it; that memory must stay valid and unchanged until the last `next(into:)`.
-public struct TCPSegmenter {
+public struct GSOSegmenter {
     public let isIPv6: Bool
-    /// IP + TCP header bytes at the front of every segment.
+    /// UDP datagrams (gso_type UDP_L4) rather than TCP segments.
+    public let isUDP: Bool
+    /// IP + transport header bytes at the front of every segment.
     public let headerLength: Int
     /// Payload bytes per segment (gso_size); the last segment may carry fewer.
     public let segmentSize: Int
@@ -491,14 +522,19 @@ public struct TCPSegmenter {
     /// Validates `header` and the super-packet `packet` (the bytes after the virtio header).
     public init(header: VirtioNetHeader, packet: UnsafeRawBufferPointer) throws(OffloadError) {
         let kind = header.gsoKind
-        guard kind == VirtioNetHeader.GSOType.tcpV4 || kind == VirtioNetHeader.GSOType.tcpV6 else {
+        let udp = kind == VirtioNetHeader.GSOType.udpL4
+        // The ECN bit belongs to TCP types only.
+        guard
+            kind == VirtioNetHeader.GSOType.tcpV4 || kind == VirtioNetHeader.GSOType.tcpV6
+                || header.gsoType == VirtioNetHeader.GSOType.udpL4
+        else {
             throw .unsupportedGSOType(header.gsoType)
         }
         guard header.gsoSize > 0 else { throw .zeroGSOSize }
-        if let first = packet.firstByte, first >> 4 == 4 || first >> 4 == 6 {
+        if !udp, let first = packet.firstByte, first >> 4 == 4 || first >> 4 == 6 {
             guard (first >> 4 == 6) == (kind == VirtioNetHeader.GSOType.tcpV6) else { throw .ipVersionMismatch }
         }
-        let headers = try TCPHeaders(parsing: packet)
+        let headers = try TransportHeaders(parsing: packet, udp: udp)
         if !headers.isV6 {
             let fragment = packet.be16(OffloadLayout.ipv4FlagsOffset)
             guard fragment & (OffloadLayout.ipv4MoreFragments | OffloadLayout.ipv4FragmentOffsetMask) == 0 else {
@@ -507,9 +543,9 @@ public struct TCPSegmenter {
         }
         guard Int(header.headerLength) <= packet.count else { throw .headerLengthExceedsPacket }
         if header.needsChecksum {
-            // For TCP the partial checksum must start at the TCP header and name its checksum field.
+            // The partial checksum must start at the transport header and name its checksum field.
             guard Int(header.checksumStart) == headers.ipHeaderLength,
-                Int(header.checksumOffset) == OffloadLayout.tcpChecksumOffset
+                Int(header.checksumOffset) == headers.checksumOffset
             else { throw .badChecksumLocation }
         }
         let payload = packet.count - headers.headerLength
@@ -519,13 +555,14 @@ public struct TCPSegmenter {
         }
         self.packet = packet
         self.isIPv6 = headers.isV6
+        self.isUDP = udp
         self.ipHeaderLength = headers.ipHeaderLength
         self.headerLength = headers.headerLength
         self.segmentSize = segmentSize
         self.segmentCount = payload == 0 ? 1 : (payload + segmentSize - 1) / segmentSize
         self.addressesOffset = headers.addressesOffset
         self.addressesSize = headers.addressesSize
-        self.firstSequence = packet.be32(headers.ipHeaderLength + OffloadLayout.tcpSequenceOffset)
+        self.firstSequence = udp ? 0 : packet.be32(headers.ipHeaderLength + OffloadLayout.tcpSequenceOffset)
         self.firstIdentification = headers.isV6 ? 0 : packet.be16(OffloadLayout.ipv4IdentificationOffset)
     }
 
@@ -559,22 +596,34 @@ public struct TCPSegmenter {
             segment.storeBE16(InternetChecksum.checksum(ipHeader), at: OffloadLayout.ipv4ChecksumOffset)
         }
 
-        let tcp = ipHeaderLength
-        segment.storeBE32(
-            firstSequence &+ UInt32(truncatingIfNeeded: index * segmentSize), at: tcp + OffloadLayout.tcpSequenceOffset)
-        var flags = segment[tcp + OffloadLayout.tcpFlagsOffset]
-        if index != segmentCount - 1 { flags &= ~(OffloadLayout.tcpFIN | OffloadLayout.tcpPSH) }
-        if index != 0 { flags &= ~OffloadLayout.tcpCWR }
-        segment[tcp + OffloadLayout.tcpFlagsOffset] = flags
+        let transport = ipHeaderLength
+        let checksumField: Int
+        let protocolNumber: UInt8
+        if isUDP {
+            segment.storeBE16(UInt16(length - transport), at: transport + OffloadLayout.udpLengthOffset)
+            checksumField = transport + OffloadLayout.udpChecksumOffset
+            protocolNumber = OffloadLayout.protocolUDP
+        } else {
+            segment.storeBE32(
+                firstSequence &+ UInt32(truncatingIfNeeded: index * segmentSize),
+                at: transport + OffloadLayout.tcpSequenceOffset)
+            var flags = segment[transport + OffloadLayout.tcpFlagsOffset]
+            if index != segmentCount - 1 { flags &= ~(OffloadLayout.tcpFIN | OffloadLayout.tcpPSH) }
+            if index != 0 { flags &= ~OffloadLayout.tcpCWR }
+            segment[transport + OffloadLayout.tcpFlagsOffset] = flags
+            checksumField = transport + OffloadLayout.tcpChecksumOffset
+            protocolNumber = OffloadLayout.protocolTCP
+        }
 
-        segment.storeBE16(0, at: tcp + OffloadLayout.tcpChecksumOffset)
+        segment.storeBE16(0, at: checksumField)
         let readable = UnsafeRawBufferPointer(segment)
         let pseudo = InternetChecksum.pseudoHeaderSum(
             addresses: UnsafeRawBufferPointer(rebasing: readable[addressesOffset..<addressesOffset + addressesSize]),
-            protocolNumber: OffloadLayout.protocolTCP, length: length - tcp)
-        let tcpHeader = UnsafeRawBufferPointer(rebasing: readable[tcp..<headerLength])
-        let checksum = InternetChecksum.checksum(tcpHeader, initial: InternetChecksum.add(pseudo, payloadSum))
-        segment.storeBE16(checksum, at: tcp + OffloadLayout.tcpChecksumOffset)
+            protocolNumber: protocolNumber, length: length - transport)
+        let transportHeader = UnsafeRawBufferPointer(rebasing: readable[transport..<headerLength])
+        var checksum = InternetChecksum.checksum(transportHeader, initial: InternetChecksum.add(pseudo, payloadSum))
+        if isUDP && checksum == 0 { checksum = 0xffff }
+        segment.storeBE16(checksum, at: checksumField)
 
         producedCount += 1
         return length
@@ -583,9 +632,9 @@ public struct TCPSegmenter {
 
 // MARK: - TUN write side
 
-/// Coalesces the TCP segments of one receive batch into super-packets for one write each to an
-/// IFF_VNET_HDR TUN (GRO in userspace), under the rules of the kernel's `tcp_gro_receive` and
-/// wireguard-go's `tcpGRO`.
+/// Coalesces the TCP segments and UDP datagrams of one receive batch into super-packets for one
+/// write each to an IFF_VNET_HDR TUN (GRO in userspace), under the rules of the kernel's
+/// `tcp_gro_receive` and `udp_gro_receive_segment` and wireguard-go's `tcpGRO`/`udpGRO`.
 ///
 /// A segment joins the open group of its flow (same addresses and ports) when: flags are ACK, or
 /// ACK+PSH (which then ends the group); it has payload; its sequence number is the group's next;
@@ -596,9 +645,13 @@ public struct TCPSegmenter {
 /// 65535 bytes; and both its TCP checksum and (on the first merge) the first segment's verify,
 /// because the merged packet goes up with a partial checksum the kernel will not check again.
 ///
+/// UDP datagrams (when `mergesUDP`) follow the same IP and size rules, with no TCP fields to
+/// compare, and at most `maximumUDPSegments` to a group; the kernel cuts the super-packet
+/// (gso_type UDP_L4, Linux 6.2 and later) back into the same datagrams before any socket sees it.
+///
 /// Ordering: outputs are listed in the order of their first packet. A packet of a flow that
 /// cannot join closes that flow's group and, if eligible, opens the next one, so one flow's
-/// packets are never reordered. Other flows and non-TCP packets do not close a group, as in Linux
+/// packets are never reordered. Other flows and other protocols do not close a group, as in Linux
 /// GRO (IP promises no order across flows).
 ///
 /// Memory: all state is allocated in `init` and freed when the coalescer goes away. Packets stay
@@ -616,7 +669,7 @@ public struct TCPSegmenter {
 ///         .packet(slot):  write VirtioNetHeader.none ‖ that slot's packet (e.g. the header into
 ///                         the 10 bytes of headroom in front of it, or writev)
 ///         .merged(b):     write coalescer.mergedRecord(b) (header included)
-public struct TCPCoalescer: ~Copyable {
+public struct GROCoalescer: ~Copyable {
     /// One write to the TUN.
     public enum Output: Equatable, Sendable {
         /// The packet the caller added with this slot, unchanged; write it after a zero header.
@@ -631,8 +684,13 @@ public struct TCPCoalescer: ~Copyable {
     public let maximumFlows: Int
     /// Output buffers per batch; once all are used, packets pass through unmerged.
     public let bufferCount: Int
-    /// Merge without verifying TCP checksums (see `init`).
+    /// Merge without verifying TCP or UDP checksums (see `init`).
     public let trustChecksums: Bool
+    /// Merge UDP datagrams too (see `init`).
+    public let mergesUDP: Bool
+    /// Datagrams per UDP super-packet at most: the kernel's own UDP GRO stops at this many
+    /// (`UDP_GRO_CNT_MAX` in `net/ipv4/udp_offload.c`).
+    public static let maximumUDPSegments = 64
     /// Bytes per output buffer: a virtio header and the largest IP packet.
     public static let bufferSize = VirtioNetHeader.size + OffloadLayout.maximumIPPacket
 
@@ -646,21 +704,23 @@ public struct TCPCoalescer: ~Copyable {
     private var buffersUsed = 0
     private var finished = false
 
-    /// Identity of a TCP flow in one direction; IPv4 addresses use the low 32 bits of `source.1`/`destination.1`.
+    /// Identity of a TCP or UDP flow in one direction; IPv4 addresses use the low 32 bits of `source.1`/`destination.1`.
     struct FlowKey: Equatable {
         var isV6: Bool
+        var isUDP: Bool
         var source: (UInt64, UInt64)
         var destination: (UInt64, UInt64)
         var ports: UInt32
 
         static func == (a: FlowKey, b: FlowKey) -> Bool {
             a.ports == b.ports && a.source == b.source && a.destination == b.destination && a.isV6 == b.isV6
+                && a.isUDP == b.isUDP
         }
     }
 
-    /// A TCP segment that may be coalesced: the facts `add` compares.
+    /// A TCP segment or UDP datagram that may be coalesced: the facts `add` compares.
     struct Candidate {
-        var headers: TCPHeaders
+        var headers: TransportHeaders
         var key: FlowKey
         var payloadLength: Int
         var sequence: UInt32
@@ -671,7 +731,7 @@ public struct TCPCoalescer: ~Copyable {
     struct Group {
         var key: FlowKey
         var first: UnsafeRawBufferPointer
-        var headers: TCPHeaders
+        var headers: TransportHeaders
         /// The entry in `outputs` that names this group.
         var outputIndex: Int
         /// Output buffer once a second segment joined, else -1.
@@ -687,9 +747,15 @@ public struct TCPCoalescer: ~Copyable {
     ///   integrity something stronger has already proven (the tunnel's Poly1305 tag); the kernel's
     ///   WireGuard likewise marks every decrypted packet CHECKSUM_UNNECESSARY (receive.c,
     ///   `wg_packet_consume_data_done`). Off by default: then a segment that fails is never merged.
-    public init(maximumPackets: Int, maximumFlows: Int = 8, bufferCount: Int = 8, trustChecksums: Bool = false) {
-        precondition(maximumPackets > 0 && maximumFlows > 0 && bufferCount > 0, "TCPCoalescer sizes must be positive")
+    /// - Parameter mergesUDP: build UDP super-packets too; only for a kernel that takes gso_type
+    ///   UDP_L4 from a TUN (one that accepted `TUN_F_USO4`/`TUN_F_USO6`). Otherwise UDP passes through.
+    public init(
+        maximumPackets: Int, maximumFlows: Int = 8, bufferCount: Int = 8, trustChecksums: Bool = false,
+        mergesUDP: Bool = true
+    ) {
+        precondition(maximumPackets > 0 && maximumFlows > 0 && bufferCount > 0, "GROCoalescer sizes must be positive")
         self.trustChecksums = trustChecksums
+        self.mergesUDP = mergesUDP
         self.maximumPackets = maximumPackets
         self.maximumFlows = maximumFlows
         self.bufferCount = bufferCount
@@ -719,7 +785,7 @@ public struct TCPCoalescer: ~Copyable {
 
     /// The `index`th write, in order, after `finish()`.
     public func output(at index: Int) -> Output {
-        precondition(finished && index >= 0 && index < outputCount, "TCPCoalescer output out of range")
+        precondition(finished && index >= 0 && index < outputCount, "GROCoalescer output out of range")
         let entry = outputs[index]
         return entry >= 0 ? .packet(slot: entry) : .merged(buffer: -1 - entry)
     }
@@ -727,7 +793,7 @@ public struct TCPCoalescer: ~Copyable {
     /// Output buffer `buffer` after `finish()`: virtio header then super-packet, ready to write.
     /// Valid until the next `reset()`.
     public func mergedRecord(_ buffer: Int) -> UnsafeRawBufferPointer {
-        precondition(finished && buffer >= 0 && buffer < buffersUsed, "TCPCoalescer buffer out of range")
+        precondition(finished && buffer >= 0 && buffer < buffersUsed, "GROCoalescer buffer out of range")
         // Sound: buffer `buffer` lies inside the allocation and its first `bufferLengths[buffer]`
         // bytes were written by `joins` and `seal`.
         return UnsafeRawBufferPointer(start: buffers + buffer * Self.bufferSize, count: bufferLengths[buffer])
@@ -738,14 +804,14 @@ public struct TCPCoalescer: ~Copyable {
     /// packet was merged into an earlier one (it gets no output of its own).
     @discardableResult
     public mutating func add(_ packet: UnsafeRawBufferPointer, slot: Int) -> Bool {
-        precondition(!finished, "TCPCoalescer.add after finish without reset")
-        precondition(slot >= 0, "TCPCoalescer slot must be non-negative")
+        precondition(!finished, "GROCoalescer.add after finish without reset")
+        precondition(slot >= 0, "GROCoalescer slot must be non-negative")
         let candidate: Candidate
         switch Self.classify(packet) {
         case .other:
             appendOutput(slot)
             return false
-        case .ineligibleTCP(let key):
+        case .ineligible(let key):
             // A packet of the flow that cannot be merged (pure ACK, FIN, RST, ...) ends the flow's
             // group, so nothing of that flow is moved ahead of it.
             for index in 0..<openCount where groups[index].key == key {
@@ -755,6 +821,10 @@ public struct TCPCoalescer: ~Copyable {
             appendOutput(slot)
             return false
         case .candidate(let eligible):
+            guard mergesUDP || !eligible.headers.isUDP else {
+                appendOutput(slot)
+                return false
+            }
             candidate = eligible
         }
         var groupIndex = -1
@@ -790,7 +860,7 @@ public struct TCPCoalescer: ~Copyable {
 
     /// Writes the headers of every merged packet. Call once per batch, after the last `add`.
     public mutating func finish() {
-        precondition(!finished, "TCPCoalescer.finish twice without reset")
+        precondition(!finished, "GROCoalescer.finish twice without reset")
         while openCount > 0 { seal(openCount - 1) }
         finished = true
     }
@@ -798,22 +868,22 @@ public struct TCPCoalescer: ~Copyable {
     // MARK: Internals
 
     private mutating func appendOutput(_ entry: Int) {
-        precondition(outputCount < maximumPackets, "TCPCoalescer: more packets than maximumPackets")
+        precondition(outputCount < maximumPackets, "GROCoalescer: more packets than maximumPackets")
         outputs[outputCount] = entry
         outputCount += 1
     }
 
     /// What `add` does with a packet, from the checks that need only the packet itself.
     enum Classification {
-        /// Not TCP, or too malformed to name a flow: passes through.
+        /// Neither TCP nor UDP, or too malformed to name a flow: passes through.
         case other
-        /// TCP that may not be merged: passes through and ends its flow's group.
-        case ineligibleTCP(FlowKey)
+        /// TCP or UDP that may not be merged: passes through and ends its flow's group.
+        case ineligible(FlowKey)
         case candidate(Candidate)
     }
 
     static func classify(_ packet: UnsafeRawBufferPointer) -> Classification {
-        guard let headers = try? TCPHeaders(parsing: packet) else { return .other }
+        guard let headers = try? TransportHeaders(parsing: packet, udp: nil) else { return .other }
         let tcp = headers.ipHeaderLength
         let key = flowKey(packet, headers)
         let lengthMatches: Bool
@@ -827,11 +897,18 @@ public struct TCPCoalescer: ~Copyable {
                 && packet.be16(OffloadLayout.ipv4FlagsOffset)
                     & (OffloadLayout.ipv4MoreFragments | OffloadLayout.ipv4FragmentOffsetMask) == 0
         }
-        let flags = packet[tcp + OffloadLayout.tcpFlagsOffset]
         let payloadLength = packet.count - headers.headerLength
+        if headers.isUDP {
+            guard lengthMatches, packet.count <= OffloadLayout.maximumIPPacket, payloadLength > 0,
+                Int(packet.be16(tcp + OffloadLayout.udpLengthOffset)) == packet.count - tcp
+            else { return .ineligible(key) }
+            return .candidate(
+                Candidate(headers: headers, key: key, payloadLength: payloadLength, sequence: 0, push: false))
+        }
+        let flags = packet[tcp + OffloadLayout.tcpFlagsOffset]
         guard lengthMatches, packet.count <= OffloadLayout.maximumIPPacket, payloadLength > 0,
             flags == OffloadLayout.tcpACK || flags == OffloadLayout.tcpACK | OffloadLayout.tcpPSH
-        else { return .ineligibleTCP(key) }
+        else { return .ineligible(key) }
         return .candidate(
             Candidate(
                 headers: headers, key: key, payloadLength: payloadLength,
@@ -840,44 +917,58 @@ public struct TCPCoalescer: ~Copyable {
     }
 
     /// The flow of a packet whose headers were validated.
-    static func flowKey(_ packet: UnsafeRawBufferPointer, _ headers: TCPHeaders) -> FlowKey {
+    static func flowKey(_ packet: UnsafeRawBufferPointer, _ headers: TransportHeaders) -> FlowKey {
         let ports = packet.be32(headers.ipHeaderLength)
         if headers.isV6 {
             let source = OffloadLayout.ipv6AddressesOffset
             let destination = source + 16
             return FlowKey(
-                isV6: true, source: (packet.be64(source), packet.be64(source + 8)),
+                isV6: true, isUDP: headers.isUDP, source: (packet.be64(source), packet.be64(source + 8)),
                 destination: (packet.be64(destination), packet.be64(destination + 8)), ports: ports)
         }
         let source = OffloadLayout.ipv4AddressesOffset
         return FlowKey(
-            isV6: false, source: (0, UInt64(packet.be32(source))), destination: (0, UInt64(packet.be32(source + 4))),
+            isV6: false, isUDP: headers.isUDP, source: (0, UInt64(packet.be32(source))),
+            destination: (0, UInt64(packet.be32(source + 4))),
             ports: ports)
     }
 
     /// Whether `packet` may be merged as far as its checksum goes: trusted, or verified.
-    private func checksumTrusted(_ packet: UnsafeRawBufferPointer, _ headers: TCPHeaders) -> Bool {
+    private func checksumTrusted(_ packet: UnsafeRawBufferPointer, _ headers: TransportHeaders) -> Bool {
         trustChecksums || Self.checksumValid(packet, headers)
     }
 
-    /// Whether the TCP checksum of `packet` verifies.
-    static func checksumValid(_ packet: UnsafeRawBufferPointer, _ headers: TCPHeaders) -> Bool {
+    /// Whether the TCP or UDP checksum of `packet` verifies. An IPv4 UDP checksum of 0 means
+    /// "none" and passes (RFC 768); over IPv6 it is invalid (RFC 8200 §8.1).
+    static func checksumValid(_ packet: UnsafeRawBufferPointer, _ headers: TransportHeaders) -> Bool {
         let tcp = headers.ipHeaderLength
+        if headers.isUDP && !headers.isV6 && packet.be16(tcp + OffloadLayout.udpChecksumOffset) == 0 { return true }
         let pseudo = InternetChecksum.pseudoHeaderSum(
             addresses: UnsafeRawBufferPointer(
                 rebasing: packet[headers.addressesOffset..<headers.addressesOffset + headers.addressesSize]),
-            protocolNumber: OffloadLayout.protocolTCP, length: packet.count - tcp)
+            protocolNumber: headers.protocolNumber, length: packet.count - tcp)
         return InternetChecksum.checksum(UnsafeRawBufferPointer(rebasing: packet[tcp...]), initial: pseudo) == 0
     }
 
     /// Whether `candidate` may follow the group's last segment (everything but the checksums).
     private func follows(_ candidate: Candidate, _ packet: UnsafeRawBufferPointer, _ group: Group) -> Bool {
+        guard candidate.headers.transportHeaderLength == group.headers.transportHeaderLength,
+            candidate.payloadLength <= group.segmentSize,
+            group.totalLength + candidate.payloadLength <= OffloadLayout.maximumIPPacket
+        else { return false }
+        if group.headers.isUDP {
+            guard group.segments < Self.maximumUDPSegments else { return false }
+        } else if !tcpFollows(candidate, packet, group) {
+            return false
+        }
+        return ipFollows(packet, group)
+    }
+
+    /// The TCP part of `follows`: sequence, ACK number, window and options.
+    private func tcpFollows(_ candidate: Candidate, _ packet: UnsafeRawBufferPointer, _ group: Group) -> Bool {
         let first = group.first
         let tcp = group.headers.ipHeaderLength
-        guard candidate.headers.tcpHeaderLength == group.headers.tcpHeaderLength,
-            candidate.sequence == group.nextSequence,
-            candidate.payloadLength <= group.segmentSize,
-            group.totalLength + candidate.payloadLength <= OffloadLayout.maximumIPPacket,
+        guard candidate.sequence == group.nextSequence,
             // ACK number and window (offsets 8..<12 and 14..<16) as in tcp_gro_receive.
             packet.be32(tcp + OffloadLayout.tcpAcknowledgmentOffset)
                 == first.be32(tcp + OffloadLayout.tcpAcknowledgmentOffset),
@@ -885,7 +976,7 @@ public struct TCPCoalescer: ~Copyable {
         else { return false }
         // TCP options, byte for byte.
         let optionsStart = tcp + OffloadLayout.tcpMinimumHeader
-        let optionsEnd = tcp + group.headers.tcpHeaderLength
+        let optionsEnd = tcp + group.headers.transportHeaderLength
         if optionsEnd > optionsStart {
             // Sound: both packets hold `optionsEnd` bytes (their TCP headers were validated).
             guard
@@ -893,6 +984,12 @@ public struct TCPCoalescer: ~Copyable {
                 bytesEqual(a + optionsStart, b + optionsStart, count: optionsEnd - optionsStart)
             else { return false }
         }
+        return true
+    }
+
+    /// The IP part of `follows`: the header fields segmentation copies from the first packet.
+    private func ipFollows(_ packet: UnsafeRawBufferPointer, _ group: Group) -> Bool {
+        let first = group.first
         if group.headers.isV6 {
             // Version, traffic class and flow label; hop limit.
             return packet.be32(0) == first.be32(0)
@@ -941,8 +1038,10 @@ public struct TCPCoalescer: ~Copyable {
         group.segments += 1
         group.push = candidate.push
         groups[index] = group
-        if candidate.push || candidate.payloadLength < group.segmentSize {
-            seal(index)  // nothing may follow a PSH or a short segment
+        if candidate.push || candidate.payloadLength < group.segmentSize
+            || (group.headers.isUDP && group.segments == Self.maximumUDPSegments)
+        {
+            seal(index)  // nothing may follow a PSH, a short segment or a full UDP group
         }
         return true
     }
@@ -960,7 +1059,7 @@ public struct TCPCoalescer: ~Copyable {
         let record = UnsafeMutableRawBufferPointer(start: buffers + group.buffer * Self.bufferSize, count: length)
         let packet = UnsafeMutableRawBufferPointer(rebasing: record[VirtioNetHeader.size...])
         let ipHeaderLength = group.headers.ipHeaderLength
-        let tcp = ipHeaderLength
+        let transport = ipHeaderLength
         if group.headers.isV6 {
             packet.storeBE16(UInt16(group.totalLength - ipHeaderLength), at: OffloadLayout.ipv6PayloadLengthOffset)
         } else {
@@ -969,22 +1068,28 @@ public struct TCPCoalescer: ~Copyable {
             let checksum = InternetChecksum.checksum(UnsafeRawBufferPointer(rebasing: packet[0..<ipHeaderLength]))
             packet.storeBE16(checksum, at: OffloadLayout.ipv4ChecksumOffset)
         }
-        if group.push { packet[tcp + OffloadLayout.tcpFlagsOffset] |= OffloadLayout.tcpPSH }
+        let gsoType: UInt8
+        if group.headers.isUDP {
+            packet.storeBE16(UInt16(group.totalLength - transport), at: transport + OffloadLayout.udpLengthOffset)
+            gsoType = VirtioNetHeader.GSOType.udpL4
+        } else {
+            if group.push { packet[transport + OffloadLayout.tcpFlagsOffset] |= OffloadLayout.tcpPSH }
+            gsoType = group.headers.isV6 ? VirtioNetHeader.GSOType.tcpV6 : VirtioNetHeader.GSOType.tcpV4
+        }
         // CHECKSUM_PARTIAL: the field holds the pseudo-header partial sum, not complemented, as
-        // `tcp_v4_send_check`/`tcp_v6_send_check` leave it; the kernel finishes it over csum_start..end.
+        // `tcp_v4_send_check` and `udp4_hwcsum` leave it; the kernel finishes it over csum_start..end.
         let readable = UnsafeRawBufferPointer(packet)
         let pseudo = InternetChecksum.pseudoHeaderSum(
             addresses: UnsafeRawBufferPointer(
                 rebasing: readable[
                     group.headers.addressesOffset..<group.headers.addressesOffset
                         + group.headers.addressesSize]),
-            protocolNumber: OffloadLayout.protocolTCP, length: group.totalLength - tcp)
-        packet.storeBE16(pseudo, at: tcp + OffloadLayout.tcpChecksumOffset)
+            protocolNumber: group.headers.protocolNumber, length: group.totalLength - transport)
+        packet.storeBE16(pseudo, at: transport + group.headers.checksumOffset)
         let header = VirtioNetHeader(
-            flags: VirtioNetHeader.Flags.needsChecksum,
-            gsoType: group.headers.isV6 ? VirtioNetHeader.GSOType.tcpV6 : VirtioNetHeader.GSOType.tcpV4,
+            flags: VirtioNetHeader.Flags.needsChecksum, gsoType: gsoType,
             headerLength: UInt16(group.headers.headerLength), gsoSize: UInt16(group.segmentSize),
-            checksumStart: UInt16(tcp), checksumOffset: UInt16(OffloadLayout.tcpChecksumOffset))
+            checksumStart: UInt16(transport), checksumOffset: UInt16(group.headers.checksumOffset))
         header.store(into: record)  // the record is longer than the header
     }
 }
