@@ -17,9 +17,10 @@ public struct OffloadSettings: Sendable, Equatable {
     }
 }
 
-/// Hands decrypted packets to the TUN device. With a virtio-net header, the TCP segments of one
-/// received batch are coalesced into super-packets (GRO in userspace: one write for up to 64 KiB)
-/// and every other packet goes out behind an empty header; without one, each packet is written
+/// Hands decrypted packets to the TUN device. With a virtio-net header, the TCP segments (and,
+/// where the kernel takes UDP super-packets, the UDP datagrams) of one received batch are
+/// coalesced into super-packets (GRO in userspace: one write for up to 64 KiB) and every other
+/// packet goes out behind a header that marks it verified; without one, each packet is written
 /// as it comes.
 ///
 /// Ownership: `add` keeps only views of packets that live in the caller's receive batch, so the
@@ -29,20 +30,21 @@ public struct OffloadSettings: Sendable, Equatable {
 struct TunWriter: ~Copyable {
     let virtio: Bool
     let capacity: Int
-    private var coalescer: TCPCoalescer
+    private var coalescer: GROCoalescer
     private let bases: UnsafeMutablePointer<UnsafeMutableRawPointer>
     private let lengths: UnsafeMutablePointer<Int>
     private var count = 0
     /// Packets the TUN refused (full queue or an error), for the log.
     private(set) var refused: UInt64 = 0
 
-    init(capacity: Int, virtio: Bool) {
+    init(capacity: Int, virtio: Bool, mergesUDP: Bool) {
         self.virtio = virtio
         self.capacity = capacity
         // Every packet here passed its Poly1305 tag, which proves it is what the peer sealed, so
-        // TCP checksums are not verified again: not by the coalescer, and not by the kernel
+        // checksums are not verified again: not by the coalescer, and not by the kernel
         // (DATA_VALID below), as the kernel's WireGuard does for what it decrypts.
-        coalescer = TCPCoalescer(maximumPackets: capacity, maximumFlows: 8, bufferCount: 8, trustChecksums: true)
+        coalescer = GROCoalescer(
+            maximumPackets: capacity, maximumFlows: 8, bufferCount: 8, trustChecksums: true, mergesUDP: mergesUDP)
         bases = .allocate(capacity: capacity)
         lengths = .allocate(capacity: capacity)
     }

@@ -109,19 +109,29 @@ public final class Tunnel: @unchecked Sendable {
         offload = OffloadSettings.fromEnvironment()
         tunRecord = UnsafeMutableRawBufferPointer.allocate(
             byteCount: offload.tun ? VirtioNetHeader.size + OffloadLayout.maximumIPPacket : 0, alignment: 16)
-        writer = TunWriter(capacity: Tunnel.burst * 48, virtio: offload.tun)
 
-        tun = try TunDevice.open(name: name, virtioHeader: offload.tun)
-        do {
-            if offload.tun {
-                // TSO and checksum offload: the kernel may hand us TCP super-packets, which we cut
-                // up. If it refuses, reads still carry a (plain) virtio header.
+        let tun = try TunDevice.open(name: name, virtioHeader: offload.tun)
+        self.tun = tun
+        // TSO, USO and checksum offload: the kernel may hand us TCP and UDP super-packets, which
+        // we cut up, and a kernel that knows USO (6.2 and later) takes UDP super-packets on write.
+        // Without USO, TCP alone; if it refuses even that, reads still carry a (plain) virtio header.
+        var udpSuperPackets = false
+        if offload.tun {
+            let tcp: TunDevice.Offloads = [.checksum, .tcpSegmentationV4, .tcpSegmentationV6, .tcpSegmentationECN]
+            do {
+                try tun.setOffloads(tcp.union([.udpSegmentationV4, .udpSegmentationV6]))
+                udpSuperPackets = true
+            } catch {
                 do {
-                    try tun.setOffloads([.checksum, .tcpSegmentationV4, .tcpSegmentationV6, .tcpSegmentationECN])
+                    try tun.setOffloads(tcp)
+                    logger.info("\(name): TUN UDP offload unavailable (\(error)); UDP goes one datagram per write")
                 } catch {
                     logger.info("\(name): TUN offloads unavailable (\(error)); packets go one by one")
                 }
             }
+        }
+        writer = TunWriter(capacity: Tunnel.burst * 48, virtio: offload.tun, mergesUDP: udpSuperPackets)
+        do {
             socket = try UDPSocket(
                 port: config?.interface.listenPort ?? 0, offload: offload.udp ? [.segmentation, .coalescing] : [])
             try LinkConfig.setMTU(mtu, interface: tun.name)
