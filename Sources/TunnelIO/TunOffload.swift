@@ -37,14 +37,19 @@ struct TunWriter: ~Copyable {
     /// Packets the TUN refused (full queue or an error), for the log.
     private(set) var refused: UInt64 = 0
 
-    init(capacity: Int, virtio: Bool, mergesUDP: Bool) {
+    /// - Parameters:
+    ///   - capacity: packets queued between flushes.
+    ///   - superPackets: super-packets one flush may build; past them, packets go one by one.
+    ///   - mergesUDP: whether the TUN takes UDP super-packets (it accepted USO).
+    init(capacity: Int, superPackets: Int, virtio: Bool, mergesUDP: Bool) {
         self.virtio = virtio
         self.capacity = capacity
         // Every packet here passed its Poly1305 tag, which proves it is what the peer sealed, so
         // checksums are not verified again: not by the coalescer, and not by the kernel
         // (DATA_VALID below), as the kernel's WireGuard does for what it decrypts.
         coalescer = GROCoalescer(
-            maximumPackets: capacity, maximumFlows: 8, bufferCount: 8, trustChecksums: true, mergesUDP: mergesUDP)
+            maximumPackets: capacity, maximumFlows: 8, bufferCount: superPackets, trustChecksums: true,
+            mergesUDP: mergesUDP)
         bases = .allocate(capacity: capacity)
         lengths = .allocate(capacity: capacity)
     }

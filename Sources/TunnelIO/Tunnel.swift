@@ -130,7 +130,11 @@ public final class Tunnel: @unchecked Sendable {
                 }
             }
         }
-        writer = TunWriter(capacity: Tunnel.burst * 48, virtio: offload.tun, mergesUDP: udpSuperPackets)
+        // One super-packet per receive slot: a batch carries at most 64 slots of 64 KiB, so
+        // full-size TCP seldom runs out of merge buffers (64 KiB each, touched as used); with 8,
+        // a batch's later segments went up one by one.
+        writer = TunWriter(
+            capacity: Tunnel.burst * 48, superPackets: Tunnel.burst, virtio: offload.tun, mergesUDP: udpSuperPackets)
         do {
             socket = try UDPSocket(
                 port: config?.interface.listenPort ?? 0, offload: offload.udp ? [.segmentation, .coalescing] : [])
