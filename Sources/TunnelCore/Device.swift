@@ -727,9 +727,9 @@ public final class Device {
 
     // MARK: - Drops
 
-    /// Counts a drop decided outside the core (the I/O layer's offload parsing).
-    public func countDrop(_ reason: DropReason) {
-        drops.count(reason)
+    /// Counts a drop decided outside the core (the I/O layer's offload parsing and TUN writes).
+    public func countDrop(_ reason: DropReason, times: UInt64 = 1) {
+        drops.count(reason, times: times)
     }
 
     private func drop(_ reason: DropReason, _ peer: Peer? = nil) -> OutboundAction {

@@ -26,6 +26,10 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     case handshakeTimedOut
     /// A TUN read whose virtio-net header or TCP super-packet could not be segmented.
     case badOffloadPacket
+    // Packets to the TUN.
+    /// A decrypted packet (or coalesced super-packet, counted once) the TUN would not take: its
+    /// queue was full, as a full link's would be.
+    case tunWriteRefused
 
     public var description: String {
         switch self {
@@ -51,6 +55,7 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .noPrivateKey: return "no_private_key"
         case .handshakeTimedOut: return "handshake_timed_out"
         case .badOffloadPacket: return "bad_offload_packet"
+        case .tunWriteRefused: return "tun_write_refused"
         }
     }
 }
@@ -61,8 +66,8 @@ public struct DropCounters: Sendable, Equatable {
 
     public init() {}
 
-    public mutating func count(_ reason: DropReason) {
-        counts[reason.rawValue] &+= 1
+    public mutating func count(_ reason: DropReason, times: UInt64 = 1) {
+        counts[reason.rawValue] &+= times
     }
 
     public subscript(reason: DropReason) -> UInt64 { counts[reason.rawValue] }

@@ -34,8 +34,8 @@ struct TunWriter: ~Copyable {
     private let bases: UnsafeMutablePointer<UnsafeMutableRawPointer>
     private let lengths: UnsafeMutablePointer<Int>
     private var count = 0
-    /// Packets the TUN refused (full queue or an error), for the log.
-    private(set) var refused: UInt64 = 0
+    /// Writes the TUN refused (full queue or an error) since `takeRefused()`.
+    private var refused: UInt64 = 0
 
     /// - Parameters:
     ///   - capacity: packets queued between flushes.
@@ -97,6 +97,12 @@ struct TunWriter: ~Copyable {
             }
         }
         count = 0
+    }
+
+    /// The writes refused since the last call, for the drop counters; resets the count.
+    mutating func takeRefused() -> UInt64 {
+        defer { refused = 0 }
+        return refused
     }
 
     private mutating func write(_ record: UnsafeRawBufferPointer, tun: TunDevice) {

@@ -401,6 +401,8 @@ public final class Tunnel: @unchecked Sendable {
             }
             // Before the next receive reuses the slots the writer points into.
             writer.flush(tun: tun)
+            let refused = writer.takeRefused()
+            if refused > 0 { withEngine { $0.countDrop(.tunWriteRefused, times: refused) } }
             if received < receiveBatch.capacity {
                 guard lingers < Tunnel.lingerRounds,
                     Syscall.waitReadable(socket.fileDescriptor, milliseconds: Tunnel.lingerMilliseconds)

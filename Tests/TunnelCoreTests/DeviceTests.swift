@@ -28,6 +28,18 @@ final class DeviceTests: XCTestCase {
         network.log.filter { $0.messageType == type && $0.from == node.endpoint }.count
     }
 
+    /// Drops the I/O layer decides (a TUN that refused a batch's writes) add up with the count
+    /// given, under their own reason, and show in the total.
+    func testDropsCountedOutsideTheCoreAddUp() {
+        let (_, a, _) = pair()
+        a.device.countDrop(.tunWriteRefused, times: 3)
+        a.device.countDrop(.tunWriteRefused)
+        XCTAssertEqual(a.device.drops[.tunWriteRefused], 4)
+        XCTAssertEqual(a.device.drops[.badOffloadPacket], 0)
+        XCTAssertEqual(a.device.drops.total, 4)
+        XCTAssertEqual(DropReason.tunWriteRefused.description, "tun_write_refused")
+    }
+
     // MARK: The three-step send and receive (crypto outside the device's owner)
 
     /// Tickets are sealed out of order and after the sender dropped its session (as when the
