@@ -8,6 +8,7 @@
 #include <net/if.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -174,3 +175,9 @@ struct cmsghdr *tunctl_cmsg_nxthdr(struct msghdr *message, struct cmsghdr *heade
 
 // Why C: CMSG_DATA is a function-like macro.
 unsigned char *tunctl_cmsg_data(struct cmsghdr *header) { return CMSG_DATA(header); }
+
+// Why C: sys/eventfd.h is not part of Swift's Glibc module.
+int tunctl_eventfd(void) {
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}

@@ -123,6 +123,20 @@ public enum Syscall {
         return poll(&entry, 1, milliseconds) == 1 && entry.revents & Int16(POLLIN) != 0
     }
 
+    /// Waits up to `milliseconds` (-1: without limit) for `fd` to become readable, unless `wake`
+    /// is or becomes readable first. True only when `fd` is readable and `wake` is not; false on
+    /// timeout, on a wake-up, on a signal and on any error (as `waitReadable`).
+    public static func waitReadable(_ fd: Int32, unlessReadable wake: Int32, milliseconds: Int32) -> Bool {
+        var entries = (
+            pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)
+        )
+        // Sound: the tuple is two contiguous, homogeneous `pollfd`s, which is the array poll reads.
+        let ready = withUnsafeMutableBytes(of: &entries) { bytes in
+            poll(bytes.baseAddress?.assumingMemoryBound(to: pollfd.self), 2, milliseconds)
+        }
+        return ready > 0 && entries.1.revents == 0 && entries.0.revents & Int16(POLLIN) != 0
+    }
+
     /// Closes `fd` exactly once. EINTR is not retried: Linux releases the descriptor before it
     /// reports EINTR, so a retry could close a descriptor another thread has just been given.
     public static func close(_ fd: Int32) throws(SystemError) {

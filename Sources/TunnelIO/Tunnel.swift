@@ -79,14 +79,18 @@ public final class Tunnel: @unchecked Sendable {
     static let burst = 64
     /// TUN reads per wake-up when each may be a 64 KiB super-packet.
     static let recordBurst = 16
-    /// How long a data handler that has drained its descriptor waits on it (in `poll`, asleep)
+    /// How long a data handler that has drained its descriptor parks on it (in `poll`, asleep)
     /// before returning to its Dispatch source, and how many such waits it makes per wake-up.
-    /// Under load the next batch arrives within microseconds, and a thread woken by `poll` itself
-    /// skips two hand-offs (Dispatch's epoll thread, then a worker woken by futex): measured here,
-    /// about 8% of the tunnel's CPU was that scheduling. Idle, it costs one 1 ms sleep per event;
-    /// it never delays a packet, since everything read is sent before waiting.
-    static let lingerMilliseconds: Int32 = 1
-    static let lingerRounds = 64
+    /// A thread woken by `poll` itself skips two hand-offs (Dispatch's epoll thread, then a worker
+    /// woken by futex), each a cross-core wake-up: under load that was about 8% of the tunnel's
+    /// CPU, and on a quiet link it is most of the latency a packet sees in tunctl, paid at every
+    /// one of the four crossings of a round trip. Parking costs no CPU and never delays a packet
+    /// (everything read is sent first); `wakeup` ends it early when the control queue needs the
+    /// data queues, so a parked handler holds up `shutdown` or `rebind` by no more than a poll.
+    static let parkMilliseconds: Int32 = 1000
+    static let parkRounds = 64
+    /// Raised by the control queue before it waits for the data queues; see `parkMilliseconds`.
+    private let wakeup: Wakeup
 
     /// Opens the TUN, binds the socket, configures the link and loads `config` into the engine.
     /// Undoes what it did if a step fails. Call `run` next.
@@ -99,6 +103,7 @@ public final class Tunnel: @unchecked Sendable {
         self.queue = DispatchQueue(label: "tunctl.\(name).control")
         self.outboundQueue = DispatchQueue(label: "tunctl.\(name).outbound")
         self.inboundQueue = DispatchQueue(label: "tunctl.\(name).inbound")
+        wakeup = try Wakeup()
         let mtu = config?.interface.mtu ?? Protocol.defaultMTU
         device = Device(privateKey: config?.privateKey, mtu: mtu)
         // A send slot holds the largest packet the TUN hands us (its MTU) plus the transport
@@ -230,8 +235,22 @@ public final class Tunnel: @unchecked Sendable {
     /// no copy and no allocation per packet.
     private func drainTun() {
         if tun.hasVirtioHeader { return drainTunRecords() }
-        let now = currentInstant()
         var sink = SocketSink(socket: socket, logger: logger)
+        var parks = 0
+        for _ in 0..<(4 * (Tunnel.parkRounds + 1)) {
+            switch drainTunBurst(sink: &sink) {
+            case .more: continue
+            case .drained: guard park(on: tun.fileDescriptor, rounds: &parks) else { return }
+            case .failed: return
+            }
+        }
+    }
+
+    private enum BurstOutcome { case more, drained, failed }
+
+    /// One burst of `drainTun`: up to `burst` packets read, sealed and sent.
+    private func drainTunBurst(sink: inout SocketSink) -> BurstOutcome {
+        let now = currentInstant()
         var drained = false
         var failure: (any Error)?
         for _ in 0..<Tunnel.burst where !drained {
@@ -255,7 +274,20 @@ public final class Tunnel: @unchecked Sendable {
             }
         }
         flushSendBatch()
-        if let failure { handleTunError(failure) }
+        if let failure {
+            handleTunError(failure)
+            return .failed
+        }
+        return drained ? .drained : .more
+    }
+
+    /// After draining `fd`: sleeps in `poll` until `fd` has more (true), or until
+    /// `parkMilliseconds` pass, the control queue raises `wakeup` or this wake-up has parked
+    /// `parkRounds` times (false: return to the Dispatch source).
+    private func park(on fd: Int32, rounds: inout Int) -> Bool {
+        guard rounds < Tunnel.parkRounds else { return false }
+        rounds += 1
+        return Syscall.waitReadable(fd, unlessReadable: wakeup.fileDescriptor, milliseconds: Tunnel.parkMilliseconds)
     }
 
     /// TUN → encrypt → UDP with a virtio-net header: each read is a packet or a TCP super-packet
@@ -264,16 +296,13 @@ public final class Tunnel: @unchecked Sendable {
     private func drainTunRecords() {
         var now = currentInstant()
         var sink = SocketSink(socket: socket, logger: logger)
-        var lingers = 0
-        for _ in 0..<(Tunnel.recordBurst * (Tunnel.lingerRounds + 1)) {
+        var parks = 0
+        for _ in 0..<(Tunnel.recordBurst * (Tunnel.parkRounds + 1)) {
             let recordLength: Int
             do {
                 guard let count = try tun.read(into: tunRecord) else {
                     flushSendBatch()
-                    guard lingers < Tunnel.lingerRounds,
-                        Syscall.waitReadable(tun.fileDescriptor, milliseconds: Tunnel.lingerMilliseconds)
-                    else { return }
-                    lingers += 1
+                    guard park(on: tun.fileDescriptor, rounds: &parks) else { return }
                     now = currentInstant()
                     continue
                 }
@@ -382,8 +411,8 @@ public final class Tunnel: @unchecked Sendable {
     private func drainSocket() {
         var sink = SocketSink(socket: socket, logger: logger)
         let tun = self.tun
-        var lingers = 0
-        for _ in 0..<(4 * (Tunnel.lingerRounds + 1)) {
+        var parks = 0
+        for _ in 0..<(4 * (Tunnel.parkRounds + 1)) {
             let received: Int
             do {
                 received = try socket.receive(into: &receiveBatch)
@@ -404,10 +433,7 @@ public final class Tunnel: @unchecked Sendable {
             let refused = writer.takeRefused()
             if refused > 0 { withEngine { $0.countDrop(.tunWriteRefused, times: refused) } }
             if received < receiveBatch.capacity {
-                guard lingers < Tunnel.lingerRounds,
-                    Syscall.waitReadable(socket.fileDescriptor, milliseconds: Tunnel.lingerMilliseconds)
-                else { return }
-                lingers += 1
+                guard park(on: socket.fileDescriptor, rounds: &parks) else { return }
             }
         }
     }
@@ -492,17 +518,23 @@ public final class Tunnel: @unchecked Sendable {
         guard port != socket.port || port == 0 else { return }
         let replacement = try UDPSocket(port: port)
         // Both data queues are held while the socket changes, so neither sees it half-replaced.
-        outboundQueue.sync {
-            inboundQueue.sync {
-                udpSource?.cancel()
-                try? socket.close()
-                socket = replacement
-            }
+        holdingDataQueues {
+            udpSource?.cancel()
+            try? socket.close()
+            socket = replacement
         }
         startSocketSource()
     }
 
     // MARK: - Control and shutdown (on `queue`)
+
+    /// Runs `body` on the control queue while both data queues are held, first waking a handler
+    /// parked in `poll` so the wait is for its current batch only.
+    private func holdingDataQueues(_ body: () -> Void) {
+        wakeup.raise()
+        outboundQueue.sync { inboundQueue.sync { body() } }
+        wakeup.lower()
+    }
 
     private func handleControl(_ request: ControlRequest) -> String {
         switch request {
@@ -544,8 +576,7 @@ public final class Tunnel: @unchecked Sendable {
         udpSource?.cancel()
         timer?.cancel()
         // Wait out any data-path handler still running before closing what it uses.
-        outboundQueue.sync {}
-        inboundQueue.sync {}
+        holdingDataQueues {}
         if !linkGone {
             for prefix in routes { try? LinkConfig.deleteRoute(prefix, interface: tun.name) }
         }

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Testing
 
@@ -119,5 +120,54 @@ final class TestPipe {
         let error = SystemError(call: "x", errno: 99999)
         #expect(error.description.hasPrefix("x failed: "))
         #expect(error.description.hasSuffix("(errno 99999)"))
+    }
+
+    // MARK: Parking on a descriptor with a wake-up
+
+    private func makeReadable(_ pipe: TestPipe) throws {
+        var byte: UInt8 = 7
+        #expect(try Syscall.io("write") { write(pipe.writeEnd, &byte, 1) } == .done(1))
+    }
+
+    @Test func parkedWaitSeesData() throws {
+        let pipe = try TestPipe()
+        let wakeup = try Wakeup()
+        #expect(!Syscall.waitReadable(pipe.readEnd, unlessReadable: wakeup.fileDescriptor, milliseconds: 0))
+        try makeReadable(pipe)
+        #expect(Syscall.waitReadable(pipe.readEnd, unlessReadable: wakeup.fileDescriptor, milliseconds: 0))
+    }
+
+    /// A raised wake-up wins over waiting data: the handler must return so the control queue can
+    /// take the data queues. The long timeout is never waited out.
+    @Test func raisedWakeupEndsTheWaitEvenWithData() throws {
+        let pipe = try TestPipe()
+        let wakeup = try Wakeup()
+        try makeReadable(pipe)
+        wakeup.raise()
+        wakeup.raise()
+        #expect(!Syscall.waitReadable(pipe.readEnd, unlessReadable: wakeup.fileDescriptor, milliseconds: 60_000))
+        // One lower undoes any number of raises.
+        wakeup.lower()
+        #expect(Syscall.waitReadable(pipe.readEnd, unlessReadable: wakeup.fileDescriptor, milliseconds: 0))
+        #expect(!Syscall.waitReadable(wakeup.fileDescriptor, milliseconds: 0))
+    }
+
+    /// A wake-up raised by another thread ends a wait that is already asleep in `poll`.
+    @Test func wakeupFromAnotherThreadEndsASleepingWait() throws {
+        let pipe = try TestPipe()
+        let wakeup = try Wakeup()
+        var start = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &start)
+        Thread.detachNewThread {
+            usleep(50_000)
+            wakeup.raise()
+        }
+        let sawData = Syscall.waitReadable(pipe.readEnd, unlessReadable: wakeup.fileDescriptor, milliseconds: 30_000)
+        var end = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &end)
+        #expect(!sawData)
+        // Woken, not timed out: well under the 30 s timeout (a bound, not a speed measurement).
+        #expect(end.tv_sec - start.tv_sec < 15)
+        #expect(Syscall.waitReadable(wakeup.fileDescriptor, milliseconds: 0))
     }
 }

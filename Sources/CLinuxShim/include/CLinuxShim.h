@@ -51,6 +51,12 @@ extern const unsigned int tunctl_tun_f_uso6;
 /// sizeof(struct virtio_net_hdr): 10.
 extern const int tunctl_virtio_net_hdr_size;
 
+// MARK: Wake-ups
+
+/// eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC): a counter that polls readable while non-zero
+/// (sys/eventfd.h is not in Swift's Glibc module). Returns the fd or -errno.
+int tunctl_eventfd(void);
+
 // MARK: Interface MTU and flags (ioctls on a throwaway AF_INET datagram socket)
 
 /// SIOCGIFMTU. Returns the MTU (> 0) or -errno.
