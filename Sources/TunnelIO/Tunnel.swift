@@ -67,10 +67,13 @@ public final class Tunnel: @unchecked Sendable {
     private var stopping = false
     private var onStop: (@Sendable (Int32) -> Void)?
 
-    private var receiveBatch: ReceiveBatch
-    private var sendBatch: SendBatch
+    // `@exclusivity(unchecked)` on the three per-packet buffers below: each belongs to one serial
+    // queue (see above), so the runtime's dynamic exclusivity check, a thread-local lookup on
+    // every access, guards nothing here; it was about 2% of the tunnel's CPU (perf).
+    @exclusivity(unchecked) private var receiveBatch: ReceiveBatch
+    @exclusivity(unchecked) private var sendBatch: SendBatch
     /// Inbound: hands decrypted packets to the TUN, coalescing TCP when it has a virtio header.
-    private var writer: TunWriter
+    @exclusivity(unchecked) private var writer: TunWriter
     /// Outbound, with a virtio header only: one TUN read (header + up to 64 KiB), segmented into
     /// send slots from here. Owned by `outboundQueue`.
     private let tunRecord: UnsafeMutableRawBufferPointer
