@@ -50,13 +50,14 @@ check_tunnel() {
 }
 
 # Encrypted, not just forwarded: a marker in the inner payload is visible on the TUN (the
-# control: the check can see it) and never on the veth.
+# control: the check can see it) and never on the veth. --immediate-mode: without it libpcap hands
+# packets over in blocks, up to a second late, and those still held when tcpdump is stopped are lost.
 check_encrypted() {
   local cap_u="$TT_TEST_DIR/underlay.pcap" cap_t="$TT_TEST_DIR/tun.pcap" pu pt
-  ip netns exec "$NS_A" timeout 15 tcpdump -i veA -n -U -w "$cap_u" udp 2>"$TT_TEST_DIR/tcpdump-u.log" &
+  ip netns exec "$NS_A" timeout 15 tcpdump -i veA -n -U --immediate-mode -w "$cap_u" udp 2>"$TT_TEST_DIR/tcpdump-u.log" &
   pu=$!
   tt_register_pid "$pu"
-  ip netns exec "$NS_A" timeout 15 tcpdump -i "$IF_A" -n -U -w "$cap_t" 2>"$TT_TEST_DIR/tcpdump-t.log" &
+  ip netns exec "$NS_A" timeout 15 tcpdump -i "$IF_A" -n -U --immediate-mode -w "$cap_t" 2>"$TT_TEST_DIR/tcpdump-t.log" &
   pt=$!
   tt_register_pid "$pt"
   wait_for 5 grep -q "listening" "$TT_TEST_DIR/tcpdump-u.log" || fail "tcpdump on veA did not start" || return 1
@@ -88,7 +89,7 @@ test_v6_underlay() {
   check_tunnel IPv6 || return 1
   # The underlay really was IPv6: no IPv4 UDP between the nodes while pinging.
   local cap="$TT_TEST_DIR/v6.pcap" pid n4 n6
-  ip netns exec "$NS_A" timeout 10 tcpdump -i veA -n -U -w "$cap" udp 2>"$TT_TEST_DIR/tcpdump.log" &
+  ip netns exec "$NS_A" timeout 10 tcpdump -i veA -n -U --immediate-mode -w "$cap" udp 2>"$TT_TEST_DIR/tcpdump.log" &
   pid=$!
   tt_register_pid "$pid"
   wait_for 5 grep -q "listening" "$TT_TEST_DIR/tcpdump.log" || fail "tcpdump did not start" || return 1

@@ -24,7 +24,7 @@ test_persistent_keepalive() {
   # Let the passive keepalive that answers the ping traffic (KEEPALIVE_TIMEOUT 10 s) go by.
   sleep 11
   local cap="$TT_TEST_DIR/idle.pcap" pid
-  ip netns exec "$NS_A" timeout "$WINDOW" tcpdump -i veA -n -U -w "$cap" udp 2>"$TT_TEST_DIR/tcpdump.log" &
+  ip netns exec "$NS_A" timeout "$WINDOW" tcpdump -i veA -n -U --immediate-mode -w "$cap" udp 2>"$TT_TEST_DIR/tcpdump.log" &
   pid=$!
   tt_register_pid "$pid"
   wait_for 5 grep -q "listening" "$TT_TEST_DIR/tcpdump.log" || fail "tcpdump did not start" || return 1

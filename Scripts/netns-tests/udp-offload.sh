@@ -34,7 +34,7 @@ jf() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])'
 # the tunnel MTU, i.e. every super-packet; sets CAPTURE_PID.
 capture_super() {
   local log="$TT_TEST_DIR/tcpdump-$3.log"
-  ip netns exec "$1" timeout 40 tcpdump -i "$2" -n -U -s 64 -w "$TT_TEST_DIR/$3.pcap" "udp and greater $((MTU + 1))" \
+  ip netns exec "$1" timeout 40 tcpdump -i "$2" -n -U --immediate-mode -s 64 -w "$TT_TEST_DIR/$3.pcap" "udp and greater $((MTU + 1))" \
     2>"$log" &
   CAPTURE_PID=$!
   tt_register_pid "$CAPTURE_PID"
@@ -44,7 +44,7 @@ capture_super() {
 # capture_stop PID NAME: stops the capture; sets SUPER to the number of super-packets it wrote down
 # (on a loaded machine, fewer than it was handed: a lower bound).
 capture_stop() {
-  sleep 0.5 # tcpdump may still be reading what its filter took: stopped at once, it loses that
+  sleep 0.5 # what its filter took may still be on its way to it: stopped at once, it loses that
   kill -INT "$1" 2>/dev/null
   wait_exit "$1" 5 || fail "tcpdump ($2) did not stop within 5 s" || return 1
   SUPER=$(tcpdump -r "$TT_TEST_DIR/$2.pcap" -n 2>/dev/null | wc -l)
