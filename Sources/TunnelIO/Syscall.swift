@@ -116,16 +116,10 @@ public enum Syscall {
         }
     }
 
-    /// Waits up to `milliseconds` for `fd` to become readable; false on timeout, on a signal and on
-    /// any error (the caller then returns to its event source, which reports what is wrong).
-    public static func waitReadable(_ fd: Int32, milliseconds: Int32) -> Bool {
-        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        return poll(&entry, 1, milliseconds) == 1 && entry.revents & Int16(POLLIN) != 0
-    }
-
     /// Waits up to `milliseconds` (-1: without limit) for `fd` to become readable, unless `wake`
-    /// is or becomes readable first. True only when `fd` is readable and `wake` is not; false on
-    /// timeout, on a wake-up, on a signal and on any error (as `waitReadable`).
+    /// is or becomes readable first (a negative `wake` is ignored, as poll ignores it). True only
+    /// when `fd` is readable and `wake` is not; false on timeout, on a wake-up, on a signal and on
+    /// any error (the caller then returns to its event source, which reports what is wrong).
     public static func waitReadable(_ fd: Int32, unlessReadable wake: Int32, milliseconds: Int32) -> Bool {
         var entries = (
             pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)

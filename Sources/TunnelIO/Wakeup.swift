@@ -1,6 +1,5 @@
 import CLinuxShim
 import Glibc
-import Synchronization
 
 /// A level-triggered flag other threads can `poll` on: an eventfd that reads readable from
 /// `raise()` until `lower()`.
@@ -9,23 +8,21 @@ import Synchronization
 /// the control queue raises it before it waits for the data queues (`sync`), so a parked handler
 /// returns at once instead of sleeping out its timeout, and lowers it once it holds them.
 final class Wakeup: Sendable {
-    private let descriptor: Atomic<Int32>
-
-    /// The descriptor to poll for readability; -1 after `close()`. Do not read or close it.
-    var fileDescriptor: Int32 { descriptor.load(ordering: .acquiring) }
+    /// The descriptor to poll for readability, open for the object's lifetime. Do not read or
+    /// close it.
+    let fileDescriptor: Int32
 
     init() throws(SystemError) {
-        descriptor = Atomic(try Syscall.shimCheck("tunctl_eventfd") { tunctl_eventfd() })
+        fileDescriptor = try Syscall.shimCheck("tunctl_eventfd") { tunctl_eventfd() }
     }
 
-    deinit { close() }
+    deinit { _ = try? Syscall.close(fileDescriptor) }
 
     /// Makes the descriptor readable until `lower()`; raising twice is the same as once.
     func raise() {
         var one: UInt64 = 1
         let fd = fileDescriptor
-        // The counter cannot overflow from this (it would take 2^64 - 1 raises without a lower),
-        // so the only failure is a closed descriptor, after which nobody polls it.
+        // Cannot fail: the counter would need 2^64 - 1 raises without a lower to overflow.
         _ = try? Syscall.io("write(eventfd)") { Glibc.write(fd, &one, MemoryLayout<UInt64>.size) }
     }
 
@@ -34,10 +31,5 @@ final class Wakeup: Sendable {
         var count: UInt64 = 0
         let fd = fileDescriptor
         _ = try? Syscall.io("read(eventfd)") { Glibc.read(fd, &count, MemoryLayout<UInt64>.size) }
-    }
-
-    func close() {
-        let fd = descriptor.exchange(-1, ordering: .acquiringAndReleasing)
-        if fd >= 0 { _ = try? Syscall.close(fd) }
     }
 }

@@ -149,7 +149,7 @@ final class TestPipe {
         // One lower undoes any number of raises.
         wakeup.lower()
         #expect(Syscall.waitReadable(pipe.readEnd, unlessReadable: wakeup.fileDescriptor, milliseconds: 0))
-        #expect(!Syscall.waitReadable(wakeup.fileDescriptor, milliseconds: 0))
+        #expect(!Syscall.waitReadable(wakeup.fileDescriptor, unlessReadable: -1, milliseconds: 0))
     }
 
     /// A wake-up raised by another thread ends a wait that is already asleep in `poll`.
@@ -168,6 +168,6 @@ final class TestPipe {
         #expect(!sawData)
         // Woken, not timed out: well under the 30 s timeout (a bound, not a speed measurement).
         #expect(end.tv_sec - start.tv_sec < 15)
-        #expect(Syscall.waitReadable(wakeup.fileDescriptor, milliseconds: 0))
+        #expect(Syscall.waitReadable(wakeup.fileDescriptor, unlessReadable: -1, milliseconds: 0))
     }
 }
