@@ -69,12 +69,13 @@ public final class Device {
     /// Room the caller leaves behind an outgoing packet: padding (< 16) plus the tag.
     public static let tailroom = Protocol.paddingMultiple + MessageSize.tag
 
-    public private(set) var local: LocalIdentity?
-    public var mtu: Int
+    // Read for every packet, as are `routes` and `indices`: unchecked for the reason on `Peer`.
+    @exclusivity(unchecked) public private(set) var local: LocalIdentity?
+    @exclusivity(unchecked) public var mtu: Int
 
     private var peersByKey: [PublicKey: Peer] = [:]
-    private var routes = AllowedIPs<Peer>()
-    private var indices: [UInt32: IndexEntry] = [:]
+    @exclusivity(unchecked) private var routes = AllowedIPs<Peer>()
+    @exclusivity(unchecked) private var indices: [UInt32: IndexEntry] = [:]
     private var cookieChecker: CookieChecker?
     private var rateLimiter = RateLimiter()
     private var loadWindowStart: UInt64 = 0

@@ -6,15 +6,20 @@ import TunnelCrypto
 /// Owned by its `Device` and touched only on the queue that owns the device; not Sendable.
 /// Timers are deadlines in monotonic nanoseconds (nil = not armed), evaluated by `Device.tick`,
 /// following the events of wireguard-go `device/timers.go` and the WireGuard paper §6.
+///
+/// The fields every transport packet reads or writes are `@exclusivity(unchecked)`: with one
+/// owner per device nothing can overlap an access to them, so the runtime's dynamic check (a
+/// thread-local lookup per access) guards nothing, and it cost about 1.5% of the machine's
+/// samples across Peer, Keypair and Device under full-speed TCP. Static checks still apply.
 public final class Peer {
     public let publicKey: PublicKey
     var remote: RemoteIdentity
     var cookies: CookieGenerator
 
     /// Where to send; follows the source of any authenticated packet (roaming).
-    public internal(set) var endpoint: Endpoint?
+    @exclusivity(unchecked) public internal(set) var endpoint: Endpoint?
     /// Seconds between keepalives when idle; 0 = off.
-    public internal(set) var persistentKeepalive: UInt16
+    @exclusivity(unchecked) public internal(set) var persistentKeepalive: UInt16
 
     // Handshake state.
     /// Our pending initiation, if one is outstanding.
@@ -31,22 +36,22 @@ public final class Peer {
 
     // Keypairs: `next` is a responder's unconfirmed keypair, which becomes `current` on the first
     // transport packet received under it (key confirmation).
-    var current: Keypair?
+    @exclusivity(unchecked) var current: Keypair?
     var previous: Keypair?
-    var next: Keypair?
+    @exclusivity(unchecked) var next: Keypair?
 
     // Timers.
     var retransmitHandshakeAt: UInt64?
-    var sendKeepaliveAt: UInt64?
-    var newHandshakeAt: UInt64?
+    @exclusivity(unchecked) var sendKeepaliveAt: UInt64?
+    @exclusivity(unchecked) var newHandshakeAt: UInt64?
     var zeroKeyMaterialAt: UInt64?
-    var persistentKeepaliveAt: UInt64?
-    var needAnotherKeepalive = false
-    var sentLastMinuteHandshake = false
+    @exclusivity(unchecked) var persistentKeepaliveAt: UInt64?
+    @exclusivity(unchecked) var needAnotherKeepalive = false
+    @exclusivity(unchecked) var sentLastMinuteHandshake = false
 
     // Counters, as `wg show` reports them: whole datagrams, handshakes included.
-    public internal(set) var rxBytes: UInt64 = 0
-    public internal(set) var txBytes: UInt64 = 0
+    @exclusivity(unchecked) public internal(set) var rxBytes: UInt64 = 0
+    @exclusivity(unchecked) public internal(set) var txBytes: UInt64 = 0
     /// Unix nanoseconds of the latest completed handshake; 0 = never.
     public internal(set) var lastHandshakeUnixNanoseconds: UInt64 = 0
     public internal(set) var drops = DropCounters()

@@ -27,7 +27,8 @@ public struct Instant: Sendable, Hashable {
 ///
 /// Owned by its peer. The `let`s (keys, indices) may be read on any thread holding a reference,
 /// which is how sealing and opening run outside whatever serializes the device; the `var`s are
-/// touched only by the device's owner.
+/// touched only by the device's owner (hence `@exclusivity(unchecked)` on the two that every
+/// packet touches, as on `Peer`).
 final class Keypair {
     let sendingKey: SecretKey
     let receivingKey: SecretKey
@@ -40,8 +41,8 @@ final class Keypair {
     /// Monotonic nanoseconds when the keys were derived.
     let created: UInt64
     /// The next counter to send; `rejectAfterMessages` or more means this keypair is spent.
-    var sendCounter: UInt64 = 0
-    var replay = ReplayWindow()
+    @exclusivity(unchecked) var sendCounter: UInt64 = 0
+    @exclusivity(unchecked) var replay = ReplayWindow()
 
     init(keys: TransportKeys, isInitiator: Bool, created: UInt64) {
         self.sendingKey = keys.sending
