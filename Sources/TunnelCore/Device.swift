@@ -244,9 +244,31 @@ public final class Device {
     /// the datagram length. Touches no device state, so it may run on any thread, outside whatever
     /// serializes the device; the ticket keeps the keys alive.
     public static func seal(_ buffer: UnsafeMutableRawBufferPointer, _ ticket: SealTicket) -> Int {
+        seal(buffer, datagramAt: 0, ticket)
+    }
+
+    /// `seal` for a packet at `region[offset + headroom...]` (the buffer given to `prepareSend`
+    /// being `region[offset...]`): the datagram is `region[offset..<offset + result]`. With
+    /// `sealingRoom` bytes in front of it and `sealingSlotSize(mtu:)` bytes from its start, the
+    /// encryption runs in whole chunks in place and copies nothing (about 7% of a full-size seal);
+    /// the room is left zeroed. With less, it is plain `seal`.
+    public static func seal(
+        _ region: UnsafeMutableRawBufferPointer, datagramAt offset: Int, _ ticket: SealTicket
+    ) -> Int {
         Transport.seal(
-            buffer, plaintextLength: ticket.packetLength, mtu: ticket.mtu, keypair: ticket.keypair,
-            counter: ticket.counter)
+            region, datagramAt: offset, plaintextLength: ticket.packetLength, mtu: ticket.mtu,
+            keypair: ticket.keypair, counter: ticket.counter)
+    }
+
+    /// Bytes in front of a datagram that let `seal(_:datagramAt:_:)` skip its copies: the
+    /// keystream's first block is made there, over the header and the bytes before it.
+    public static let sealingRoom = ChaChaPoly.roomInFront - TransportMessage.headerSize
+
+    /// Bytes from a datagram's start that hold a packet of up to `mtu` bytes with its transport
+    /// overhead and, behind the tag, the rest of the last keystream chunk `seal(_:datagramAt:_:)`
+    /// XORs in place.
+    public static func sealingSlotSize(mtu: Int) -> Int {
+        max(headroom + mtu + tailroom, ChaChaPoly.roomySpan(messageLength: mtu) - sealingRoom)
     }
 
     /// Step 3, back with the device's owner: byte counts and timers for the sealed datagram (which

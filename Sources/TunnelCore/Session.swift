@@ -89,25 +89,31 @@ enum Transport {
         seal(buffer, plaintextLength: plaintextLength, mtu: mtu, keypair: keypair, counter: keypair.reserveCounter())
     }
 
-    /// `seal` under a counter reserved earlier. Reads only the keypair's immutable key and index,
-    /// so it may run on another thread than the one that owns the device.
+    /// `seal` under a counter reserved earlier, with the datagram at `region[offset...]`. Reads
+    /// only the keypair's immutable key and index, so it may run on another thread than the one
+    /// that owns the device. Given `Device.sealingRoom` bytes in front of the datagram and
+    /// `Device.sealingSlotSize` from its start, the encryption copies nothing (see
+    /// `ChaChaPoly.sealInPlace(key:counter:message:in:)`); the region before `offset` is then
+    /// left zeroed, and past the tag it holds unused keystream.
     static func seal(
-        _ buffer: UnsafeMutableRawBufferPointer, plaintextLength: Int, mtu: Int, keypair: Keypair, counter: UInt64
+        _ region: UnsafeMutableRawBufferPointer, datagramAt offset: Int = 0, plaintextLength: Int, mtu: Int,
+        keypair: Keypair, counter: UInt64
     ) -> Int {
         let header = TransportMessage.headerSize
         let padded = paddedLength(plaintextLength, mtu: mtu)
-        precondition(buffer.count >= header + padded + MessageSize.tag, "transport buffer too small")
-        // The buffer is non-empty (checked above), so its base address is non-nil.
-        let base = buffer.baseAddress!
+        let message = (offset + header)..<(offset + header + padded)
+        precondition(offset >= 0 && region.count >= message.upperBound + MessageSize.tag, "transport buffer too small")
+        // The region is non-empty (checked above), so its base address is non-nil.
+        let base = region.baseAddress!
         if padded > plaintextLength {
-            (base + header + plaintextLength).initializeMemory(
+            (base + message.lowerBound + plaintextLength).initializeMemory(
                 as: UInt8.self, repeating: 0, count: padded - plaintextLength)
         }
-        TransportMessage.writeHeader(receiver: keypair.remoteIndex, counter: counter, to: buffer)
-        ChaChaPoly.sealInPlace(
-            key: keypair.sendingKey, counter: counter,
-            message: UnsafeMutableRawBufferPointer(start: base + header, count: padded),
-            tag: base + header + padded)
+        ChaChaPoly.sealInPlace(key: keypair.sendingKey, counter: counter, message: message, in: region)
+        // After sealing: the header's bytes are part of the room the seal may use.
+        TransportMessage.writeHeader(
+            receiver: keypair.remoteIndex, counter: counter,
+            to: UnsafeMutableRawBufferPointer(rebasing: region[offset...]))
         return header + padded + MessageSize.tag
     }
 

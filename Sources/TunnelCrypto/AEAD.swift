@@ -90,6 +90,66 @@ public enum ChaChaPoly {
         }
     }
 
+    /// Bytes the roomy seal (`sealInPlace(key:counter:message:in:)`) takes in front of the
+    /// message: keystream block 0, the Poly1305 key, is made there by the same libsodium call.
+    public static let roomInFront = blockLength
+
+    /// Bytes, from `roomInFront` before a message of `length` bytes, that the roomy seal XORs
+    /// with keystream: the room and the message, rounded up to whole chunks.
+    public static func roomySpan(messageLength length: Int) -> Int {
+        (roomInFront + length + chunkLength - 1) / chunkLength * chunkLength
+    }
+
+    /// Seals `region[message]` in place and writes its tag at `message.upperBound`: the same
+    /// bytes as `sealInPlace(key:counter:message:tag:)`, without its copies, when the region gives
+    /// the message room: `roomInFront` bytes before it and `roomySpan` bytes from there. Then one
+    /// libsodium call XORs whole chunks from block 0 (over zeroed room) through the message and
+    /// past its end, in place; the Poly1305 key is read from the room, which is zeroed again
+    /// before returning. Past the tag, up to the span's end, the region is left holding keystream
+    /// of blocks no message uses (never plaintext, never sent). Without the room, or for a
+    /// message shorter than `chunkedFrom`, it falls back to the other `sealInPlace`, which
+    /// touches only the message and its tag.
+    public static func sealInPlace(
+        key: SecretKey, counter: UInt64, message: Range<Int>, in region: UnsafeMutableRawBufferPointer
+    ) {
+        precondition(
+            message.lowerBound >= 0 && message.upperBound + tagLength <= region.count,
+            "sealInPlace: the message and its tag must lie inside the region")
+        // Inside the region (checked above), so the base address is non-nil.
+        let base = region.baseAddress!
+        let start = message.lowerBound - roomInFront
+        guard message.count >= chunkedFrom, start >= 0,
+            start + roomySpan(messageLength: message.count) <= region.count
+        else {
+            return sealInPlace(
+                key: key, counter: counter, message: UnsafeMutableRawBufferPointer(rebasing: region[message]),
+                tag: base + message.upperBound)
+        }
+        _ = Sodium.ready
+        withNonce(counter) { nonce in
+            let room = (base + start).assumingMemoryBound(to: UInt8.self)
+            room.initialize(repeating: 0, count: roomInFront)
+            _ = crypto_stream_chacha20_ietf_xor_ic(
+                room, room, UInt64(roomySpan(messageLength: message.count)), nonce, 0,
+                key.storage.assumingMemoryBound(to: UInt8.self))
+            var state = PolyState()
+            withUnsafeMutableBytes(of: &state) { state in
+                // 256 bytes, 16-aligned: exactly libsodium's state, so the base address is non-nil.
+                let poly = state.baseAddress!.bindMemory(to: crypto_onetimeauth_poly1305_state.self, capacity: 1)
+                _ = crypto_onetimeauth_poly1305_init(poly, room)
+                authenticate(
+                    UnsafeRawBufferPointer(rebasing: region[message]), state: poly, tag: base + message.upperBound)
+                sodium_memzero(state.baseAddress!, state.count)
+            }
+            sodium_memzero(room, roomInFront)
+        }
+    }
+
+    /// libsodium's Poly1305 state: 256 bytes, 16-aligned (SIMD64 aligns it).
+    private struct PolyState {
+        var bytes = (SIMD64<UInt8>(), SIMD64<UInt8>(), SIMD64<UInt8>(), SIMD64<UInt8>())
+    }
+
     /// Opens `message` (ciphertext without its tag) in place when `tag` verifies; otherwise
     /// returns false, with `message` unspecified (libsodium zeroes a short one) but never any
     /// unauthenticated plaintext. The inverse of `sealInPlace`.

@@ -216,6 +216,9 @@ public struct SendBatch: ~Copyable {
     public let capacity: Int
     /// Largest datagram a slot holds.
     public let bufferSize: Int
+    /// Bytes in front of each slot's datagram that are never sent: `appendRouted` hands them to
+    /// its `fill` with the slot, for work that needs room before the datagram (the seal's).
+    public let leadingRoom: Int
     /// Slots filled (including any already sent, see `pendingCount`).
     public private(set) var count: Int = 0
     /// Index of the first datagram not yet sent.
@@ -244,13 +247,16 @@ public struct SendBatch: ~Copyable {
     /// - Parameters:
     ///   - capacity: datagrams per `sendmmsg`.
     ///   - bufferSize: bytes per slot; must hold the largest datagram you will append.
-    public init(capacity: Int, bufferSize: Int = 2048) {
+    ///   - leadingRoom: bytes in front of each slot (see `leadingRoom`).
+    public init(capacity: Int, bufferSize: Int = 2048, leadingRoom: Int = 0) {
         precondition(capacity > 0 && capacity <= Int(UInt32.max), "SendBatch capacity out of range")
-        precondition(bufferSize > 0, "SendBatch bufferSize must be positive")
+        precondition(bufferSize > 0 && leadingRoom >= 0, "SendBatch sizes out of range")
         self.capacity = capacity
         self.bufferSize = bufferSize
-        storage = .allocate(byteCount: capacity * bufferSize, alignment: 16)
-        storage.initializeMemory(as: UInt8.self, repeating: 0, count: capacity * bufferSize)
+        self.leadingRoom = leadingRoom
+        let stride = leadingRoom + bufferSize
+        storage = .allocate(byteCount: capacity * stride, alignment: 16)
+        storage.initializeMemory(as: UInt8.self, repeating: 0, count: capacity * stride)
         vectors = .allocate(capacity: capacity)
         messages = .allocate(capacity: capacity)
         addresses = .allocate(capacity: capacity)
@@ -265,7 +271,7 @@ public struct SendBatch: ~Copyable {
         runStarts.initialize(repeating: 0, count: capacity)
         // Sound: each header points at its own iovec, address and slot, all inside this allocation.
         for slot in 0..<capacity {
-            vectors[slot] = iovec(iov_base: storage + slot * bufferSize, iov_len: 0)
+            vectors[slot] = iovec(iov_base: storage + slot * stride + leadingRoom, iov_len: 0)
             messages[slot] = tunctl_mmsghdr(msg_hdr: msghdr(), msg_len: 0)
             messages[slot].msg_hdr.msg_iov = vectors + slot
             messages[slot].msg_hdr.msg_iovlen = 1
@@ -327,7 +333,8 @@ public struct SendBatch: ~Copyable {
         guard count < capacity else { return false }
         let slot = count
         // Sound: slot < capacity, so the slot lies inside the storage allocation.
-        let buffer = UnsafeMutableRawBufferPointer(start: storage + slot * bufferSize, count: bufferSize)
+        let buffer = UnsafeMutableRawBufferPointer(
+            start: storage + slot * (leadingRoom + bufferSize) + leadingRoom, count: bufferSize)
         guard let length = try fill(buffer) else { return false }
         precondition(length >= 0 && length <= bufferSize, "SendBatch fill returned a bad length")
         vectors[slot].iov_len = length
@@ -337,17 +344,20 @@ public struct SendBatch: ~Copyable {
     }
 
     /// Queues a datagram written in place whose destination is known only once it is written
-    /// (a packet read from the TUN, sealed, and routed by the core): `fill` gets the next slot and
-    /// returns the length and destination, or nil to queue nothing. Returns false without calling
-    /// `fill` when the batch is full. The buffer must not escape `fill`.
+    /// (a packet read from the TUN, sealed, and routed by the core): `fill` gets the next slot
+    /// with its room in front (`leadingRoom + bufferSize` bytes, the datagram starting at
+    /// `leadingRoom`) and returns the datagram's length and destination, or nil to queue nothing.
+    /// Returns false without calling `fill` when the batch is full. The buffer must not escape
+    /// `fill`.
     public mutating func appendRouted<E: Error>(
         _ fill: (UnsafeMutableRawBufferPointer) throws(E) -> (length: Int, destination: Endpoint)?
     ) throws(E) -> Bool {
         guard count < capacity else { return false }
         let slot = count
-        // Sound: slot < capacity, so the slot lies inside the storage allocation.
-        let buffer = UnsafeMutableRawBufferPointer(start: storage + slot * bufferSize, count: bufferSize)
-        guard let (length, destination) = try fill(buffer) else { return false }
+        let stride = leadingRoom + bufferSize
+        // Sound: slot < capacity, so the slot and its room lie inside the storage allocation.
+        let region = UnsafeMutableRawBufferPointer(start: storage + slot * stride, count: stride)
+        guard let (length, destination) = try fill(region) else { return false }
         precondition(length >= 0 && length <= bufferSize, "SendBatch fill returned a bad length")
         vectors[slot].iov_len = length
         destinations[slot] = destination

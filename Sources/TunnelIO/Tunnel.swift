@@ -112,8 +112,10 @@ public final class Tunnel: @unchecked Sendable {
         // A send slot holds the largest packet the TUN hands us (its MTU) plus the transport
         // overhead; a receive slot, any datagram a peer may send (its MTU may exceed ours).
         // Sends batch 128 slots: three 64 KiB super-packets' segments (about 46 each) per sendmmsg.
+        // Each send slot has the room in front and behind that lets the seal copy nothing.
         receiveBatch = ReceiveBatch(capacity: Tunnel.burst, bufferSize: ReceiveBatch.coalescingBufferSize)
-        sendBatch = SendBatch(capacity: 2 * Tunnel.burst, bufferSize: mtu + Device.headroom + Device.tailroom)
+        sendBatch = SendBatch(
+            capacity: 2 * Tunnel.burst, bufferSize: Device.sealingSlotSize(mtu: mtu), leadingRoom: Device.sealingRoom)
         offload = OffloadSettings.fromEnvironment()
         tunRecord = UnsafeMutableRawBufferPointer.allocate(
             byteCount: offload.tun ? VirtioNetHeader.size + OffloadLayout.maximumIPPacket : 0, alignment: 16)
@@ -259,8 +261,7 @@ public final class Tunnel: @unchecked Sendable {
         for _ in 0..<Tunnel.burst where !drained {
             if sendBatch.isFull { flushSendBatch() }
             _ = sendBatch.appendRouted { slot -> (length: Int, destination: Endpoint)? in
-                let readArea = UnsafeMutableRawBufferPointer(
-                    rebasing: slot[Device.headroom..<(slot.count - Device.tailroom)])
+                let readArea = Tunnel.packetArea(slot)
                 let length: Int
                 do {
                     guard let count = try tun.read(into: readArea) else {
@@ -358,24 +359,31 @@ public final class Tunnel: @unchecked Sendable {
         if sendBatch.isFull { flushSendBatch() }
         var produced = false
         _ = sendBatch.appendRouted { slot -> (length: Int, destination: Endpoint)? in
-            let area = UnsafeMutableRawBufferPointer(rebasing: slot[Device.headroom..<(slot.count - Device.tailroom)])
-            guard let length = produce(area) else { return nil }
+            guard let length = produce(Tunnel.packetArea(slot)) else { return nil }
             produced = true
             return seal(slot, packetLength: length, now: now, sink: &sink)
         }
         return produced
     }
 
-    /// Seals the packet in `slot` for its peer and returns the datagram's length and destination,
-    /// or nil when the core staged or dropped it. The engine lock is held only to route and
-    /// reserve a counter, and then for the timers; the encryption runs outside it, so the other
-    /// direction is not kept waiting for 1.4 µs per packet.
+    /// Where a packet goes in a send slot (`appendRouted`'s, room included): behind the room and
+    /// the header, clear of the tag.
+    private static func packetArea(_ slot: UnsafeMutableRawBufferPointer) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(
+            rebasing: slot[(Device.sealingRoom + Device.headroom)..<(slot.count - Device.tailroom)])
+    }
+
+    /// Seals the packet in `slot` (room included) for its peer and returns the datagram's length
+    /// and destination, or nil when the core staged or dropped it. The engine lock is held only
+    /// to route and reserve a counter, and then for the timers; the encryption runs outside it,
+    /// so the other direction is not kept waiting for 1.4 µs per packet.
     private func seal(
         _ slot: UnsafeMutableRawBufferPointer, packetLength: Int, now: Instant, sink: inout SocketSink
     ) -> (length: Int, destination: Endpoint)? {
-        let plan = withEngine { $0.prepareSend(slot, packetLength: packetLength, now: now, sink: &sink) }
+        let datagram = UnsafeMutableRawBufferPointer(rebasing: slot[Device.sealingRoom...])
+        let plan = withEngine { $0.prepareSend(datagram, packetLength: packetLength, now: now, sink: &sink) }
         guard case .seal(let ticket) = plan else { return nil }
-        let length = Device.seal(slot, ticket)
+        let length = Device.seal(slot, datagramAt: Device.sealingRoom, ticket)
         withEngine { $0.completeSend(ticket, datagramLength: length, now: now, sink: &sink) }
         return (length, ticket.endpoint)
     }

@@ -86,6 +86,40 @@ final class DeviceTests: XCTestCase {
             network.deliver(WireDatagram(bytes: datagrams[0], from: a.endpoint, to: b.endpoint)), .dropped(.replayed))
     }
 
+    /// Sealed the way the tunnel's send slots are (room in front, `sealingSlotSize` behind), full
+    /// and short packets open at the peer, and the room is left zeroed for the full one (the
+    /// short one takes the plain path, which never touches it).
+    func testSealWithRoomOpensAtThePeer() throws {
+        struct NoSession: Error {}
+        let (network, a, b) = pair()
+        network.inject(ping(aAddress, bAddress), at: a)
+        network.pump()
+        XCTAssertEqual(b.delivered.count, 1)
+        let mtu = a.device.mtu
+        let packets = [ping(aAddress, bAddress, 2, size: mtu - 28), ping(aAddress, bAddress, 3, size: 20)]
+        var sink = AllocationTests.DiscardingSink()
+        for packet in packets {
+            let room = Device.sealingRoom
+            var slot = [UInt8](repeating: 0xee, count: room + Device.sealingSlotSize(mtu: mtu))
+            slot.replaceSubrange((room + Device.headroom)..<(room + Device.headroom + packet.count), with: packet)
+            let datagram = try slot.withUnsafeMutableBytes { region -> [UInt8] in
+                let buffer = UnsafeMutableRawBufferPointer(rebasing: region[room...])
+                let plan = a.device.prepareSend(buffer, packetLength: packet.count, now: network.clock.now, sink: &sink)
+                guard case .seal(let ticket) = plan else { throw NoSession() }
+                let length = Device.seal(region, datagramAt: room, ticket)
+                a.device.completeSend(ticket, datagramLength: length, now: network.clock.now, sink: &sink)
+                return Array(region[room..<(room + length)])
+            }
+            XCTAssertEqual(datagram.first, 4, "a transport message")
+            // Padded to 16, but never past the MTU.
+            XCTAssertEqual(datagram.count, Device.headroom + min((packet.count + 15) / 16 * 16, mtu) + 16)
+            let expectedRoom: UInt8 = packet.count >= ChaChaPoly.chunkedFrom ? 0 : 0xee
+            XCTAssertEqual(Array(slot[0..<room]), Array(repeating: expectedRoom, count: room))
+            network.deliver(WireDatagram(bytes: datagram, from: a.endpoint, to: b.endpoint))
+        }
+        XCTAssertEqual(Array(b.delivered.dropFirst()), packets)
+    }
+
     // MARK: Handshake and transport
 
     func testHandshakeAndPacketsBothWaysWithoutPSK() {

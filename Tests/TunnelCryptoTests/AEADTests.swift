@@ -211,6 +211,54 @@ import TunnelCrypto
         }
     }
 
+    /// The roomy seal on `plaintext` placed `front` bytes into a region of `front + length +
+    /// back` bytes, itself between guard bytes: returns ciphertext ‖ tag and the region's bytes
+    /// before the message, and checks the guards were not touched.
+    static func sealWithRoom(
+        key: SecretKey, counter: UInt64, _ plaintext: [UInt8], front: Int, back: Int
+    ) -> (sealed: [UInt8], before: [UInt8]) {
+        let guardBytes = [UInt8](repeating: 0xa5, count: 600)
+        let stale = [UInt8](repeating: 0xee, count: front)  // whatever the slot held before
+        var buffer = guardBytes + stale + plaintext + [UInt8](repeating: 0xee, count: back) + guardBytes
+        buffer.withUnsafeMutableBytes { raw in
+            let region = UnsafeMutableRawBufferPointer(rebasing: raw[600..<(600 + front + plaintext.count + back)])
+            ChaChaPoly.sealInPlace(
+                key: key, counter: counter, message: front..<(front + plaintext.count), in: region)
+        }
+        #expect(Array(buffer.prefix(600)) == guardBytes)
+        #expect(Array(buffer.suffix(600)) == guardBytes)
+        let start = 600 + front
+        return (Array(buffer[start..<(start + plaintext.count + 16)]), Array(buffer[600..<start]))
+    }
+
+    /// Differential for the roomy seal at every length from 0 to 3000: libsodium's AEAD output
+    /// exactly; with room, the room is left zeroed; without enough (in front or behind), the
+    /// fallback leaves the bytes in front as they were.
+    @Test func roomySealMatchesLibsodiumAEADAtEveryLength() {
+        let key = SecretKey.random()
+        var generator = SystemRandomNumberGenerator()
+        let data = (0..<3000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for length in 0...3000 {
+            let plaintext = Array(data.prefix(length))
+            let counter = UInt64(length) &* 0x9e37_79b9_7f4a_7c15
+            let expected = Self.seal(key: key, counter: counter, plaintext)
+            let span = ChaChaPoly.roomySpan(messageLength: length)
+            #expect(span % 512 == 0 && span >= ChaChaPoly.roomInFront + length, "length \(length)")
+            // Exactly the room the seal asks for, then one byte short in front and behind.
+            let back = max(span - ChaChaPoly.roomInFront - length, 16)
+            let roomy = Self.sealWithRoom(key: key, counter: counter, plaintext, front: 64, back: back)
+            #expect(roomy.sealed == expected, "length \(length)")
+            let room =
+                length >= ChaChaPoly.chunkedFrom ? [UInt8](repeating: 0, count: 64) : Array(repeating: 0xee, count: 64)
+            #expect(roomy.before == room, "length \(length)")
+            for (front, back) in [(63, back), (64, span - ChaChaPoly.roomInFront - length - 1)] where back >= 16 {
+                let short = Self.sealWithRoom(key: key, counter: counter, plaintext, front: front, back: back)
+                #expect(short.sealed == expected, "length \(length), room \(front)/\(back)")
+                #expect(short.before == Array(repeating: 0xee, count: front), "length \(length): fallback")
+            }
+        }
+    }
+
     @Test(arguments: protocolNonceCrossCheck.filter { $0.ad.isEmpty })
     func transportPathMatchesPython(counter: UInt64, plaintext: [UInt8], ad: [UInt8], expected: String) {
         let key = SecretKey.test(hex: Self.crossCheckKey)

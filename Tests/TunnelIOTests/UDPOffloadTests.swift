@@ -147,6 +147,36 @@ import TunnelCore
         #expect(slots.allSatisfy { $0.datagramCount == 1 && $0.segmentSize == $0.length })
     }
 
+    /// With room in front of each slot, `appendRouted` hands over room and slot together and
+    /// only the datagram behind the room is sent, whether the run goes as one GSO message or not.
+    @Test func roomInFrontOfSlotsIsNeverSent() throws {
+        let sender = try UDPSocket(port: 0)
+        let receiver = try UDPSocket(port: 0, offload: [])
+        let destination = Endpoint(address: Self.loopback4, port: receiver.port)
+        let room = 48
+        var outgoing = SendBatch(capacity: 8, bufferSize: 1500, leadingRoom: room)
+        let lengths = [1400, 1400, 1400, 600, 1500]
+        for (index, length) in lengths.enumerated() {
+            let queued = outgoing.appendRouted { region -> (length: Int, destination: Endpoint)? in
+                #expect(region.count == room + 1500)
+                region.initializeMemory(as: UInt8.self, repeating: 0xee)
+                payload(index, length: length).withUnsafeBytes {
+                    UnsafeMutableRawBufferPointer(rebasing: region[room...]).copyMemory(from: $0)
+                }
+                return (length, destination)
+            }
+            #expect(queued)
+        }
+        let sent = try sendAll(sender, &outgoing)
+        #expect(sent == lengths.count)
+        var incoming = ReceiveBatch(capacity: 16, bufferSize: 2048)
+        let (datagrams, _) = try receive(receiver, into: &incoming, expecting: lengths.count)
+        let source = Endpoint(address: Self.loopback4, port: sender.port)
+        #expect(
+            datagrams
+                == lengths.enumerated().map { Received(bytes: payload($0.offset, length: $0.element), source: source) })
+    }
+
     /// Mixed sizes and destinations: every receiver gets its own datagrams, in order, intact.
     @Test func mixedBatchReachesEachDestinationInOrder() throws {
         let sender = try UDPSocket(port: 0)
