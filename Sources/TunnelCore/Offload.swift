@@ -654,11 +654,12 @@ public struct GSOSegmenter {
 /// packets are never reordered. Other flows and other protocols do not close a group, as in Linux
 /// GRO (IP promises no order across flows).
 ///
-/// Memory: all state is allocated in `init` and freed when the coalescer goes away. Packets stay
-/// in the caller's receive slots: the coalescer reads them (never writes) between `add` and
-/// `finish`, so they must not change in that time. A packet that is not merged is never copied;
-/// the first packet of a group is copied into one of the coalescer's output buffers when a second
-/// joins, later ones only have their payload appended.
+/// Memory: all state is allocated in `init` and freed when the coalescer goes away. Nothing is
+/// copied: packets stay in the caller's receive slots, and a super-packet is a list of pieces
+/// there for one `writev`: the virtio header, written into the `VirtioNetHeader.size` bytes the
+/// caller leaves in front of every packet, with the group's first packet, whose IP and transport
+/// headers are rewritten in place, then the payload of each packet that joined. The slots must
+/// not change from `add` until the outputs are written.
 ///
 /// Driving it, once per batch of decrypted packets bound for the TUN:
 ///
@@ -666,24 +667,25 @@ public struct GSOSegmenter {
 ///     for each packet (trimmed to its IP length) in receive order: coalescer.add(packet, slot: i)
 ///     coalescer.finish()
 ///     for k in 0..<coalescer.outputCount:
-///         .packet(slot):  write VirtioNetHeader.none ‖ that slot's packet (e.g. the header into
-///                         the 10 bytes of headroom in front of it, or writev)
-///         .merged(b):     write coalescer.mergedRecord(b) (header included)
+///         .packet(slot):     write VirtioNetHeader.none ‖ that slot's packet (e.g. the header
+///                            into the bytes in front of it)
+///         .merged(s):        writev coalescer.pieces(ofSuperPacket: s) (header included)
 public struct GROCoalescer: ~Copyable {
     /// One write to the TUN.
     public enum Output: Equatable, Sendable {
         /// The packet the caller added with this slot, unchanged; write it after a zero header.
         case packet(slot: Int)
-        /// Output buffer `buffer`: a virtio header and a super-packet, from `mergedRecord(_:)`.
-        case merged(buffer: Int)
+        /// Super-packet `superPacket` of the batch: a virtio header and the merged packets,
+        /// written from the pieces `pieces(ofSuperPacket:)` lists.
+        case merged(superPacket: Int)
     }
 
     /// Packets `add` accepts per batch.
     public let maximumPackets: Int
     /// Flows with an open group at once; a packet of a further flow passes through unmerged.
     public let maximumFlows: Int
-    /// Output buffers per batch; once all are used, packets pass through unmerged.
-    public let bufferCount: Int
+    /// Super-packets per batch; once this many are built, packets pass through unmerged.
+    public let maximumSuperPackets: Int
     /// Merge without verifying TCP or UDP checksums (see `init`).
     public let trustChecksums: Bool
     /// Merge UDP datagrams too (see `init`).
@@ -691,18 +693,29 @@ public struct GROCoalescer: ~Copyable {
     /// Datagrams per UDP super-packet at most: the kernel's own UDP GRO stops at this many
     /// (`UDP_GRO_CNT_MAX` in `net/ipv4/udp_offload.c`).
     public static let maximumUDPSegments = 64
-    /// Bytes per output buffer: a virtio header and the largest IP packet.
-    public static let bufferSize = VirtioNetHeader.size + OffloadLayout.maximumIPPacket
+    /// Segments per super-packet at most, TCP or UDP: with full-size TCP segments 64 KiB comes
+    /// first (47 of 1368 bytes); the cap keeps a run of small ones within one `writev` (whose
+    /// limit, IOV_MAX, is 1024 pieces).
+    public static let maximumSegments = 64
 
-    /// Entries of `outputs`: a slot (>= 0) or `-1 - buffer`.
+    /// Entries of `outputs`: a slot (>= 0) or `-1 - superPacket`.
     private let outputs: UnsafeMutablePointer<Int>
     public private(set) var outputCount = 0
     private let groups: UnsafeMutablePointer<Group>
     private var openCount = 0
-    private let buffers: UnsafeMutableRawPointer
-    private let bufferLengths: UnsafeMutablePointer<Int>
-    private var buffersUsed = 0
+    /// Per super-packet: its first piece (the header and first packet) and how many pieces.
+    private let superPackets: UnsafeMutablePointer<(first: Int, count: Int)>
+    private var superPacketCount = 0
+    /// Pieces of all super-packets, each the index of the next of its super-packet (or -1).
+    private let pieces: UnsafeMutablePointer<Piece>
+    private var pieceCount = 0
     private var finished = false
+
+    /// Bytes in the caller's slot, and the next piece of the same super-packet (-1: the last).
+    struct Piece {
+        var bytes: UnsafeRawBufferPointer
+        var next: Int
+    }
 
     /// Identity of a TCP or UDP flow in one direction; IPv4 addresses use the low 32 bits of `source.1`/`destination.1`.
     struct FlowKey: Equatable {
@@ -730,12 +743,14 @@ public struct GROCoalescer: ~Copyable {
     /// An open group: its first packet (still in the caller's slot) and what the next must match.
     struct Group {
         var key: FlowKey
-        var first: UnsafeRawBufferPointer
+        var first: UnsafeMutableRawBufferPointer
         var headers: TransportHeaders
         /// The entry in `outputs` that names this group.
         var outputIndex: Int
-        /// Output buffer once a second segment joined, else -1.
-        var buffer: Int
+        /// Its super-packet once a second segment joined, else -1.
+        var superPacket: Int
+        /// The last piece of that super-packet, where the next joins.
+        var lastPiece: Int
         var segmentSize: Int
         var nextSequence: UInt32
         var segments: Int
@@ -750,36 +765,37 @@ public struct GROCoalescer: ~Copyable {
     /// - Parameter mergesUDP: build UDP super-packets too; only for a kernel that takes gso_type
     ///   UDP_L4 from a TUN (one that accepted `TUN_F_USO4`/`TUN_F_USO6`). Otherwise UDP passes through.
     public init(
-        maximumPackets: Int, maximumFlows: Int = 8, bufferCount: Int = 8, trustChecksums: Bool = false,
+        maximumPackets: Int, maximumFlows: Int = 8, maximumSuperPackets: Int = 8, trustChecksums: Bool = false,
         mergesUDP: Bool = true
     ) {
-        precondition(maximumPackets > 0 && maximumFlows > 0 && bufferCount > 0, "GROCoalescer sizes must be positive")
+        precondition(
+            maximumPackets > 0 && maximumFlows > 0 && maximumSuperPackets > 0, "GROCoalescer sizes must be positive")
         self.trustChecksums = trustChecksums
         self.mergesUDP = mergesUDP
         self.maximumPackets = maximumPackets
         self.maximumFlows = maximumFlows
-        self.bufferCount = bufferCount
+        self.maximumSuperPackets = maximumSuperPackets
         outputs = .allocate(capacity: maximumPackets)
         groups = .allocate(capacity: maximumFlows)
-        bufferLengths = .allocate(capacity: bufferCount)
-        bufferLengths.initialize(repeating: 0, count: bufferCount)
-        // Not zero-filled: only bytes written by a merge are ever read back.
-        buffers = .allocate(byteCount: bufferCount * Self.bufferSize, alignment: 16)
+        superPackets = .allocate(capacity: maximumSuperPackets)
+        // Every packet is at most one piece.
+        pieces = .allocate(capacity: maximumPackets)
     }
 
     deinit {
-        // `Group` holds only trivial values, so the slots need no deinitialization.
+        // `Group`, `Piece` and the tuples hold only trivial values: no deinitialization needed.
         outputs.deallocate()
         groups.deallocate()
-        bufferLengths.deallocate()
-        buffers.deallocate()
+        superPackets.deallocate()
+        pieces.deallocate()
     }
 
-    /// Forgets the previous batch; output buffers from it become invalid.
+    /// Forgets the previous batch; its outputs become invalid.
     public mutating func reset() {
         outputCount = 0
         openCount = 0
-        buffersUsed = 0
+        superPacketCount = 0
+        pieceCount = 0
         finished = false
     }
 
@@ -787,27 +803,52 @@ public struct GROCoalescer: ~Copyable {
     public func output(at index: Int) -> Output {
         precondition(finished && index >= 0 && index < outputCount, "GROCoalescer output out of range")
         let entry = outputs[index]
-        return entry >= 0 ? .packet(slot: entry) : .merged(buffer: -1 - entry)
+        return entry >= 0 ? .packet(slot: entry) : .merged(superPacket: -1 - entry)
     }
 
-    /// Output buffer `buffer` after `finish()`: virtio header then super-packet, ready to write.
-    /// Valid until the next `reset()`.
-    public func mergedRecord(_ buffer: Int) -> UnsafeRawBufferPointer {
-        precondition(finished && buffer >= 0 && buffer < buffersUsed, "GROCoalescer buffer out of range")
-        // Sound: buffer `buffer` lies inside the allocation and its first `bufferLengths[buffer]`
-        // bytes were written by `joins` and `seal`.
-        return UnsafeRawBufferPointer(start: buffers + buffer * Self.bufferSize, count: bufferLengths[buffer])
+    /// The pieces of super-packet `index` after `finish()`, in order, for one `writev`: the
+    /// virtio header with the first packet, then each joined packet's payload, all in the
+    /// caller's slots. Valid until the next `reset()` and while the slots are unchanged.
+    public func pieces(ofSuperPacket index: Int) -> Pieces {
+        precondition(finished && index >= 0 && index < superPacketCount, "GROCoalescer super-packet out of range")
+        return Pieces(pieces: pieces, first: superPackets[index].first, count: superPackets[index].count)
+    }
+
+    /// A super-packet's pieces: a sequence over the coalescer's storage, allocating nothing.
+    public struct Pieces: Sequence {
+        fileprivate let pieces: UnsafeMutablePointer<Piece>
+        fileprivate let first: Int
+        /// Number of pieces (header and first packet count as one).
+        public let count: Int
+
+        public func makeIterator() -> Iterator { Iterator(pieces: pieces, following: first) }
+
+        public struct Iterator: IteratorProtocol {
+            fileprivate let pieces: UnsafeMutablePointer<Piece>
+            fileprivate var following: Int
+
+            public mutating func next() -> UnsafeRawBufferPointer? {
+                guard following >= 0 else { return nil }
+                // Sound: `following` is a piece index this batch wrote (each list ends with -1).
+                let piece = pieces[following]
+                following = piece.next
+                return piece.bytes
+            }
+        }
     }
 
     /// Adds the next packet of the batch (an IP packet, trimmed to its length field), which the
-    /// caller keeps in the slot it calls `slot` until `finish()` returns. Returns true when the
-    /// packet was merged into an earlier one (it gets no output of its own).
+    /// caller keeps in the slot it calls `slot`, with `VirtioNetHeader.size` writable bytes in
+    /// front of it, until its output is written. Returns true when the packet was merged into an
+    /// earlier one (it gets no output of its own). The first packet of a super-packet has its
+    /// headers rewritten, and the virtio header written in front of it, by `finish()` or earlier.
     @discardableResult
-    public mutating func add(_ packet: UnsafeRawBufferPointer, slot: Int) -> Bool {
+    public mutating func add(_ packet: UnsafeMutableRawBufferPointer, slot: Int) -> Bool {
         precondition(!finished, "GROCoalescer.add after finish without reset")
         precondition(slot >= 0, "GROCoalescer slot must be non-negative")
+        let readable = UnsafeRawBufferPointer(packet)
         let candidate: Candidate
-        switch Self.classify(packet) {
+        switch Self.classify(readable) {
         case .other:
             appendOutput(slot)
             return false
@@ -833,11 +874,11 @@ public struct GROCoalescer: ~Copyable {
             break
         }
         if groupIndex >= 0 {
-            if joins(candidate, packet, group: groupIndex) {
+            if joins(candidate, readable, group: groupIndex) {
                 return true
             }
             seal(groupIndex)
-            if !checksumTrusted(packet, candidate.headers) {
+            if !checksumTrusted(readable, candidate.headers) {
                 // It will be dropped by the kernel; it must not open a group others join.
                 appendOutput(slot)
                 return false
@@ -850,8 +891,8 @@ public struct GROCoalescer: ~Copyable {
         // Sound: slot `openCount < maximumFlows` is inside the table; `Group` is trivial.
         (groups + openCount).initialize(
             to: Group(
-                key: candidate.key, first: packet, headers: candidate.headers, outputIndex: outputCount - 1, buffer: -1,
-                segmentSize: candidate.payloadLength,
+                key: candidate.key, first: packet, headers: candidate.headers, outputIndex: outputCount - 1,
+                superPacket: -1, lastPiece: -1, segmentSize: candidate.payloadLength,
                 nextSequence: candidate.sequence &+ UInt32(candidate.payloadLength),
                 segments: 1, totalLength: packet.count, push: false))
         openCount += 1
@@ -956,6 +997,7 @@ public struct GROCoalescer: ~Copyable {
             candidate.payloadLength <= group.segmentSize,
             group.totalLength + candidate.payloadLength <= OffloadLayout.maximumIPPacket
         else { return false }
+        guard group.segments < Self.maximumSegments else { return false }
         if group.headers.isUDP {
             guard group.segments < Self.maximumUDPSegments else { return false }
         } else if !tcpFollows(candidate, packet, group) {
@@ -966,7 +1008,7 @@ public struct GROCoalescer: ~Copyable {
 
     /// The TCP part of `follows`: sequence, ACK number, window and options.
     private func tcpFollows(_ candidate: Candidate, _ packet: UnsafeRawBufferPointer, _ group: Group) -> Bool {
-        let first = group.first
+        let first = UnsafeRawBufferPointer(group.first)
         let tcp = group.headers.ipHeaderLength
         guard candidate.sequence == group.nextSequence,
             // ACK number and window (offsets 8..<12 and 14..<16) as in tcp_gro_receive.
@@ -989,7 +1031,7 @@ public struct GROCoalescer: ~Copyable {
 
     /// The IP part of `follows`: the header fields segmentation copies from the first packet.
     private func ipFollows(_ packet: UnsafeRawBufferPointer, _ group: Group) -> Bool {
-        let first = group.first
+        let first = UnsafeRawBufferPointer(group.first)
         if group.headers.isV6 {
             // Version, traffic class and flow label; hop limit.
             return packet.be32(0) == first.be32(0)
@@ -1013,26 +1055,27 @@ public struct GROCoalescer: ~Copyable {
     private mutating func joins(_ candidate: Candidate, _ packet: UnsafeRawBufferPointer, group index: Int) -> Bool {
         var group = groups[index]
         guard follows(candidate, packet, group) else { return false }
-        if group.buffer < 0 {
-            guard buffersUsed < bufferCount, checksumTrusted(group.first, group.headers) else { return false }
+        if group.superPacket < 0 {
+            guard superPacketCount < maximumSuperPackets,
+                checksumTrusted(UnsafeRawBufferPointer(group.first), group.headers)
+            else { return false }
         }
         guard checksumTrusted(packet, candidate.headers) else { return false }
-        // Candidates hold at least a TCP header, so neither packet is empty.
-        guard let firstBytes = group.first.baseAddress, let packetBytes = packet.baseAddress else { return false }
-        if group.buffer < 0 {
-            group.buffer = buffersUsed
-            buffersUsed += 1
-            let record = buffers + group.buffer * Self.bufferSize
-            // Sound: the first packet is at most 65535 bytes and lands after the header, inside
-            // this buffer; it lives in the caller's slot, which cannot overlap our allocation.
-            (record + VirtioNetHeader.size).copyMemory(from: firstBytes, byteCount: group.first.count)
-            outputs[group.outputIndex] = -1 - group.buffer
+        if group.superPacket < 0 {
+            // The first piece: the header room and the first packet (its header is written at `seal`).
+            group.superPacket = superPacketCount
+            group.lastPiece = appendPiece(
+                UnsafeRawBufferPointer(
+                    start: group.first.baseAddress.map { $0 - VirtioNetHeader.size },
+                    count: VirtioNetHeader.size + group.first.count))
+            superPackets[group.superPacket] = (first: group.lastPiece, count: 1)
+            superPacketCount += 1
+            outputs[group.outputIndex] = -1 - group.superPacket
         }
-        let record = buffers + group.buffer * Self.bufferSize
-        // Sound: `totalLength + payloadLength <= 65535` was checked in `follows`, so the payload
-        // ends inside this buffer; the source is the caller's slot.
-        (record + VirtioNetHeader.size + group.totalLength).copyMemory(
-            from: packetBytes + candidate.headers.headerLength, byteCount: candidate.payloadLength)
+        let payload = appendPiece(UnsafeRawBufferPointer(rebasing: packet[candidate.headers.headerLength...]))
+        pieces[group.lastPiece].next = payload
+        group.lastPiece = payload
+        superPackets[group.superPacket].count += 1
         group.totalLength += candidate.payloadLength
         group.nextSequence = group.nextSequence &+ UInt32(candidate.payloadLength)
         group.segments += 1
@@ -1046,18 +1089,24 @@ public struct GROCoalescer: ~Copyable {
         return true
     }
 
-    /// Closes group `index`: writes the headers of its super-packet if it merged anything, and
-    /// removes it from the table (the last open group takes its place).
+    /// Stores a piece that ends its super-packet's list; returns its index.
+    private mutating func appendPiece(_ bytes: UnsafeRawBufferPointer) -> Int {
+        // At most one piece per added packet, and `add` takes at most `maximumPackets`.
+        precondition(pieceCount < maximumPackets, "GROCoalescer: more pieces than packets")
+        pieces[pieceCount] = Piece(bytes: bytes, next: -1)
+        pieceCount += 1
+        return pieceCount - 1
+    }
+
+    /// Closes group `index`: if it merged anything, rewrites its first packet's headers for the
+    /// whole super-packet and writes the virtio header in front; removes it from the table (the
+    /// last open group takes its place).
     private mutating func seal(_ index: Int) {
         let group = groups[index]
         openCount -= 1
         if index != openCount { groups[index] = groups[openCount] }
-        guard group.buffer >= 0 else { return }
-        let length = VirtioNetHeader.size + group.totalLength
-        bufferLengths[group.buffer] = length
-        // Sound: `length <= bufferSize` (see `follows`), inside this buffer of our allocation.
-        let record = UnsafeMutableRawBufferPointer(start: buffers + group.buffer * Self.bufferSize, count: length)
-        let packet = UnsafeMutableRawBufferPointer(rebasing: record[VirtioNetHeader.size...])
+        guard group.superPacket >= 0, let firstBytes = group.first.baseAddress else { return }
+        let packet = group.first
         let ipHeaderLength = group.headers.ipHeaderLength
         let transport = ipHeaderLength
         if group.headers.isV6 {
@@ -1090,7 +1139,9 @@ public struct GROCoalescer: ~Copyable {
             flags: VirtioNetHeader.Flags.needsChecksum, gsoType: gsoType,
             headerLength: UInt16(group.headers.headerLength), gsoSize: UInt16(group.segmentSize),
             checksumStart: UInt16(transport), checksumOffset: UInt16(group.headers.checksumOffset))
-        header.store(into: record)  // the record is longer than the header
+        // Sound: `add` requires `VirtioNetHeader.size` writable bytes in front of every packet.
+        header.store(
+            into: UnsafeMutableRawBufferPointer(start: firstBytes - VirtioNetHeader.size, count: VirtioNetHeader.size))
     }
 }
 

@@ -108,6 +108,19 @@ public final class TunDevice: Sendable {
         return true
     }
 
+    /// Writes one packet gathered from `count` pieces at `vectors` (`length` bytes in all, the
+    /// virtio-net header first if enabled) with one `writev`. Returns false when the kernel would
+    /// block, in which case the packet was not delivered.
+    @discardableResult
+    public func write(vectors: UnsafePointer<iovec>, count: Int, length: Int) throws(SystemError) -> Bool {
+        let fd = fileDescriptor
+        // Sound: the caller's `count` iovecs each name bytes it owns.
+        guard let written = try Syscall.io("writev(tun)", { Glibc.writev(fd, vectors, Int32(count)) }).value
+        else { return false }
+        guard written == length else { throw SystemError(call: "writev(tun)", errno: EIO) }
+        return true
+    }
+
     /// The interface MTU (`SIOCGIFMTU`).
     public func mtu() throws(SystemError) -> Int {
         let name = self.name

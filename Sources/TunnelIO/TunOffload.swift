@@ -19,7 +19,8 @@ public struct OffloadSettings: Sendable, Equatable {
 
 /// Hands decrypted packets to the TUN device. With a virtio-net header, the TCP segments (and,
 /// where the kernel takes UDP super-packets, the UDP datagrams) of one received batch are
-/// coalesced into super-packets (GRO in userspace: one write for up to 64 KiB) and every other
+/// coalesced into super-packets (GRO in userspace: one `writev` for up to 64 KiB, gathered from
+/// the receive slots with no copy) and every other
 /// packet goes out behind a header that marks it verified; without one, each packet is written
 /// as it comes.
 ///
@@ -33,6 +34,8 @@ struct TunWriter: ~Copyable {
     private var coalescer: GROCoalescer
     private let bases: UnsafeMutablePointer<UnsafeMutableRawPointer>
     private let lengths: UnsafeMutablePointer<Int>
+    /// One super-packet's pieces for `writev`.
+    private let vectors: UnsafeMutablePointer<iovec>
     private var count = 0
     /// Writes the TUN refused (full queue or an error) since `takeRefused()`.
     private var refused: UInt64 = 0
@@ -48,15 +51,17 @@ struct TunWriter: ~Copyable {
         // checksums are not verified again: not by the coalescer, and not by the kernel
         // (DATA_VALID below), as the kernel's WireGuard does for what it decrypts.
         coalescer = GROCoalescer(
-            maximumPackets: capacity, maximumFlows: 8, bufferCount: superPackets, trustChecksums: true,
+            maximumPackets: capacity, maximumFlows: 8, maximumSuperPackets: superPackets, trustChecksums: true,
             mergesUDP: mergesUDP)
         bases = .allocate(capacity: capacity)
         lengths = .allocate(capacity: capacity)
+        vectors = .allocate(capacity: GROCoalescer.maximumSegments)
     }
 
     deinit {
         bases.deallocate()
         lengths.deallocate()
+        vectors.deallocate()
     }
 
     /// The header in front of a single decrypted packet: its checksums need no verification.
@@ -81,7 +86,7 @@ struct TunWriter: ~Copyable {
         guard virtio, count > 0 else { return }
         coalescer.reset()
         for index in 0..<count {
-            _ = coalescer.add(UnsafeRawBufferPointer(start: bases[index], count: lengths[index]), slot: index)
+            _ = coalescer.add(UnsafeMutableRawBufferPointer(start: bases[index], count: lengths[index]), slot: index)
         }
         coalescer.finish()
         for output in 0..<coalescer.outputCount {
@@ -92,8 +97,8 @@ struct TunWriter: ~Copyable {
                     start: bases[slot] - VirtioNetHeader.size, count: lengths[slot] + VirtioNetHeader.size)
                 try? TunWriter.authenticated.write(to: record)
                 write(UnsafeRawBufferPointer(record), tun: tun)
-            case .merged(let buffer):
-                write(coalescer.mergedRecord(buffer), tun: tun)
+            case .merged(let superPacket):
+                write(coalescer.pieces(ofSuperPacket: superPacket), tun: tun)
             }
         }
         count = 0
@@ -103,6 +108,22 @@ struct TunWriter: ~Copyable {
     mutating func takeRefused() -> UInt64 {
         defer { refused = 0 }
         return refused
+    }
+
+    private mutating func write(_ pieces: GROCoalescer.Pieces, tun: TunDevice) {
+        // A super-packet has at most `maximumSegments` pieces: its first packet and the rest.
+        precondition(pieces.count <= GROCoalescer.maximumSegments, "more pieces than iovecs")
+        var count = 0
+        var length = 0
+        for piece in pieces {
+            vectors[count] = iovec(iov_base: UnsafeMutableRawPointer(mutating: piece.baseAddress), iov_len: piece.count)
+            count += 1
+            length += piece.count
+        }
+        guard (try? tun.write(vectors: vectors, count: count, length: length)) == true else {
+            refused &+= 1
+            return
+        }
     }
 
     private mutating func write(_ record: UnsafeRawBufferPointer, tun: TunDevice) {

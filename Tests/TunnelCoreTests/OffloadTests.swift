@@ -231,7 +231,7 @@ private let segmentationCases: [SegmentationCase] = [false, true].flatMap { isV6
 private struct Batch {
     var packets: [[UInt8]]
     var maximumFlows = 8
-    var bufferCount = 8
+    var maximumSuperPackets = 8
     var trustChecksums = false
     var mergesUDP = true
 
@@ -243,24 +243,27 @@ private struct Batch {
 
     /// Runs one batch the way the event loop would: packets in receive slots of their own.
     func run() -> Outcome {
-        let slotSize = 65536
+        // Each packet behind 16 bytes of room (the transport header's, where the virtio header goes).
+        let (room, slotSize) = (16, 16 + 65536)
         let slots = UnsafeMutableRawBufferPointer.allocate(byteCount: packets.count * slotSize, alignment: 16)
         defer { slots.deallocate() }
         var coalescer = GROCoalescer(
-            maximumPackets: packets.count, maximumFlows: maximumFlows, bufferCount: bufferCount,
+            maximumPackets: packets.count, maximumFlows: maximumFlows, maximumSuperPackets: maximumSuperPackets,
             trustChecksums: trustChecksums, mergesUDP: mergesUDP)
         var outcome = Outcome()
         for (slot, packet) in packets.enumerated() {
             let region = UnsafeMutableRawBufferPointer(
-                rebasing: slots[slot * slotSize..<slot * slotSize + packet.count])
+                rebasing: slots[(slot * slotSize + room)..<(slot * slotSize + room + packet.count)])
             region.copyBytes(from: packet)
-            outcome.merged.append(coalescer.add(UnsafeRawBufferPointer(region), slot: slot))
+            outcome.merged.append(coalescer.add(region, slot: slot))
         }
         coalescer.finish()
         for index in 0..<coalescer.outputCount {
             let output = coalescer.output(at: index)
             outcome.outputs.append(output)
-            if case .merged(let buffer) = output { outcome.records[buffer] = Array(coalescer.mergedRecord(buffer)) }
+            if case .merged(let superPacket) = output {
+                outcome.records[superPacket] = gather(coalescer.pieces(ofSuperPacket: superPacket))
+            }
         }
         return outcome
     }
@@ -280,6 +283,13 @@ private func segments(
         fields.identification &+= 1
     }
     return result
+}
+
+/// A super-packet's pieces, joined as `writev` would join them.
+private func gather(_ pieces: GROCoalescer.Pieces) -> [UInt8] {
+    var bytes: [UInt8] = []
+    for piece in pieces { bytes += piece }
+    return bytes
 }
 
 private func payloadOf(_ packet: [UInt8]) -> [UInt8] {
@@ -635,7 +645,7 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
         let record = superPacketRecord(fields, payload: payload, gsoSize: UInt16(testCase.gsoSize))
         let parts = try segment(record).get()
         let outcome = Batch(packets: parts).run()
-        #expect(outcome.outputs == [.merged(buffer: 0)])
+        #expect(outcome.outputs == [.merged(superPacket: 0)])
         let merged = try #require(outcome.records[0])
         // Byte for byte what the kernel hands over for a TSO super-packet: same virtio header,
         // same IP and TCP headers (PSH from the last segment, the pseudo-header partial sum in
@@ -793,6 +803,37 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
         expectOutputs(Batch(packets: parts), [Array(0..<45), Array(45..<50)])
     }
 
+    /// Small segments stop at 64 per super-packet (one `writev` of at most 64 pieces), long
+    /// before 64 KiB.
+    @Test func segmentLimitStartsANewGroup() {
+        #expect(GROCoalescer.maximumSegments == 64)
+        let parts = segments(TCPFields(), sizes: Array(repeating: 100, count: 140))
+        expectOutputs(Batch(packets: parts), [Array(0..<64), Array(64..<128), Array(128..<140)])
+    }
+
+    /// The first packet of a super-packet is its first piece, rewritten in the caller's slot with
+    /// the virtio header in the room in front; the others are referenced, never copied.
+    @Test func superPacketPiecesPointIntoTheSlots() {
+        let parts = segments(TCPFields(), sizes: [1000, 1000, 700])
+        let slots = UnsafeMutableRawBufferPointer.allocate(byteCount: 3 * 2048, alignment: 16)
+        defer { slots.deallocate() }
+        var coalescer = GROCoalescer(maximumPackets: 3)
+        for (slot, packet) in parts.enumerated() {
+            let start = slot * 2048 + 16
+            let region = UnsafeMutableRawBufferPointer(rebasing: slots[start..<start + packet.count])
+            region.copyBytes(from: packet)
+            coalescer.add(region, slot: slot)
+        }
+        coalescer.finish()
+        let pieces = Array(coalescer.pieces(ofSuperPacket: 0))
+        #expect(pieces.count == 3 && coalescer.pieces(ofSuperPacket: 0).count == 3)
+        let base = UnsafeRawPointer(slots.baseAddress!)
+        #expect(pieces.map { $0.baseAddress! - base } == [16 - 10, 2048 + 16 + 40, 2 * 2048 + 16 + 40])
+        #expect(pieces.map(\.count) == [10 + 1040, 1000, 700])
+        // The slot now holds the super-packet's IPv4 total length (40 + 2700).
+        #expect(slots[16 + 2] == UInt8((2740 >> 8) & 0xff) && slots[16 + 3] == UInt8(2740 & 0xff))
+    }
+
     @Test func badChecksumsAreNeverMerged() {
         var parts = segments(TCPFields(), sizes: [1000, 1000, 1000])
         parts[1][100] ^= 0x01
@@ -814,7 +855,7 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
         let a = segments(TCPFields(flow: 0), sizes: [1000, 1000])
         let b = segments(TCPFields(flow: 1), sizes: [1000, 1000])
         expectOutputs(Batch(packets: [a[0], b[0], a[1], b[1]], maximumFlows: 1), [[0, 2], [1], [3]])
-        expectOutputs(Batch(packets: [a[0], b[0], a[1], b[1]], bufferCount: 1), [[0, 2], [1], [3]])
+        expectOutputs(Batch(packets: [a[0], b[0], a[1], b[1]], maximumSuperPackets: 1), [[0, 2], [1], [3]])
     }
 
     @Test func resetStartsAFreshBatch() {
@@ -825,14 +866,15 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
         for _ in 0..<3 {
             coalescer.reset()
             for (slot, packet) in parts.enumerated() {
-                let region = UnsafeMutableRawBufferPointer(rebasing: slots[slot * 2048..<slot * 2048 + packet.count])
+                let start = slot * 2048 + 16
+                let region = UnsafeMutableRawBufferPointer(rebasing: slots[start..<start + packet.count])
                 region.copyBytes(from: packet)
-                coalescer.add(UnsafeRawBufferPointer(region), slot: slot)
+                coalescer.add(region, slot: slot)
             }
             coalescer.finish()
             #expect(coalescer.outputCount == 1)
-            #expect(coalescer.output(at: 0) == .merged(buffer: 0))
-            #expect(coalescer.mergedRecord(0).count == 10 + 40 + 2000)
+            #expect(coalescer.output(at: 0) == .merged(superPacket: 0))
+            #expect(gather(coalescer.pieces(ofSuperPacket: 0)).count == 10 + 40 + 2000)
         }
     }
 
@@ -854,7 +896,7 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
         let payload = payloadBytes(testCase.payload)
         let parts = udpDatagrams(fields, payload: payload, gsoSize: testCase.gsoSize)
         let outcome = Batch(packets: parts).run()
-        #expect(outcome.outputs == [.merged(buffer: 0)])
+        #expect(outcome.outputs == [.merged(superPacket: 0)])
         // What the kernel hands over for an app's UDP_SEGMENT send, and it segments back.
         let merged = try #require(outcome.records[0])
         #expect(merged == udpSuperPacketRecord(fields, payload: payload, gsoSize: UInt16(testCase.gsoSize)))
@@ -884,7 +926,7 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
         let udp = datagrams(TCPFields(), sizes: [500, 500])
         let tcp = segments(TCPFields(), sizes: [500, 500])
         let outcome = Batch(packets: [tcp[0], udp[0], tcp[1], udp[1]]).run()
-        #expect(outcome.outputs == [.merged(buffer: 0), .merged(buffer: 1)])
+        #expect(outcome.outputs == [.merged(superPacket: 0), .merged(superPacket: 1)])
         #expect(outcome.records[1].map { Array($0[VirtioNetHeader.size...]) }?.count == 20 + 8 + 1000)
     }
 
@@ -998,7 +1040,7 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
                 }
                 packets.append(packet)
             }
-            let outcome = Batch(packets: packets, maximumFlows: 2, bufferCount: 2).run()
+            let outcome = Batch(packets: packets, maximumFlows: 2, maximumSuperPackets: 2).run()
             #expect(outcome.merged.filter { !$0 }.count == outcome.outputs.count)
             for record in outcome.records.values {
                 // Every merged record is a valid TSO read again.
