@@ -285,6 +285,18 @@ private func segments(
     return result
 }
 
+/// Adds `parts` as one batch, each in a 2048-byte slot of `slots` behind 16 bytes of room, and
+/// finishes the batch.
+private func addInSlots(_ parts: [[UInt8]], to coalescer: inout GROCoalescer, slots: UnsafeMutableRawBufferPointer) {
+    for (slot, packet) in parts.enumerated() {
+        let start = slot * 2048 + 16
+        let region = UnsafeMutableRawBufferPointer(rebasing: slots[start..<start + packet.count])
+        region.copyBytes(from: packet)
+        coalescer.add(region, slot: slot)
+    }
+    coalescer.finish()
+}
+
 /// A super-packet's pieces, joined as `writev` would join them.
 private func gather(_ pieces: GROCoalescer.Pieces) -> [UInt8] {
     var bytes: [UInt8] = []
@@ -818,13 +830,7 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
         let slots = UnsafeMutableRawBufferPointer.allocate(byteCount: 3 * 2048, alignment: 16)
         defer { slots.deallocate() }
         var coalescer = GROCoalescer(maximumPackets: 3)
-        for (slot, packet) in parts.enumerated() {
-            let start = slot * 2048 + 16
-            let region = UnsafeMutableRawBufferPointer(rebasing: slots[start..<start + packet.count])
-            region.copyBytes(from: packet)
-            coalescer.add(region, slot: slot)
-        }
-        coalescer.finish()
+        addInSlots(parts, to: &coalescer, slots: slots)
         let pieces = Array(coalescer.pieces(ofSuperPacket: 0))
         #expect(pieces.count == 3 && coalescer.pieces(ofSuperPacket: 0).count == 3)
         let base = UnsafeRawPointer(slots.baseAddress!)
@@ -865,13 +871,7 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
         var coalescer = GROCoalescer(maximumPackets: 2)
         for _ in 0..<3 {
             coalescer.reset()
-            for (slot, packet) in parts.enumerated() {
-                let start = slot * 2048 + 16
-                let region = UnsafeMutableRawBufferPointer(rebasing: slots[start..<start + packet.count])
-                region.copyBytes(from: packet)
-                coalescer.add(region, slot: slot)
-            }
-            coalescer.finish()
+            addInSlots(parts, to: &coalescer, slots: slots)
             #expect(coalescer.outputCount == 1)
             #expect(coalescer.output(at: 0) == .merged(superPacket: 0))
             #expect(gather(coalescer.pieces(ofSuperPacket: 0)).count == 10 + 40 + 2000)
