@@ -140,9 +140,9 @@ public final class Tunnel: @unchecked Sendable {
                 }
             }
         }
-        // One super-packet per receive slot: a batch carries at most 64 slots of 64 KiB, so
-        // full-size TCP seldom runs out of merge buffers (64 KiB each, touched as used); with 8,
-        // a batch's later segments went up one by one.
+        // Up to one super-packet per receive slot (a batch carries at most 64 slots of 64 KiB),
+        // so full-size TCP seldom passes segments through one by one; with 8 it did. A
+        // super-packet costs only its list of pieces: it is written from the slots themselves.
         writer = TunWriter(
             capacity: Tunnel.burst * 48, superPackets: Tunnel.burst, virtio: offload.tun, mergesUDP: udpSuperPackets)
         do {
