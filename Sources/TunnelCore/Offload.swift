@@ -646,7 +646,7 @@ public struct GSOSegmenter {
 /// because the merged packet goes up with a partial checksum the kernel will not check again.
 ///
 /// UDP datagrams (when `mergesUDP`) follow the same IP and size rules, with no TCP fields to
-/// compare, and at most `maximumUDPSegments` to a group; the kernel cuts the super-packet
+/// compare, and at most `maximumSegments` to a group, as for TCP; the kernel cuts the super-packet
 /// (gso_type UDP_L4, Linux 6.2 and later) back into the same datagrams before any socket sees it.
 ///
 /// Ordering: outputs are listed in the order of their first packet. A packet of a flow that
@@ -690,12 +690,10 @@ public struct GROCoalescer: ~Copyable {
     public let trustChecksums: Bool
     /// Merge UDP datagrams too (see `init`).
     public let mergesUDP: Bool
-    /// Datagrams per UDP super-packet at most: the kernel's own UDP GRO stops at this many
-    /// (`UDP_GRO_CNT_MAX` in `net/ipv4/udp_offload.c`).
-    public static let maximumUDPSegments = 64
-    /// Segments per super-packet at most, TCP or UDP: with full-size TCP segments 64 KiB comes
-    /// first (47 of 1368 bytes); the cap keeps a run of small ones within one `writev` (whose
-    /// limit, IOV_MAX, is 1024 pieces).
+    /// Segments per super-packet at most, TCP or UDP. For UDP it is the kernel's own GRO limit
+    /// (`UDP_GRO_CNT_MAX` in `net/ipv4/udp_offload.c`); full-size TCP reaches 64 KiB first (47
+    /// segments of 1368 bytes), and for small segments the cap keeps a super-packet within one
+    /// `writev` of at most this many pieces.
     public static let maximumSegments = 64
 
     /// Entries of `outputs`: a slot (>= 0) or `-1 - superPacket`.
@@ -997,12 +995,9 @@ public struct GROCoalescer: ~Copyable {
             candidate.payloadLength <= group.segmentSize,
             group.totalLength + candidate.payloadLength <= OffloadLayout.maximumIPPacket
         else { return false }
-        guard group.segments < Self.maximumSegments else { return false }
-        if group.headers.isUDP {
-            guard group.segments < Self.maximumUDPSegments else { return false }
-        } else if !tcpFollows(candidate, packet, group) {
-            return false
-        }
+        guard group.segments < Self.maximumSegments,
+            group.headers.isUDP || tcpFollows(candidate, packet, group)
+        else { return false }
         return ipFollows(packet, group)
     }
 
@@ -1081,10 +1076,8 @@ public struct GROCoalescer: ~Copyable {
         group.segments += 1
         group.push = candidate.push
         groups[index] = group
-        if candidate.push || candidate.payloadLength < group.segmentSize
-            || (group.headers.isUDP && group.segments == Self.maximumUDPSegments)
-        {
-            seal(index)  // nothing may follow a PSH, a short segment or a full UDP group
+        if candidate.push || candidate.payloadLength < group.segmentSize || group.segments == Self.maximumSegments {
+            seal(index)  // nothing may follow a PSH, a short segment or a full group
         }
         return true
     }

@@ -904,7 +904,7 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
     }
 
     @Test func udpGroupsStopAtTheKernelsGROLimit() {
-        #expect(GROCoalescer.maximumUDPSegments == 64)
+        #expect(GROCoalescer.maximumSegments == 64)
         let parts = datagrams(TCPFields(), sizes: Array(repeating: 100, count: 150))
         expectUDPOutputs(Batch(packets: parts), [Array(0..<64), Array(64..<128), Array(128..<150)])
     }
