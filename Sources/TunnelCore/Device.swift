@@ -81,6 +81,7 @@ public final class Device {
     private var loadWindowStart: UInt64 = 0
     private var loadWindowCount = 0
     private var underLoadUntil: UInt64 = 0
+    private var timerJitter = TimerJitter()
     public private(set) var drops = DropCounters()
 
     /// Scratch for datagrams the core originates (control messages, staged packets). Allocated
@@ -618,10 +619,7 @@ public final class Device {
         }
     }
 
-    private func jitter() -> UInt64 {
-        UInt64(SecureRandom.uniform(UInt32(Protocol.rekeyTimeoutJitterMax / Protocol.nanosecondsPerMillisecond)))
-            * Protocol.nanosecondsPerMillisecond
-    }
+    private func jitter() -> UInt64 { timerJitter.draw() }
 
     // MARK: - Timers (wireguard-go device/timers.go, event by event)
 

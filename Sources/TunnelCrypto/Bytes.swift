@@ -202,12 +202,6 @@ public enum SecureRandom {
         _ = Sodium.ready
         return randombytes_random()
     }
-
-    /// Uniform in 0..<upperBound.
-    public static func uniform(_ upperBound: UInt32) -> UInt32 {
-        _ = Sodium.ready
-        return randombytes_uniform(upperBound)
-    }
 }
 
 /// One byte of storage that stands in for the base address of an empty buffer: libsodium and libb2
