@@ -134,4 +134,24 @@ enum Transport {
         else { return nil }
         return length - header - MessageSize.tag
     }
+
+    /// `open` for the datagram at `region[offset..<offset + length]`. Given `Device.openingRoom`
+    /// readable bytes in front of it, readable bytes up to `Device.openingSpan(datagramLength:)`
+    /// past its start and a `scratch` of `Device.openingScratchSize`, the decryption reads the
+    /// ciphertext in one keystream call (see `ChaChaPoly.openInPlace(key:counter:message:in:scratch:)`);
+    /// only the datagram's own bytes are written.
+    static func open(
+        _ region: UnsafeMutableRawBufferPointer, datagramAt offset: Int, length: Int, counter: UInt64,
+        keypair: Keypair, scratch: UnsafeMutableRawBufferPointer
+    ) -> Int? {
+        let header = TransportMessage.headerSize
+        guard length >= header + MessageSize.tag, offset >= 0, offset + length <= region.count else { return nil }
+        let messageLength = length - header - MessageSize.tag
+        let message = (offset + header)..<(offset + header + messageLength)
+        guard
+            ChaChaPoly.openInPlace(
+                key: keypair.receivingKey, counter: counter, message: message, in: region, scratch: scratch)
+        else { return nil }
+        return messageLength
+    }
 }

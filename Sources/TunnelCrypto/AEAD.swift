@@ -94,6 +94,9 @@ public enum ChaChaPoly {
     /// message: keystream block 0, the Poly1305 key, is made there by the same libsodium call.
     public static let roomInFront = blockLength
 
+    /// Most bytes past a message's end that `roomySpan` reaches (the rest of its last chunk).
+    public static let roomBehind = chunkLength - 1
+
     /// Bytes, from `roomInFront` before a message of `length` bytes, that the roomy seal XORs
     /// with keystream: the room and the message, rounded up to whole chunks.
     public static func roomySpan(messageLength length: Int) -> Int {
@@ -182,6 +185,74 @@ public enum ChaChaPoly {
             applyKeystream(message, from: head, nonce: nonce, key: key, scratch: scratch)
             return true
         }
+    }
+
+    /// Opens `region[message]` in place when the tag at `message.upperBound` verifies, as
+    /// `openInPlace(key:counter:message:tag:)` does, but with one keystream call and no copy in:
+    /// given `roomInFront` readable bytes before the message, `roomySpan` readable bytes from
+    /// there, and a `scratch` that long, libsodium XORs the whole span, block 0 first, out of
+    /// place into `scratch`. The bytes in front are only read, so block 0 (the Poly1305 key) is
+    /// the scratch XOR those bytes. The tag is checked over the ciphertext still in the region,
+    /// and only then is the plaintext copied over it. Nothing outside `region[message]` is
+    /// written but the scratch, whose first block (the key) is zeroed before returning, and all
+    /// of it when the tag fails; the rest holds this message's plaintext and unused keystream.
+    /// Without the room or the scratch, or below `chunkedFrom`, it is the other `openInPlace`.
+    public static func openInPlace(
+        key: SecretKey, counter: UInt64, message: Range<Int>, in region: UnsafeMutableRawBufferPointer,
+        scratch: UnsafeMutableRawBufferPointer
+    ) -> Bool {
+        precondition(
+            message.lowerBound >= 0 && message.upperBound + tagLength <= region.count,
+            "openInPlace: the message and its tag must lie inside the region")
+        // Inside the region (checked above), so the base address is non-nil.
+        let base = region.baseAddress!
+        let start = message.lowerBound - roomInFront
+        let span = roomySpan(messageLength: message.count)
+        guard message.count >= chunkedFrom, start >= 0, start + span <= region.count, span <= scratch.count,
+            let out = scratch.baseAddress
+        else {
+            return openInPlace(
+                key: key, counter: counter, message: UnsafeMutableRawBufferPointer(rebasing: region[message]),
+                tag: base + message.upperBound)
+        }
+        _ = Sodium.ready
+        let input = base + start
+        let verified = withNonce(counter) { nonce in
+            _ = crypto_stream_chacha20_ietf_xor_ic(
+                out.assumingMemoryBound(to: UInt8.self), input.assumingMemoryBound(to: UInt8.self), UInt64(span),
+                nonce, 0, key.storage.assumingMemoryBound(to: UInt8.self))
+            // Block 0's first half, the Poly1305 key: what the XOR added to the bytes in front.
+            for index in 0..<(blockLength / 2) {
+                out.storeBytes(
+                    of: out.load(fromByteOffset: index, as: UInt8.self)
+                        ^ input.load(fromByteOffset: index, as: UInt8.self),
+                    toByteOffset: index, as: UInt8.self)
+            }
+            var state = PolyState()
+            var computed: (UInt64, UInt64) = (0, 0)
+            let verified = withUnsafeMutableBytes(of: &state) { state in
+                // 256 bytes, 16-aligned: exactly libsodium's state, so the base address is non-nil.
+                let poly = state.baseAddress!.bindMemory(to: crypto_onetimeauth_poly1305_state.self, capacity: 1)
+                _ = crypto_onetimeauth_poly1305_init(poly, out.assumingMemoryBound(to: UInt8.self))
+                defer { sodium_memzero(state.baseAddress!, state.count) }
+                return withUnsafeMutableBytes(of: &computed) { expected in
+                    // The 16-byte tuple, so its base address is non-nil.
+                    authenticate(
+                        UnsafeRawBufferPointer(rebasing: region[message]), state: poly, tag: expected.baseAddress!)
+                    return crypto_verify_16(
+                        expected.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                        (base + message.upperBound).assumingMemoryBound(to: UInt8.self)) == 0
+                }
+            }
+            return verified
+        }
+        guard verified else {
+            sodium_memzero(out, span)
+            return false
+        }
+        (base + message.lowerBound).copyMemory(from: out + roomInFront, byteCount: message.count)
+        sodium_memzero(out, roomInFront)
+        return true
     }
 
     /// Runs `body` with the transport nonce and a stack scratch of `scratchLength` bytes, zeroed

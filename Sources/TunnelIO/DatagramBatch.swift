@@ -16,7 +16,12 @@ public struct ReceiveBatch: ~Copyable {
     /// Slots filled by the last receive.
     public internal(set) var count: Int = 0
 
+    /// The first slot; `leadingRoom` bytes into the allocation.
     let storage: UnsafeMutableRawPointer
+    /// Bytes allocated before the first slot and after the last one: never received into, but
+    /// readable, so that an open may read around any datagram (see `storageRegion`).
+    public let leadingRoom: Int
+    public let trailingRoom: Int
     let vectors: UnsafeMutablePointer<iovec>
     let messages: UnsafeMutablePointer<tunctl_mmsghdr>
     let addresses: UnsafeMutablePointer<sockaddr_storage>
@@ -35,14 +40,23 @@ public struct ReceiveBatch: ~Copyable {
     ///   - capacity: datagrams per `recvmmsg` (wireguard-go uses 128).
     ///   - bufferSize: bytes per slot; 2048 holds any datagram for a 1500-byte path without GRO;
     ///     a socket that coalesces (GRO) needs `coalescingBufferSize`.
-    public init(capacity: Int, bufferSize: Int = 2048) {
+    ///   - leadingRoom, trailingRoom: readable bytes before the first slot and after the last
+    ///     (`Device.openingRoom`, and the 512 past a datagram that `Device.openingSpan` may reach).
+    public init(capacity: Int, bufferSize: Int = 2048, leadingRoom: Int = 0, trailingRoom: Int = 0) {
         precondition(capacity > 0 && capacity <= Int(UInt32.max), "ReceiveBatch capacity out of range")
         precondition(bufferSize > 0, "ReceiveBatch bufferSize must be positive")
+        precondition(leadingRoom >= 0 && trailingRoom >= 0, "ReceiveBatch room must not be negative")
         self.capacity = capacity
         self.bufferSize = bufferSize
-        // Raw bytes, deliberately not zero-filled: only bytes recvmmsg wrote are ever read (a
-        // slot's first `length(at:)`), and untouched pages then cost no resident memory.
-        storage = .allocate(byteCount: capacity * bufferSize, alignment: 16)
+        // Kept 16-aligned, so the slots are too.
+        self.leadingRoom = (leadingRoom + 15) / 16 * 16
+        self.trailingRoom = trailingRoom
+        // calloc: the rooms and slots read around a datagram are never uninitialized, and at this
+        // size glibc maps fresh zero pages rather than filling them, so untouched pages cost no
+        // resident memory. glibc's calloc is 16-aligned on x86-64 and arm64.
+        let byteCount = self.leadingRoom + capacity * bufferSize + trailingRoom
+        guard let whole = calloc(1, byteCount) else { fatalError("ReceiveBatch: out of memory (\(byteCount) bytes)") }
+        storage = whole + self.leadingRoom
         vectors = .allocate(capacity: capacity)
         messages = .allocate(capacity: capacity)
         addresses = .allocate(capacity: capacity)
@@ -64,7 +78,7 @@ public struct ReceiveBatch: ~Copyable {
     }
 
     deinit {
-        storage.deallocate()
+        free(storage - leadingRoom)
         vectors.deallocate()
         messages.deallocate()
         addresses.deallocate()
@@ -157,17 +171,10 @@ extension ReceiveBatch {
     public mutating func forEachDatagram<E: Error>(
         inSlot index: Int, _ body: (_ datagram: UnsafeMutableRawBufferPointer, _ source: Endpoint) throws(E) -> Void
     ) throws(E) {
-        guard !isTruncated(at: index), let source = source(at: index) else { return }
-        let length = self.length(at: index)
-        let size = segmentSize(at: index)
-        let slot = storage + index * bufferSize
-        var offset = 0
-        repeat {
-            let datagramLength = min(size, length - offset)
-            // Sound: offset + datagramLength <= length(at:) <= bufferSize, inside this slot.
-            try body(UnsafeMutableRawBufferPointer(start: slot + offset, count: datagramLength), source)
-            offset += datagramLength
-        } while offset < length
+        let region = storageRegion
+        try forEachDatagramRange(inSlot: index) { (datagram, source) throws(E) in
+            try body(UnsafeMutableRawBufferPointer(rebasing: region[datagram]), source)
+        }
     }
 
     /// Calls `body` for every datagram of every slot from the last receive, slot by slot and in
@@ -178,6 +185,42 @@ extension ReceiveBatch {
         for index in 0..<count {
             try forEachDatagram(inSlot: index, body)
         }
+    }
+
+    /// `forEachDatagram`, with each datagram given as its place in `storageRegion`: for work that
+    /// reads around a datagram (`Device.open(_:datagramAt:_:scratch:)`) but writes only inside it.
+    public mutating func forEachDatagramInStorage<E: Error>(
+        _ body: (_ storage: UnsafeMutableRawBufferPointer, _ datagram: Range<Int>, _ source: Endpoint) throws(E) -> Void
+    ) throws(E) {
+        let region = storageRegion
+        for index in 0..<count {
+            try forEachDatagramRange(inSlot: index) { (datagram, source) throws(E) in try body(region, datagram, source)
+            }
+        }
+    }
+
+    /// The whole allocation: the leading room, every slot and the trailing room. Bytes outside
+    /// the last receive's datagrams hold zeros or older datagrams; all of them are readable.
+    public var storageRegion: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(
+            start: storage - leadingRoom, count: leadingRoom + capacity * bufferSize + trailingRoom)
+    }
+
+    /// The datagrams of slot `index` as ranges of `storageRegion`.
+    private func forEachDatagramRange<E: Error>(
+        inSlot index: Int, _ body: (_ datagram: Range<Int>, _ source: Endpoint) throws(E) -> Void
+    ) throws(E) {
+        guard !isTruncated(at: index), let source = source(at: index) else { return }
+        let length = self.length(at: index)
+        let size = segmentSize(at: index)
+        let slot = leadingRoom + index * bufferSize
+        var offset = 0
+        repeat {
+            let datagramLength = min(size, length - offset)
+            // Sound: offset + datagramLength <= length(at:) <= bufferSize, inside this slot.
+            try body((slot + offset)..<(slot + offset + datagramLength), source)
+            offset += datagramLength
+        } while offset < length
     }
 
     /// The `UDP_GRO` segment size the kernel attached to slot `index`, or nil when it attached none

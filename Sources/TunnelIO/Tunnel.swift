@@ -71,6 +71,8 @@ public final class Tunnel: @unchecked Sendable {
     // queue (see above), so the runtime's dynamic exclusivity check, a thread-local lookup on
     // every access, guards nothing here (perf: about 0.4% of the machine's samples).
     @exclusivity(unchecked) private var receiveBatch: ReceiveBatch
+    /// Inbound: where the open decrypts a datagram before its plaintext goes back in place.
+    private let openScratch: UnsafeMutableRawBufferPointer
     @exclusivity(unchecked) private var sendBatch: SendBatch
     /// Inbound: hands decrypted packets to the TUN, coalescing TCP when it has a virtio header.
     @exclusivity(unchecked) private var writer: TunWriter
@@ -113,7 +115,12 @@ public final class Tunnel: @unchecked Sendable {
         // overhead; a receive slot, any datagram a peer may send (its MTU may exceed ours).
         // Sends batch 128 slots: three 64 KiB super-packets' segments (about 46 each) per sendmmsg.
         // Each send slot has the room in front and behind that lets the seal copy nothing.
-        receiveBatch = ReceiveBatch(capacity: Tunnel.burst, bufferSize: ReceiveBatch.coalescingBufferSize)
+        // Receive slots have readable room around them and the open a scratch, which lets it
+        // decrypt in one keystream call without copying the ciphertext in.
+        receiveBatch = ReceiveBatch(
+            capacity: Tunnel.burst, bufferSize: ReceiveBatch.coalescingBufferSize, leadingRoom: Device.openingRoom,
+            trailingRoom: Device.openingTailRoom)
+        openScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Device.openingScratchSize, alignment: 16)
         sendBatch = SendBatch(
             capacity: 2 * Tunnel.burst, bufferSize: Device.sealingSlotSize(mtu: mtu), leadingRoom: Device.sealingRoom)
         offload = OffloadSettings.fromEnvironment()
@@ -233,6 +240,7 @@ public final class Tunnel: @unchecked Sendable {
 
     deinit {
         tunRecord.deallocate()
+        openScratch.deallocate()
     }
 
     /// TUN → encrypt → UDP. Reads up to `burst` packets, each straight into a send-batch slot
@@ -388,18 +396,21 @@ public final class Tunnel: @unchecked Sendable {
         return (length, ticket.endpoint)
     }
 
-    /// Opens one datagram in place, the decryption outside the engine lock (as `seal` does).
+    /// Opens the datagram at `storage[offset..<offset + length]` in place, the decryption
+    /// outside the engine lock (as `seal` does); it may read the bytes around the datagram.
     private func open(
-        _ datagram: UnsafeMutableRawBufferPointer, from source: Endpoint, now: Instant, sink: inout SocketSink
+        _ storage: UnsafeMutableRawBufferPointer, datagramAt offset: Int, length: Int, from source: Endpoint,
+        now: Instant, sink: inout SocketSink
     ) -> InboundAction {
+        let datagram = UnsafeMutableRawBufferPointer(rebasing: storage[offset..<(offset + length)])
         let plan = withEngine {
-            $0.prepareReceive(datagram, length: datagram.count, from: source, now: now, sink: &sink)
+            $0.prepareReceive(datagram, length: length, from: source, now: now, sink: &sink)
         }
         switch plan {
         case .finished(let action):
             return action
         case .open(let ticket):
-            let opened = Device.open(datagram, ticket)
+            let opened = Device.open(storage, datagramAt: offset, ticket, scratch: openScratch)
             return withEngine {
                 $0.completeReceive(datagram, ticket, plaintextLength: opened, from: source, now: now, sink: &sink)
             }
@@ -433,8 +444,10 @@ public final class Tunnel: @unchecked Sendable {
             }
             if received == 0 { return }
             let now = currentInstant()
-            receiveBatch.forEachDatagram { datagram, source in
-                let action = open(datagram, from: source, now: now, sink: &sink)
+            receiveBatch.forEachDatagramInStorage { storage, range, source in
+                let datagram = UnsafeMutableRawBufferPointer(rebasing: storage[range])
+                let action = open(
+                    storage, datagramAt: range.lowerBound, length: range.count, from: source, now: now, sink: &sink)
                 if case .deliver(let offset, let length) = action {
                     writer.add(UnsafeMutableRawBufferPointer(rebasing: datagram[offset..<(offset + length)]), tun: tun)
                 }

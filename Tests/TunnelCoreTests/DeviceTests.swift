@@ -120,6 +120,62 @@ final class DeviceTests: XCTestCase {
         XCTAssertEqual(Array(b.delivered.dropFirst()), packets)
     }
 
+    /// Opened the way the tunnel's receive slots are (datagrams back to back as UDP GRO leaves
+    /// them, room around the slot, one scratch): each datagram decrypts in place to its packet,
+    /// and the open writes nothing outside the datagram it opens, so the ciphertext of the next
+    /// one and the plaintext of the previous one stay as they were.
+    func testOpenWithRoomDecryptsEachDatagramOfAGROSlotAndLeavesItsNeighbours() throws {
+        struct NoSession: Error {}
+        let (network, a, b) = pair()
+        network.inject(ping(aAddress, bAddress), at: a)
+        network.pump()
+        XCTAssertEqual(b.delivered.count, 1)
+        let mtu = a.device.mtu
+        let packets = [
+            ping(aAddress, bAddress, 2, size: mtu - 28), ping(aAddress, bAddress, 3, size: mtu - 28),
+            ping(aAddress, bAddress, 4, size: 300),
+        ]
+        var sink = AllocationTests.DiscardingSink()
+        let datagrams = try packets.map { packet -> [UInt8] in
+            var buffer = [UInt8](repeating: 0, count: Device.headroom + packet.count + Device.tailroom)
+            buffer.replaceSubrange(Device.headroom..<(Device.headroom + packet.count), with: packet)
+            return try buffer.withUnsafeMutableBytes { buffer in
+                let plan = a.device.prepareSend(buffer, packetLength: packet.count, now: network.clock.now, sink: &sink)
+                guard case .seal(let ticket) = plan else { throw NoSession() }
+                return Array(buffer[0..<Device.seal(buffer, ticket)])
+            }
+        }
+        let room = Device.openingRoom
+        var region =
+            [UInt8](repeating: 0xee, count: room) + datagrams.flatMap { $0 }
+            + [UInt8](repeating: 0xee, count: Device.openingTailRoom)
+        let offsets = datagrams.indices.map { index in room + datagrams[..<index].map(\.count).reduce(0, +) }
+        XCTAssertLessThanOrEqual(
+            offsets[2] + Device.openingSpan(datagramLength: datagrams[2].count), region.count,
+            "the tail room covers what the last datagram's open reads")
+        var scratch = [UInt8](repeating: 0, count: Device.openingScratchSize)
+        for (index, datagram) in datagrams.enumerated() {
+            let offset = offsets[index]
+            let before = region
+            let action = try region.withUnsafeMutableBytes { region in
+                try scratch.withUnsafeMutableBytes { scratch in
+                    let buffer = UnsafeMutableRawBufferPointer(rebasing: region[offset..<(offset + datagram.count)])
+                    let plan = b.device.prepareReceive(
+                        buffer, length: datagram.count, from: a.endpoint, now: network.clock.now, sink: &sink)
+                    guard case .open(let ticket) = plan else { throw NoSession() }
+                    let opened = Device.open(region, datagramAt: offset, ticket, scratch: scratch)
+                    return b.device.completeReceive(
+                        buffer, ticket, plaintextLength: opened, from: a.endpoint, now: network.clock.now, sink: &sink)
+                }
+            }
+            guard case .deliver(let start, let length) = action else { return XCTFail("datagram \(index): \(action)") }
+            XCTAssertEqual(Array(region[(offset + start)..<(offset + start + length)]), packets[index])
+            XCTAssertEqual(region[..<offset], before[..<offset], "datagram \(index): something before it changed")
+            let end = offset + datagram.count
+            XCTAssertEqual(region[end...], before[end...], "datagram \(index): something after it changed")
+        }
+    }
+
     // MARK: Handshake and transport
 
     func testHandshakeAndPacketsBothWaysWithoutPSK() {

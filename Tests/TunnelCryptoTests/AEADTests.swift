@@ -210,7 +210,91 @@ import TunnelCrypto
             #expect(sealed == expected, "length \(length)")
             #expect(Self.openTransport(key: key, counter: counter, sealed) == plaintext, "length \(length)")
             Self.checkRoomySeal(key: key, counter: counter, plaintext, expected: expected)
+            Self.checkRoomyOpen(key: key, counter: counter, expected, plaintext: plaintext)
         }
+    }
+
+    /// What the out-of-place open did: the plaintext (nil when refused), the region's bytes
+    /// (neighbours included) and the scratch afterwards.
+    struct RoomyOpen {
+        var plaintext: [UInt8]?
+        var region: [UInt8]
+        var scratch: [UInt8]
+    }
+
+    /// The out-of-place open of `sealed` (ciphertext ‖ tag) placed `front` bytes into a region
+    /// with `back` bytes behind the tag, filled around it with bytes a neighbour might hold, and
+    /// itself between guard bytes, which it checks were not touched.
+    static func openWithRoom(
+        key: SecretKey, counter: UInt64, _ sealed: [UInt8], front: Int, back: Int, scratchSize: Int
+    ) -> RoomyOpen {
+        let guardBytes = [UInt8](repeating: 0x5a, count: 600)
+        let neighbours = (0..<(front + back)).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ 17) }
+        let region = Array(neighbours.prefix(front)) + sealed + Array(neighbours.suffix(back))
+        var buffer = guardBytes + region + guardBytes
+        var scratch = [UInt8](repeating: 0xc3, count: scratchSize)
+        let length = sealed.count - 16
+        let ok = buffer.withUnsafeMutableBytes { raw in
+            scratch.withUnsafeMutableBytes { scratch in
+                ChaChaPoly.openInPlace(
+                    key: key, counter: counter, message: front..<(front + length),
+                    in: UnsafeMutableRawBufferPointer(rebasing: raw[600..<(600 + region.count)]), scratch: scratch)
+            }
+        }
+        #expect(Array(buffer.prefix(600)) == guardBytes)
+        #expect(Array(buffer.suffix(600)) == guardBytes)
+        let after = Array(buffer[600..<(600 + region.count)])
+        return RoomyOpen(
+            plaintext: ok ? Array(after[front..<(front + length)]) : nil, region: after, scratch: scratch)
+    }
+
+    /// The out-of-place open of libsodium's `sealed` output: with exactly the room and scratch it
+    /// asks for it gives `plaintext`, writes nothing but the message, and leaves block 0 of the
+    /// scratch zeroed; one byte short of room or scratch, the fallback opens it as well.
+    static func checkRoomyOpen(key: SecretKey, counter: UInt64, _ sealed: [UInt8], plaintext: [UInt8]) {
+        let length = plaintext.count
+        let span = ChaChaPoly.roomySpan(messageLength: length)
+        let back = max(span - ChaChaPoly.roomInFront - length - 16, 0)
+        #expect(back <= ChaChaPoly.roomBehind - 16, "length \(length)")
+        let roomy = openWithRoom(key: key, counter: counter, sealed, front: 64, back: back, scratchSize: span)
+        #expect(roomy.plaintext == plaintext, "length \(length)")
+        var expectedRegion = roomy.region
+        expectedRegion.replaceSubrange(64..<(64 + length), with: plaintext)
+        #expect(roomy.region == expectedRegion, "length \(length): a neighbour changed")
+        if length >= ChaChaPoly.chunkedFrom {
+            #expect(roomy.scratch.prefix(64).allSatisfy { $0 == 0 }, "length \(length): the Poly1305 key was left")
+        } else {
+            #expect(roomy.scratch.allSatisfy { $0 == 0xc3 }, "length \(length): short messages use no scratch")
+        }
+        for (front, back, scratch) in [(63, back, span), (64, back - 1, span), (64, back, span - 1)] where back >= 0 {
+            let short = openWithRoom(key: key, counter: counter, sealed, front: front, back: back, scratchSize: scratch)
+            #expect(short.plaintext == plaintext, "length \(length), room \(front)/\(back), scratch \(scratch)")
+            #expect(short.scratch.allSatisfy { $0 == 0xc3 }, "length \(length): the fallback uses no scratch")
+        }
+    }
+
+    /// A flipped bit anywhere, a wrong counter or key: the out-of-place open refuses, leaves the
+    /// region exactly as it was and the scratch zeroed (the unauthenticated plaintext it made).
+    @Test func outOfPlaceOpenRejectsTamperingAndKeepsNothing() {
+        let key = SecretKey.random()
+        let plaintext = (0..<1420).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let sealed = Self.seal(key: key, counter: 9, plaintext)
+        let span = ChaChaPoly.roomySpan(messageLength: 1420)
+        let back = span - ChaChaPoly.roomInFront - 1420 - 16
+        func attempt(_ sealed: [UInt8], counter: UInt64 = 9, key: SecretKey = key) -> RoomyOpen {
+            Self.openWithRoom(key: key, counter: counter, sealed, front: 64, back: back, scratchSize: span)
+        }
+        for index in [0, 1, 447, 448, 960, 1419, 1420, 1435] {
+            var bad = sealed
+            bad[index] ^= 0x80
+            let refused = attempt(bad)
+            #expect(refused.plaintext == nil, "byte \(index)")
+            #expect(Array(refused.region[64..<(64 + 1436)]) == bad, "byte \(index): the region changed")
+            #expect(refused.scratch.allSatisfy { $0 == 0 }, "byte \(index): plaintext left in the scratch")
+        }
+        #expect(attempt(sealed, counter: 10).plaintext == nil)
+        #expect(attempt(sealed, key: SecretKey.random()).plaintext == nil)
+        #expect(attempt(sealed).plaintext == plaintext)
     }
 
     /// The roomy seal on `plaintext` placed `front` bytes into a region of `front + length +
