@@ -361,7 +361,7 @@ public final class Device {
     /// `region[offset..<offset + length]`), with `scratch` to decrypt into. With `openingRoom`
     /// readable bytes in front of the datagram, `openingSpan(datagramLength:)` readable from its
     /// start and `openingScratchSize` of scratch, the keystream comes from one call and nothing
-    /// is copied in (10% of a full-size open here); with less, it is plain `open`. Only the
+    /// is copied in (5% of a full-size open here); with less, it is plain `open`. Only the
     /// datagram's bytes and the scratch are written, so its neighbours in a GRO slot stay intact.
     public static func open(
         _ region: UnsafeMutableRawBufferPointer, datagramAt offset: Int, _ ticket: OpenTicket,
