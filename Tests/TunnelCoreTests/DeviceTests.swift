@@ -18,6 +18,15 @@ final class DeviceTests: XCTestCase {
         return (network, a, b)
     }
 
+    /// A pair with a session: A's first ping has completed the handshake and reached B.
+    private func sessionPair(file: StaticString = #filePath, line: UInt = #line) -> (InMemoryNetwork, Node, Node) {
+        let (network, a, b) = pair()
+        network.inject(ping(aAddress, bAddress), at: a)
+        network.pump()
+        XCTAssertEqual(b.delivered.count, 1, "the handshake and first packet", file: file, line: line)
+        return (network, a, b)
+    }
+
     private func ping(_ from: IPAddress, _ to: IPAddress, _ sequence: UInt16 = 1, size: Int = 56) -> [UInt8] {
         PacketBuilder.icmpEcho(
             source: from, destination: to, identifier: 7, sequence: sequence,
@@ -46,10 +55,7 @@ final class DeviceTests: XCTestCase {
     /// other queue's work interleaves): every datagram still opens at the peer, in any order,
     /// and step 3 then counts it like `encapsulate` would.
     func testTicketsSealOutOfOrderAndOutliveTheirSession() throws {
-        let (network, a, b) = pair()
-        network.inject(ping(aAddress, bAddress), at: a)
-        network.pump()
-        XCTAssertEqual(b.delivered.count, 1)
+        let (network, a, b) = sessionPair()
         let packets = (2...4).map { ping(aAddress, bAddress, UInt16($0)) }
         var buffers = packets.map { $0.count }.map {
             [UInt8](repeating: 0, count: Device.headroom + $0 + Device.tailroom)
@@ -91,10 +97,7 @@ final class DeviceTests: XCTestCase {
     /// short one takes the plain path, which never touches it).
     func testSealWithRoomOpensAtThePeer() throws {
         struct NoSession: Error {}
-        let (network, a, b) = pair()
-        network.inject(ping(aAddress, bAddress), at: a)
-        network.pump()
-        XCTAssertEqual(b.delivered.count, 1)
+        let (network, a, b) = sessionPair()
         let mtu = a.device.mtu
         let packets = [ping(aAddress, bAddress, 2, size: mtu - 28), ping(aAddress, bAddress, 3, size: 20)]
         var sink = AllocationTests.DiscardingSink()
@@ -126,10 +129,7 @@ final class DeviceTests: XCTestCase {
     /// one and the plaintext of the previous one stay as they were.
     func testOpenWithRoomDecryptsEachDatagramOfAGROSlotAndLeavesItsNeighbours() throws {
         struct NoSession: Error {}
-        let (network, a, b) = pair()
-        network.inject(ping(aAddress, bAddress), at: a)
-        network.pump()
-        XCTAssertEqual(b.delivered.count, 1)
+        let (network, a, b) = sessionPair()
         let mtu = a.device.mtu
         let packets = [
             ping(aAddress, bAddress, 2, size: mtu - 28), ping(aAddress, bAddress, 3, size: mtu - 28),

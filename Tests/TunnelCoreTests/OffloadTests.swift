@@ -403,7 +403,7 @@ private func expectMerged(_ record: [UInt8], of parts: [[UInt8]], sourceLocation
     #expect(Array(packet[0..<headerLength]) == expectedHeaders, sourceLocation: sourceLocation)
 }
 
-// Seeded with `SplitMix64` (AllowedIPsTests.swift), so the fuzz runs are reproducible.
+// Seeded with TunnelCore's `SplitMix64`, so the fuzz runs are reproducible.
 @Suite struct OffloadTests {
     // MARK: Checksums
 
