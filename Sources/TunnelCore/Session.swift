@@ -145,7 +145,8 @@ enum Transport {
         keypair: Keypair, scratch: UnsafeMutableRawBufferPointer
     ) -> Int? {
         let header = TransportMessage.headerSize
-        guard length >= header + MessageSize.tag, offset >= 0, offset + length <= region.count else { return nil }
+        precondition(offset >= 0 && offset + length <= region.count, "the datagram must lie inside the region")
+        guard length >= header + MessageSize.tag else { return nil }
         let messageLength = length - header - MessageSize.tag
         let message = (offset + header)..<(offset + header + messageLength)
         guard

@@ -135,14 +135,9 @@ public enum ChaChaPoly {
             _ = crypto_stream_chacha20_ietf_xor_ic(
                 room, room, UInt64(roomySpan(messageLength: message.count)), nonce, 0,
                 key.storage.assumingMemoryBound(to: UInt8.self))
-            var state = PolyState()
-            withUnsafeMutableBytes(of: &state) { state in
-                // 256 bytes, 16-aligned: exactly libsodium's state, so the base address is non-nil.
-                let poly = state.baseAddress!.bindMemory(to: crypto_onetimeauth_poly1305_state.self, capacity: 1)
-                _ = crypto_onetimeauth_poly1305_init(poly, room)
+            withPolyState(key: room) { poly in
                 authenticate(
                     UnsafeRawBufferPointer(rebasing: region[message]), state: poly, tag: base + message.upperBound)
-                sodium_memzero(state.baseAddress!, state.count)
             }
             sodium_memzero(room, roomInFront)
         }
@@ -151,6 +146,21 @@ public enum ChaChaPoly {
     /// libsodium's Poly1305 state: 256 bytes, 16-aligned (SIMD64 aligns it).
     private struct PolyState {
         var bytes = (SIMD64<UInt8>(), SIMD64<UInt8>(), SIMD64<UInt8>(), SIMD64<UInt8>())
+    }
+
+    /// Runs `body` with a Poly1305 state on the stack keyed with the 32 bytes at `key`, zeroed
+    /// after use.
+    private static func withPolyState<R>(
+        key: UnsafePointer<UInt8>, _ body: (UnsafeMutablePointer<crypto_onetimeauth_poly1305_state>) -> R
+    ) -> R {
+        var state = PolyState()
+        return withUnsafeMutableBytes(of: &state) { state in
+            // 256 bytes, 16-aligned: exactly libsodium's state, so the base address is non-nil.
+            let poly = state.baseAddress!.bindMemory(to: crypto_onetimeauth_poly1305_state.self, capacity: 1)
+            defer { sodium_memzero(state.baseAddress!, state.count) }
+            _ = crypto_onetimeauth_poly1305_init(poly, key)
+            return body(poly)
+        }
     }
 
     /// Opens `message` (ciphertext without its tag) in place when `tag` verifies; otherwise
@@ -170,15 +180,7 @@ public enum ChaChaPoly {
         return withTransportScratch(counter: counter) { nonce, scratch in
             let key = key.storage.assumingMemoryBound(to: UInt8.self)
             let head = firstChunk(message, nonce: nonce, key: key, scratch: scratch)
-            var computed: (UInt64, UInt64) = (0, 0)
-            let verified = withUnsafeMutableBytes(of: &computed) { expected in
-                // `expected` is the 16-byte tuple, so its base address is non-nil.
-                let expected = expected.baseAddress!
-                authenticate(UnsafeRawBufferPointer(message), state: polyState(scratch), tag: expected)
-                return crypto_verify_16(
-                    expected.assumingMemoryBound(to: UInt8.self), tag.assumingMemoryBound(to: UInt8.self)) == 0
-            }
-            guard verified else { return false }
+            guard verifies(UnsafeRawBufferPointer(message), state: polyState(scratch), tag: tag) else { return false }
             if head > 0, let base = message.baseAddress {
                 base.copyMemory(from: scratch + blockLength, byteCount: head)
             }
@@ -228,23 +230,9 @@ public enum ChaChaPoly {
                         ^ input.load(fromByteOffset: index, as: UInt8.self),
                     toByteOffset: index, as: UInt8.self)
             }
-            var state = PolyState()
-            var computed: (UInt64, UInt64) = (0, 0)
-            let verified = withUnsafeMutableBytes(of: &state) { state in
-                // 256 bytes, 16-aligned: exactly libsodium's state, so the base address is non-nil.
-                let poly = state.baseAddress!.bindMemory(to: crypto_onetimeauth_poly1305_state.self, capacity: 1)
-                _ = crypto_onetimeauth_poly1305_init(poly, out.assumingMemoryBound(to: UInt8.self))
-                defer { sodium_memzero(state.baseAddress!, state.count) }
-                return withUnsafeMutableBytes(of: &computed) { expected in
-                    // The 16-byte tuple, so its base address is non-nil.
-                    authenticate(
-                        UnsafeRawBufferPointer(rebasing: region[message]), state: poly, tag: expected.baseAddress!)
-                    return crypto_verify_16(
-                        expected.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                        (base + message.upperBound).assumingMemoryBound(to: UInt8.self)) == 0
-                }
+            return withPolyState(key: out.assumingMemoryBound(to: UInt8.self)) { poly in
+                verifies(UnsafeRawBufferPointer(rebasing: region[message]), state: poly, tag: base + message.upperBound)
             }
-            return verified
         }
         guard verified else {
             sodium_memzero(out, span)
@@ -353,6 +341,21 @@ public enum ChaChaPoly {
             _ = crypto_onetimeauth_poly1305_update(state, start, UInt64(padding + 16))
         }
         _ = crypto_onetimeauth_poly1305_final(state, tag.assumingMemoryBound(to: UInt8.self))
+    }
+
+    /// Whether the 16-byte `tag` is the Poly1305 tag of `ciphertext` under the keyed `state`
+    /// (compared in constant time).
+    private static func verifies(
+        _ ciphertext: UnsafeRawBufferPointer, state: UnsafeMutablePointer<crypto_onetimeauth_poly1305_state>,
+        tag: UnsafeRawPointer
+    ) -> Bool {
+        var computed: (UInt64, UInt64) = (0, 0)
+        return withUnsafeMutableBytes(of: &computed) { expected in
+            // The 16-byte tuple, so its base address is non-nil.
+            authenticate(ciphertext, state: state, tag: expected.baseAddress!)
+            return crypto_verify_16(
+                expected.baseAddress!.assumingMemoryBound(to: UInt8.self), tag.assumingMemoryBound(to: UInt8.self)) == 0
+        }
     }
 
     /// The 12-byte IETF nonce on the stack: 4 zero bytes, then the counter little-endian.

@@ -41,7 +41,8 @@ public struct ReceiveBatch: ~Copyable {
     ///   - bufferSize: bytes per slot; 2048 holds any datagram for a 1500-byte path without GRO;
     ///     a socket that coalesces (GRO) needs `coalescingBufferSize`.
     ///   - leadingRoom, trailingRoom: readable bytes before the first slot and after the last
-    ///     (`Device.openingRoom`, and the 512 past a datagram that `Device.openingSpan` may reach).
+    ///     (for the open: `Device.openingRoom` and `Device.openingTailRoom`); the leading room is
+    ///     rounded up to a multiple of 16.
     public init(capacity: Int, bufferSize: Int = 2048, leadingRoom: Int = 0, trailingRoom: Int = 0) {
         precondition(capacity > 0 && capacity <= Int(UInt32.max), "ReceiveBatch capacity out of range")
         precondition(bufferSize > 0, "ReceiveBatch bufferSize must be positive")

@@ -396,15 +396,14 @@ public final class Tunnel: @unchecked Sendable {
         return (length, ticket.endpoint)
     }
 
-    /// Opens the datagram at `storage[offset..<offset + length]` in place, the decryption
-    /// outside the engine lock (as `seal` does); it may read the bytes around the datagram.
+    /// Opens `datagram` (a view of `storage`, starting at `offset`) in place, the decryption
+    /// outside the engine lock (as `seal` does); it may read the bytes of `storage` around it.
     private func open(
-        _ storage: UnsafeMutableRawBufferPointer, datagramAt offset: Int, length: Int, from source: Endpoint,
-        now: Instant, sink: inout SocketSink
+        _ datagram: UnsafeMutableRawBufferPointer, at offset: Int, in storage: UnsafeMutableRawBufferPointer,
+        from source: Endpoint, now: Instant, sink: inout SocketSink
     ) -> InboundAction {
-        let datagram = UnsafeMutableRawBufferPointer(rebasing: storage[offset..<(offset + length)])
         let plan = withEngine {
-            $0.prepareReceive(datagram, length: length, from: source, now: now, sink: &sink)
+            $0.prepareReceive(datagram, length: datagram.count, from: source, now: now, sink: &sink)
         }
         switch plan {
         case .finished(let action):
@@ -446,8 +445,7 @@ public final class Tunnel: @unchecked Sendable {
             let now = currentInstant()
             receiveBatch.forEachDatagramInStorage { storage, range, source in
                 let datagram = UnsafeMutableRawBufferPointer(rebasing: storage[range])
-                let action = open(
-                    storage, datagramAt: range.lowerBound, length: range.count, from: source, now: now, sink: &sink)
+                let action = open(datagram, at: range.lowerBound, in: storage, from: source, now: now, sink: &sink)
                 if case .deliver(let offset, let length) = action {
                     writer.add(UnsafeMutableRawBufferPointer(rebasing: datagram[offset..<(offset + length)]), tun: tun)
                 }
