@@ -41,7 +41,7 @@ let package = Package(
             ]),
         // Test support: a UDP relay that drops, reorders and duplicates datagrams between two
         // namespaces, standing in for netem (not available on these machines).
-        .executableTarget(name: "udprelay", path: "Sources/udprelay"),
+        .executableTarget(name: "udprelay", dependencies: ["TunnelCore"], path: "Sources/udprelay"),
         .testTarget(name: "TunnelCryptoTests", dependencies: ["TunnelCrypto"]),
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", "TunnelTestSupport"]),
         .testTarget(name: "TunnelIOTests", dependencies: ["TunnelIO", "TunnelTestSupport"]),

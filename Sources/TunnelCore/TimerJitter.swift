@@ -2,7 +2,7 @@ import TunnelCrypto
 
 /// SplitMix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators", OOPSLA
 /// 2014): a Weyl step, then a 64-bit finalizer. Small, fast and fully determined by its seed; not
-/// for secrets. It draws the timers' jitter, and seeds the randomised tests reproducibly.
+/// for secrets. It draws the timers' jitter, udprelay's impairments and the randomised tests' inputs.
 public struct SplitMix64: RandomNumberGenerator {
     private var state: UInt64
 

@@ -13,6 +13,8 @@
 // Runs until SIGINT/SIGTERM (noticed within 100 ms), then prints its counters on stderr, exits 0.
 // Single-threaded: one poll loop owns every buffer and counter. Buffers are allocated once.
 
+import TunnelCore
+
 #if canImport(Glibc)
     import Glibc
 #else
@@ -149,16 +151,8 @@ struct Options {
 
 // MARK: - PRNG
 
-/// SplitMix64 (Steele, Lea, Flood 2014): small, fast, and fully determined by the seed.
-struct SplitMix64 {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+/// The relay's draws, from TunnelCore's SplitMix64 (one seeded generator per direction).
+extension SplitMix64 {
     /// Uniform in [0, 1) from the top 53 bits.
     mutating func unit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
     /// True with probability p; draws nothing when p is 0, so a zero option never shifts the
@@ -265,8 +259,8 @@ struct Relay {
         upFD = up
         toServer = Direction(name: "to-server", capacity: maxDatagram)
         toClient = Direction(name: "to-client", capacity: maxDatagram)
-        rngToServer = SplitMix64(state: options.seed)
-        rngToClient = SplitMix64(state: options.seed ^ 0x5DEE_CE66_D1CE_5EED)
+        rngToServer = SplitMix64(seed: options.seed)
+        rngToClient = SplitMix64(seed: options.seed ^ 0x5DEE_CE66_D1CE_5EED)
     }
 
     /// Sends bytes one way; send errors (e.g. ECONNREFUSED after an ICMP) are counted, not fatal.
