@@ -491,10 +491,18 @@ public final class Device {
         peer.initiation = nil
 
         let keypair = Keypair(keys: keys, isInitiator: true, created: now.monotonic)
-        if let stale = peer.next { indices[stale.localIndex] = nil }
-        peer.next = nil
+        // Crossing initiations: the peer may already be sending under the keypair we derived as
+        // its responder (`next`, unconfirmed here). Demote it to `previous` rather than drop it,
+        // so those packets still open; it takes the place `current` would have taken
+        // (wireguard-go noise-protocol.go, BeginSymmetricSession).
         if let old = peer.previous { indices[old.localIndex] = nil }
-        peer.previous = peer.current
+        if let unconfirmed = peer.next {
+            if let displaced = peer.current { indices[displaced.localIndex] = nil }
+            peer.previous = unconfirmed
+            peer.next = nil
+        } else {
+            peer.previous = peer.current
+        }
         peer.current = keypair
         indices[keys.localIndex] = .keypair(peer, keypair)
 

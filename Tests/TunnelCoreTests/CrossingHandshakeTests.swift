@@ -1,0 +1,93 @@
+import TunnelCore
+import TunnelCrypto
+import TunnelTestSupport
+import XCTest
+
+/// Both ends initiate in the same instant (each has a packet for the other and no session). Every
+/// order in which the wire can deliver the crossing messages must leave both sessions usable at
+/// once: no packet may wait for a retry timer. wireguard-go's rule (noise-protocol.go,
+/// BeginSymmetricSession): an initiator's new keypair demotes the unconfirmed responder keypair
+/// to `previous` instead of dropping it, so the peer's packets under it still open.
+final class CrossingHandshakeTests: XCTestCase {
+    let aAddress = IPAddress("198.18.1.1")!
+    let bAddress = IPAddress("198.18.1.2")!
+
+    private func ping(_ from: IPAddress, _ to: IPAddress, _ sequence: UInt16) -> [UInt8] {
+        PacketBuilder.icmpEcho(
+            source: from, destination: to, identifier: 9, sequence: sequence,
+            payload: [UInt8](repeating: UInt8(truncatingIfNeeded: sequence), count: 32))
+    }
+
+    /// Delivers the wire's datagrams choosing, at each step, the one `pick` names among those
+    /// waiting (an index into the current wire, clamped); bounded.
+    private func pump(_ network: InMemoryNetwork, order pick: (Int, [WireDatagram]) -> Int) {
+        var step = 0
+        while !network.wire.isEmpty && step < 1000 {
+            let index = min(pick(step, network.wire), network.wire.count - 1)
+            let datagram = network.wire.remove(at: index)
+            network.deliver(datagram)
+            step += 1
+        }
+    }
+
+    /// Every interleaving of the first few deliveries, encoded as the choice at each of the
+    /// first four steps (0 = oldest waiting, 1 = the next); after those, oldest first.
+    func testCrossingInitiationsConvergeInEveryInterleaving() throws {
+        for choices in 0..<16 {
+            let network = InMemoryNetwork()
+            let a = network.addNode()
+            let b = network.addNode()
+            network.connect(
+                a, allowing: [IPPrefix("198.18.1.1/32")!], b, allowing: [IPPrefix("198.18.1.2/32")!])
+            let fromA = ping(aAddress, bAddress, 1)
+            let fromB = ping(bAddress, aAddress, 2)
+            XCTAssertEqual(network.inject(fromA, at: a), .staged)
+            XCTAssertEqual(network.inject(fromB, at: b), .staged)
+            XCTAssertEqual(network.wire.count, 2, "both sent an initiation")
+            pump(network) { step, _ in step < 4 ? (choices >> step) & 1 : 0 }
+
+            XCTAssertEqual(b.delivered, [fromA], "interleaving \(choices): A's first packet")
+            XCTAssertEqual(a.delivered, [fromB], "interleaving \(choices): B's first packet")
+
+            // Both directions work now, with no time passing and no new handshake.
+            let initiationsBefore = network.log.filter { $0.messageType == 1 }.count
+            for round in UInt16(3)..<UInt16(6) {
+                let next = ping(aAddress, bAddress, round)
+                let back = ping(bAddress, aAddress, round + 100)
+                guard case .send = network.inject(next, at: a) else {
+                    return XCTFail("interleaving \(choices): A has no session to send on")
+                }
+                guard case .send = network.inject(back, at: b) else {
+                    return XCTFail("interleaving \(choices): B has no session to send on")
+                }
+                network.pump()
+                XCTAssertEqual(b.delivered.last, next, "interleaving \(choices), round \(round): A → B")
+                XCTAssertEqual(a.delivered.last, back, "interleaving \(choices), round \(round): B → A")
+            }
+            XCTAssertEqual(
+                network.log.filter { $0.messageType == 1 }.count, initiationsBefore,
+                "interleaving \(choices): no further handshake was needed")
+            XCTAssertEqual(
+                a.device.drops.total + b.device.drops.total, 0,
+                "interleaving \(choices): nothing dropped (A \(a.device.drops), B \(b.device.drops))")
+        }
+    }
+
+    /// The same crossing with the clock running: after a keepalive interval and more, nothing
+    /// has stalled and no retry was needed to get data through.
+    func testCrossingInitiationsThenQuietLinkKeepsBothSessions() {
+        let network = InMemoryNetwork()
+        let a = network.addNode()
+        let b = network.addNode()
+        network.connect(a, allowing: [IPPrefix("198.18.1.1/32")!], b, allowing: [IPPrefix("198.18.1.2/32")!])
+        network.inject(ping(aAddress, bAddress, 1), at: a)
+        network.inject(ping(bAddress, aAddress, 2), at: b)
+        // Both initiations reach their peer before either response does.
+        pump(network) { _, _ in 0 }
+        network.run(seconds: 12)
+        let late = ping(bAddress, aAddress, 50)
+        guard case .send = network.inject(late, at: b) else { return XCTFail("B lost its session") }
+        network.pump()
+        XCTAssertEqual(a.delivered.last, late)
+    }
+}
