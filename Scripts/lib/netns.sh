@@ -476,6 +476,43 @@ two_nodes_setup() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# wireguard-go, the reference peer and the anchor some figures are measured against
+
+# start_wggo NS IFACE: wireguard-go in the foreground in NS, registered for cleanup; waits (10 s)
+# for its control socket. Sets TT_LAST_PID. The TUN goes away with the process.
+start_wggo() {
+  local ns=$1 iface=$2 log i
+  tt_register_iface "$iface"
+  log="$TT_TEST_DIR/wireguard-go-$iface.log"
+  rm -f "$TT_SOCK_DIR/$iface.sock"
+  ip netns exec "$ns" env LOG_LEVEL=debug WG_PROCESS_FOREGROUND=1 wireguard-go -f "$iface" >>"$log" 2>&1 &
+  TT_LAST_PID=$!
+  tt_register_pid "$TT_LAST_PID"
+  for ((i = 0; i < 100; i++)); do
+    pid_alive "$TT_LAST_PID" || fail "wireguard-go $iface exited at start (log: $log)" || return 1
+    if [[ -S "$TT_SOCK_DIR/$iface.sock" ]] && nsx "$ns" wg show "$iface" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  fail "wireguard-go $iface: no usable socket after 10 s"
+}
+
+# strip_conf CONF OUT: CONF without the wg-quick-only keys (Address, MTU), for `wg setconf`.
+strip_conf() { grep -Ev '^[[:space:]]*(Address|MTU|DNS|Table)[[:space:]]*=' "$1" >"$2"; }
+
+# wggo_configure NS IFACE CONF: applies CONF with `wg setconf`, then addresses, MTU 1420, up.
+# Routes come from the addresses' subnets (the peer's tunnel address is in them).
+wggo_configure() {
+  local ns=$1 iface=$2 conf=$3 stripped a
+  stripped="$TT_TEST_DIR/$iface.wg.conf"
+  strip_conf "$conf" "$stripped"
+  nsx "$ns" wg setconf "$iface" "$stripped" || fail "wg setconf $iface (wireguard-go) failed" || return 1
+  for a in $(sed -n 's/^Address = //p' "$conf" | tr ',' ' '); do
+    addr_add "$ns" "$iface" "$a" || return 1
+  done
+  nsx "$ns" ip link set "$iface" mtu 1420 up
+}
+
+# ---------------------------------------------------------------------------------------------
 # Bulk transfer with an end-to-end hash
 
 # make_random_file FILE MIB

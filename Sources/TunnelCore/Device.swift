@@ -731,6 +731,30 @@ public final class Device {
         peer.zeroKeyMaterialAt = now.monotonic + Protocol.zeroKeysAfter
     }
 
+    /// How many start-up initiations fall due per 100 ms (see `initiateHandshakes`): a handshake
+    /// costs two X25519 operations under whatever serialises the device, so 10,000 peers are
+    /// spread over about 16 s instead of holding it for 1.5 s at once.
+    static let startupInitiationsPerStep = 64
+    static let startupInitiationStep: UInt64 = 100_000_000
+
+    /// Start-up and reload: arms a handshake with every peer that has an endpoint and nothing
+    /// to send on, so that after a restart traffic resumes at once in both directions instead of
+    /// after the peer's stale session times out (KEEPALIVE + REKEY_TIMEOUT, about 15 s, which is
+    /// what wireguard-go waits). The first `startupInitiationsPerStep` fall due now, the rest in
+    /// steps of 100 ms; an authenticated packet from the peer first cancels its turn. Returns
+    /// how many were armed; `tick` sends them.
+    @discardableResult
+    public func initiateHandshakes(now: Instant) -> Int {
+        var armed = 0
+        for peer in peersByKey.values where peer.endpoint != nil && peer.sendingKeypair(at: now.monotonic) == nil {
+            let step = UInt64(armed / Device.startupInitiationsPerStep)
+            let due = now.monotonic + step * Device.startupInitiationStep
+            peer.newHandshakeAt = min(peer.newHandshakeAt ?? due, due)
+            armed += 1
+        }
+        return armed
+    }
+
     /// Retries before giving up on a handshake: REKEY_ATTEMPT_TIME / REKEY_TIMEOUT.
     static let maxHandshakeAttempts = Int(Protocol.rekeyAttemptTime / Protocol.rekeyTimeout)
 

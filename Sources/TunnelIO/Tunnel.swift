@@ -183,6 +183,9 @@ public final class Tunnel: @unchecked Sendable {
             self.handleControl(request)
         }
         queue.sync {
+            // After a restart the peers may still hold sessions we no longer have: a handshake
+            // now, rather than when their stale session times out (Device.initiateHandshakes).
+            _ = withEngine { $0.initiateHandshakes(now: currentInstant()) }
             startSources()
         }
         let publicKey = withEngine { $0.publicKey?.base64 } ?? "(none)"
@@ -529,6 +532,7 @@ public final class Tunnel: @unchecked Sendable {
         do {
             let loaded = try ConfigLoader.load(path: configPath)
             try apply(peers: loaded.config.peers, now: currentInstant())
+            _ = withEngine { $0.initiateHandshakes(now: currentInstant()) }
             logger.info("\(name): reloaded \(loaded.config.peers.count) peer(s) from \(configPath)")
         } catch {
             logger.error("\(name): reload failed, keeping the running configuration: \(error)")

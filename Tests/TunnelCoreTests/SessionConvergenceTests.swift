@@ -3,12 +3,14 @@ import TunnelCrypto
 import TunnelTestSupport
 import XCTest
 
-/// Both ends initiate in the same instant (each has a packet for the other and no session). Every
+/// Sessions converge at once after the two events that used to stall them for seconds.
+///
+/// Crossing: both ends initiate in the same instant (each has a packet for the other and no session). Every
 /// order in which the wire can deliver the crossing messages must leave both sessions usable at
 /// once: no packet may wait for a retry timer. wireguard-go's rule (noise-protocol.go,
 /// BeginSymmetricSession): an initiator's new keypair demotes the unconfirmed responder keypair
 /// to `previous` instead of dropping it, so the peer's packets under it still open.
-final class CrossingHandshakeTests: XCTestCase {
+final class SessionConvergenceTests: XCTestCase {
     let aAddress = IPAddress("198.18.1.1")!
     let bAddress = IPAddress("198.18.1.2")!
 
@@ -90,4 +92,54 @@ final class CrossingHandshakeTests: XCTestCase {
         network.pump()
         XCTAssertEqual(a.delivered.last, late)
     }
+
+    // MARK: Restart
+
+    /// One end restarts (all its state gone) while the other still holds the old session. With
+    /// `initiateHandshakes` at start-up the restarted end brings a new session up at once, so
+    /// the other end's packets stop going to a session nobody has, in both directions, without
+    /// waiting for KEEPALIVE + REKEY_TIMEOUT (15 s).
+    func testRestartedEndInitiatesAtOnceAndBothDirectionsFlow() throws {
+        let network = InMemoryNetwork()
+        let a = network.addNode()
+        let b = network.addNode()
+        network.connect(a, allowing: [IPPrefix("198.18.1.1/32")!], b, allowing: [IPPrefix("198.18.1.2/32")!])
+        network.inject(ping(aAddress, bAddress, 1), at: a)
+        network.pump()
+        XCTAssertEqual(b.delivered.count, 1, "the first session")
+
+        // B restarts: the same key and peer, nothing else.
+        b.device.removeAllPeers()
+        let peerOfB = try XCTUnwrap(b.device.addPeer(a.device.publicKey!))
+        b.device.setEndpoint(a.endpoint, for: peerOfB)
+        b.device.addAllowedIP(IPPrefix("198.18.1.1/32")!, for: peerOfB)
+        XCTAssertEqual(b.device.initiateHandshakes(now: network.clock.now), 1)
+        network.advance(seconds: 0.01)
+        network.pump()
+
+        let toB = ping(aAddress, bAddress, 2)
+        guard case .send = network.inject(toB, at: a) else { return XCTFail("A has no session after the restart") }
+        let toA = ping(bAddress, aAddress, 3)
+        guard case .send = network.inject(toA, at: b) else { return XCTFail("B has no session after the restart") }
+        network.pump()
+        XCTAssertEqual(b.delivered.last, toB, "A → B flows within 10 ms of B's start")
+        XCTAssertEqual(a.delivered.last, toA, "B → A flows within 10 ms of B's start")
+    }
+
+    /// Peers without an endpoint, or with a session already, are not armed; many are spread in
+    /// steps so a start-up does not run thousands of handshakes at once.
+    func testStartupInitiationsSkipPeersWithoutEndpointOrWithSessionAndAreSpread() throws {
+        let network = InMemoryNetwork()
+        let a = network.addNode()
+        let peers = (0..<150).map { _ in a.device.addPeer(PrivateKey.generate().publicKey)! }
+        for (index, peer) in peers.enumerated() where index % 3 != 0 {
+            a.device.setEndpoint(Endpoint(address: IPAddress("198.51.100.7")!, port: UInt16(1000 + index)), for: peer)
+        }
+        XCTAssertEqual(a.device.initiateHandshakes(now: network.clock.now), 100, "only the 100 with an endpoint")
+        network.advance(seconds: 0.001)
+        XCTAssertEqual(network.wire.filter { $0.messageType == 1 }.count, 64, "the first step only")
+        network.advance(seconds: 0.1)
+        XCTAssertEqual(network.wire.filter { $0.messageType == 1 }.count, 100, "the rest one step later")
+    }
 }
+
