@@ -142,4 +142,3 @@ final class SessionConvergenceTests: XCTestCase {
         XCTAssertEqual(network.wire.filter { $0.messageType == 1 }.count, 100, "the rest one step later")
     }
 }
-
