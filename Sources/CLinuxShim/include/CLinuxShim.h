@@ -95,4 +95,6 @@ struct cmsghdr *tunctl_cmsg_firsthdr(struct msghdr *message);
 struct cmsghdr *tunctl_cmsg_nxthdr(struct msghdr *message, struct cmsghdr *header);
 unsigned char *tunctl_cmsg_data(struct cmsghdr *header);
 
+#include "CLinuxSanitizer.h"
+
 #endif
