@@ -483,7 +483,9 @@ public final class Tunnel: @unchecked Sendable {
             }
             for (config, endpoint) in zip(peers, endpoints) {
                 guard let peer = device.addPeer(config.publicKey) else { continue }
-                device.setPresharedKey(config.presharedKey?.key ?? .none(), for: peer)
+                // An unchanged key keeps the object it has: one binary copy of each key, reloads or not.
+                let psk = config.presharedKey?.key ?? .none()
+                if device.presharedKey(of: peer) != psk { device.setPresharedKey(psk, for: peer) }
                 if let endpoint { device.setEndpoint(endpoint, for: peer) }
                 device.removeAllowedIPs(for: peer)
                 for prefix in config.allowedIPs { device.addAllowedIP(prefix, for: peer) }
