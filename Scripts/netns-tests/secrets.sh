@@ -76,7 +76,7 @@ test_fifo_refused() {
   (umask 077 && printf '[Interface]\nPrivateKey = %s\n[Peer]\nPublicKey = %s\nPresharedKeyFile = ab.psk\n' \
     "$(cat "$KEYS/a.key")" "$(cat "$KEYS/b.pub")" >"$keyconf")
   refused_fast "check on a FIFO preshared key file" "$TUNCTL" check "$keyconf" || return 1
-  nsx "$ns" ip link show "$iface" >/dev/null 2>&1 && fail "a refused up left link $iface" && return 1
+  nsx "$ns" ip link show "$iface" >/dev/null 2>&1 && { fail "a refused up left link $iface"; return 1; }
   return 0
 }
 
@@ -164,7 +164,7 @@ test_key_on_wrong_line() {
     has -F "$field" <<<"$out" || fail "variant $n ($field): does not name the field $field" || return 1
     local secret
     for secret in "$key" "${key%=}" "${key:0:16}" "${key:20:16}" "$psk" "${psk:0:16}" "$hex" "${hex:0:16}"; do
-      has -F "$secret" <<<"$out" && fail "variant $n ($field): the message holds key text" && return 1
+      has -F "$secret" <<<"$out" && { fail "variant $n ($field): the message holds key text"; return 1; }
     done
   done
   tt_log "$n variants: each names file:line:field, none echoes a key"
@@ -184,7 +184,7 @@ run_dir_case() {
   (($(lines "$out") == 1)) || fail "$what: $(lines "$out") lines of output, expected 1" || return 1
   has -i "$word" <<<"$out" || fail "$what: the message does not say '$word'" || return 1
   has -F "/run/wireguard" <<<"$out" || fail "$what: the message does not name the directory" || return 1
-  nsx "$NS_A" ip link show "$IF_A" >/dev/null 2>&1 && fail "$what: link $IF_A left behind" && return 1
+  nsx "$NS_A" ip link show "$IF_A" >/dev/null 2>&1 && { fail "$what: link $IF_A left behind"; return 1; }
   return 0
 }
 
@@ -217,7 +217,7 @@ test_socket_elsewhere() {
   has "already\|another tunctl" <<<"$out" || fail "the message does not say another daemon runs" || return 1
   ((elapsed < 5000)) || fail "took ${elapsed} ms (limit 5000)" || return 1
   nsx "$NS_A" timeout 5 "$TUNCTL" show "$IF_A" --json >/dev/null || fail "the first daemon lost its socket" || return 1
-  nsx "$ns2" ip link show "$IF_A" >/dev/null 2>&1 && fail "the refused daemon left its link" && return 1
+  nsx "$ns2" ip link show "$IF_A" >/dev/null 2>&1 && { fail "the refused daemon left its link"; return 1; }
   # A stale socket file (its listener gone, as after kill -9) is replaced.
   kill -KILL "$PID_A"
   wait_exit "$PID_A" 5 || return 1
@@ -233,7 +233,7 @@ scan_text() {
   ((rc != 2)) || fail "scan-secrets could not read the daemon's memory: $out" || return 1
   ((rc == 0)) || fail "a key is in the daemon's memory as text $1: $(tr '\n' ';' <<<"$out")" || return 1
   # One binary copy of each key, not one per load.
-  has -E "raw=([2-9]|[1-9][0-9])" <<<"$out" && fail "more than one binary copy of a key $1" && return 1
+  has -E "raw=([2-9]|[1-9][0-9])" <<<"$out" && { fail "more than one binary copy of a key $1"; return 1; }
   return 0
 }
 
@@ -276,7 +276,7 @@ test_core_dump() {
     out=$(python3 "$SCAN" --file "$core" "$KEYS/a.key" "$KEYS/ab.psk" "$KEYS/ac.psk" 2>&1) ||
       fail "a key is in the core dump: $(tr '\n' ';' <<<"$out")" || return 1
   done
-  ((found)) && fail "a core file was written (PR_SET_DUMPABLE 0 forbids it)" && return 1
+  ((found)) && { fail "a core file was written (PR_SET_DUMPABLE 0 forbids it)"; return 1; }
   tt_log "no core file after SIGSEGV"
 }
 
