@@ -8,8 +8,3 @@ int tunctl_set_dumpable(int dumpable) {
     // prctl is variadic, which Swift cannot call.
     return prctl(PR_SET_DUMPABLE, (unsigned long)dumpable, 0UL, 0UL, 0UL) == 0 ? 0 : -errno;
 }
-
-int tunctl_get_dumpable(void) {
-    int value = prctl(PR_GET_DUMPABLE, 0UL, 0UL, 0UL, 0UL);
-    return value >= 0 ? value : -errno;
-}

@@ -1,8 +1,8 @@
 import CLinuxShim
 import Glibc
 
-/// What the daemon does to its own process so a crash or a debugger-less inspection cannot carry
-/// its keys away. Called first thing by every command that reads a key (before any file is read).
+/// What a tunctl process does to itself so that a crash cannot carry its keys away in a core.
+/// Called first thing by every command that reads a key, before any file is read.
 public enum ProcessHardening {
     /// Not dumpable (PR_SET_DUMPABLE 0): the kernel writes no core file, not even to a
     /// `core_pattern` pipe unless `fs.suid_dumpable` is 2, and other users cannot read
@@ -15,7 +15,4 @@ public enum ProcessHardening {
         let status = tunctl_set_dumpable(0)
         guard status == 0 else { throw SystemError(call: "prctl(PR_SET_DUMPABLE)", errno: -status) }
     }
-
-    /// PR_GET_DUMPABLE, for tests: 0 once `disableCoreDumps` has run.
-    public static var isDumpable: Bool { tunctl_get_dumpable() != 0 }
 }

@@ -63,9 +63,6 @@ int tunctl_eventfd(void);
 /// readable only with CAP_SYS_PTRACE. Returns 0 or -errno.
 int tunctl_set_dumpable(int dumpable);
 
-/// prctl(PR_GET_DUMPABLE): the current value (0, 1 or 2) or -errno.
-int tunctl_get_dumpable(void);
-
 // MARK: Interface MTU and flags (ioctls on a throwaway AF_INET datagram socket)
 
 /// SIOCGIFMTU. Returns the MTU (> 0) or -errno.
