@@ -73,9 +73,9 @@ enum CLIError: Error, CustomStringConvertible {
         case .startFailed(let name, let reason):
             return "cannot bring up \(name): \(reason)"
         case .alreadyRunning(let name, let socketPath):
-            return "cannot bring up \(name): another tunctl serves \(shellQuoted(socketPath)) "
-                + "(perhaps in another network namespace; stop it with tunctl down \(name) there, "
-                + "or pick another interface name)"
+            return "cannot bring up \(name): already running: another daemon (tunctl or wireguard-go) still "
+                + "serves \(shellQuoted(socketPath)) after \(Int(previousDaemonWait)) s, perhaps in another network "
+                + "namespace (stop it there with tunctl down \(name) or ip link del \(name), or pick another name)"
         case .controlDirectoryUnusable(let name, let path, let code):
             return "cannot bring up \(name): \(shellQuoted(path)): \(errorText(code)) "
                 + "(\(CLIError.advice(forControlDirectory: path, code)))"
