@@ -96,7 +96,7 @@ test_fifo_reload() {
   done
   tt_log "after SIGHUP with a FIFO config: slowest of 5 show requests ${worst} ms"
   ((worst < 1000)) || fail "show took ${worst} ms after SIGHUP (limit 1000)" || return 1
-  has "reload failed" "$TT_LAST_LOG" || fail "no 'reload failed' line in the log" || return 1
+  wait_for 5 grep -q "reload failed" "$TT_LAST_LOG" || fail "no 'reload failed' line in the log within 5 s" || return 1
   has -i "fifo" "$TT_LAST_LOG" || fail "the reload error does not say FIFO" || return 1
   kill -TERM "$PID_A"
   wait_exit "$PID_A" 5 || fail "SIGTERM not honoured within 5 s" || return 1
