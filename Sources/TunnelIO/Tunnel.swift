@@ -489,7 +489,9 @@ public final class Tunnel: @unchecked Sendable {
             }
             for (config, endpoint) in zip(peers, endpoints) {
                 guard let peer = device.addPeer(config.publicKey) else { continue }
-                device.setPresharedKey(config.presharedKey?.key ?? .none(), for: peer)
+                // An unchanged key keeps the object it has: one binary copy of each key, reloads or not.
+                let psk = config.presharedKey?.key ?? .none()
+                if device.presharedKey(of: peer) != psk { device.setPresharedKey(psk, for: peer) }
                 if let endpoint { device.setEndpoint(endpoint, for: peer) }
                 device.removeAllowedIPs(for: peer)
                 for prefix in config.allowedIPs { device.addAllowedIP(prefix, for: peer) }
@@ -530,13 +532,26 @@ public final class Tunnel: @unchecked Sendable {
         }
     }
 
+    /// Where SIGHUP reads and parses the config: never `queue`, whose timers and control socket
+    /// must not wait on a slow disk or a large file. Serial, so reloads apply in signal order.
+    private static let reloadQueue = DispatchQueue(label: "tunctl.reload")
+
     private func reload() {
         guard let configPath else {
             logger.info("\(name): SIGHUP ignored (no config file)")
             return
         }
+        Tunnel.reloadQueue.async { [unowned self] in
+            let outcome = Result { () throws(ConfigLoadError) in try ConfigLoader.load(path: configPath) }
+            self.queue.async { self.finishReload(outcome, from: configPath) }
+        }
+    }
+
+    /// Applies a config `reload` loaded (on `queue`).
+    private func finishReload(_ outcome: Result<LoadedConfig, ConfigLoadError>, from configPath: String) {
+        guard !stopping else { return }
         do {
-            let loaded = try ConfigLoader.load(path: configPath)
+            let loaded = try outcome.get()
             try apply(peers: loaded.config.peers, now: currentInstant())
             _ = withEngine { $0.initiateHandshakes(now: currentInstant()) }
             logger.info("\(name): reloaded \(loaded.config.peers.count) peer(s) from \(configPath)")
