@@ -61,18 +61,21 @@ public final class LinkManager: @unchecked Sendable {
             let socket = self.socket
             var requests = [
                 NetlinkRequest(
-                    message: Netlink.setLink(interfaceIndex: interfaceIndex, mtu: mtu, up: false, sequence: socket.sequence()),
+                    message: Netlink.setLink(
+                        interfaceIndex: interfaceIndex, mtu: mtu, up: false, sequence: socket.sequence()),
                     operation: "link set dev \(interfaceName) mtu \(mtu)")
             ]
             for address in addresses {
                 requests.append(
                     NetlinkRequest(
-                        message: Netlink.address(.add, address, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
+                        message: Netlink.address(
+                            .add, address, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
                         operation: "address add \(address) dev \(interfaceName)"))
             }
             requests.append(
                 NetlinkRequest(
-                    message: Netlink.setLink(interfaceIndex: interfaceIndex, mtu: nil, up: true, sequence: socket.sequence()),
+                    message: Netlink.setLink(
+                        interfaceIndex: interfaceIndex, mtu: nil, up: true, sequence: socket.sequence()),
                     operation: "link set dev \(interfaceName) up"))
             if let first = try socket.perform(requests).first { throw first.error }
         }
@@ -104,7 +107,8 @@ public final class LinkManager: @unchecked Sendable {
         for prefix in stale {
             requests.append(
                 NetlinkRequest(
-                    message: Netlink.route(.delete, prefix, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
+                    message: Netlink.route(
+                        .delete, prefix, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
                     operation: "route del \(prefix) dev \(interfaceName)"))
         }
         for prefix in added {
@@ -136,7 +140,8 @@ public final class LinkManager: @unchecked Sendable {
         for (offset, prefix) in added.enumerated() where !failed.contains(stale.count + offset) {
             routes.insert(prefix)
         }
-        logger.debug("\(interfaceName): routes: \(stale.count) to remove, \(added.count) to add, \(routes.count) ours now")
+        logger.debug(
+            "\(interfaceName): routes: \(stale.count) to remove, \(added.count) to add, \(routes.count) ours now")
     }
 
     /// Stops route work after its current batch, deletes the link (`RTM_DELLINK`, which takes its

@@ -104,7 +104,9 @@ public enum Netlink {
 
     /// `ip route add|del PREFIX dev IFINDEX` in the main table (host bits cleared): link scope for
     /// IPv4 and universe for IPv6 as `ip` chooses, protocol boot, unicast.
-    public static func route(_ change: Change, _ prefix: IPPrefix, interfaceIndex: Int32, sequence: UInt32)
+    public static func route(
+        _ change: Change, _ prefix: IPPrefix, interfaceIndex: Int32, sequence: UInt32
+    )
         -> [UInt8]
     {
         let prefix = prefix.masked
@@ -135,7 +137,9 @@ public enum Netlink {
     }
 
     /// `ip address add|del ADDRESS/LEN dev IFINDEX`: IFA_LOCAL and IFA_ADDRESS both the address.
-    public static func address(_ change: Change, _ prefix: IPPrefix, interfaceIndex: Int32, sequence: UInt32)
+    public static func address(
+        _ change: Change, _ prefix: IPPrefix, interfaceIndex: Int32, sequence: UInt32
+    )
         -> [UInt8]
     {
         var body = ifaddrmsg()
@@ -275,7 +279,8 @@ public enum Netlink {
             guard length >= MemoryLayout<rtattr>.size, length <= buffer.count - offset else { break }
             // NLA_F_NESTED and NLA_F_NET_BYTEORDER ride in the type's top bits.
             let type = header.rta_type & ~UInt16(NLA_F_NESTED | NLA_F_NET_BYTEORDER)
-            result[type] = UnsafeRawBufferPointer(rebasing: buffer[(offset + attributeHeaderLength)..<(offset + length)])
+            result[type] = UnsafeRawBufferPointer(
+                rebasing: buffer[(offset + attributeHeaderLength)..<(offset + length)])
             offset += alignAttribute(length)
         }
         return result
@@ -309,7 +314,8 @@ public final class NetlinkSocket {
     /// Opens the socket; `groups` are RTNLGRP_* multicast groups to join (notifications).
     public init(groups: [UInt32] = []) throws(SystemError) {
         let fd = try Syscall.check("socket(AF_NETLINK)") {
-            socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue),
+            socket(
+                AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue),
                 NETLINK_ROUTE)
         }
         fileDescriptor = fd
@@ -368,7 +374,9 @@ public final class NetlinkSocket {
     /// `batchSize` per sendmsg and waits for every ack. Returns the failures, in request order;
     /// `ignoring` errnos count as success (e.g. EEXIST, ESRCH). Throws only when the socket itself
     /// fails (then which requests took effect is unknown).
-    public func perform(_ requests: [NetlinkRequest], shouldContinue: () -> Bool = { true }) throws(SystemError)
+    public func perform(
+        _ requests: [NetlinkRequest], shouldContinue: () -> Bool = { true }
+    ) throws(SystemError)
         -> [(index: Int, error: NetlinkError)]
     {
         var failures: [(index: Int, error: NetlinkError)] = []
@@ -391,7 +399,10 @@ public final class NetlinkSocket {
                     pending[sequence] = nil
                     if code != 0 {
                         failures.append(
-                            (index, NetlinkError(operation: requests[index].operation, errno: code, kernelMessage: message)))
+                            (
+                                index,
+                                NetlinkError(operation: requests[index].operation, errno: code, kernelMessage: message)
+                            ))
                     }
                 }
             }
@@ -432,7 +443,8 @@ public final class NetlinkSocket {
                 bytes.withUnsafeBytes { buffer in
                     withUnsafePointer(to: destination) {
                         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                            sendto(fd, buffer.baseAddress, buffer.count, 0, $0, socklen_t(MemoryLayout<sockaddr_nl>.size))
+                            sendto(
+                                fd, buffer.baseAddress, buffer.count, 0, $0, socklen_t(MemoryLayout<sockaddr_nl>.size))
                         }
                     }
                 }
