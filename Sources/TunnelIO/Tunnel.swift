@@ -162,11 +162,8 @@ public final class Tunnel: @unchecked Sendable {
             link = try LinkManager(interfaceName: tun.name, logger: logger)
             try link.configure(mtu: mtu, addresses: config?.interface.addresses ?? [])
             addresses = config?.interface.addresses ?? []
-            if let config {
-                try apply(peers: config.peers, now: currentInstant())
-                // Ready means routed: wait for the routes this once.
-                syncRoutes(wait: true)
-            }
+            // Ready means routed: start-up waits for its routes.
+            if let config { try apply(peers: config.peers, now: currentInstant(), waitForRoutes: true) }
         } catch {
             try? tun.close()
             throw error
@@ -474,8 +471,9 @@ public final class Tunnel: @unchecked Sendable {
     // MARK: - Configuration (on `queue`)
 
     /// Makes the engine's peers match `peers`, keeping the sessions of peers that stay, and the
-    /// kernel routes match their AllowedIPs.
-    func apply(peers: [PeerConfig], now: Instant) throws {
+    /// kernel routes match their AllowedIPs (on the link manager's queue; `waitForRoutes`: return
+    /// once they do).
+    func apply(peers: [PeerConfig], now: Instant, waitForRoutes: Bool = false) throws {
         // Name resolution may block: done before taking the engine, and all of it before any change.
         let endpoints = try peers.map { try $0.endpoint.map(resolve) }
         let wanted = Set(peers.map(\.publicKey))
@@ -496,6 +494,7 @@ public final class Tunnel: @unchecked Sendable {
                 }
             }
         }
+        syncRoutes(wait: waitForRoutes)
     }
 
     /// Makes the kernel's routes through the link match every peer's AllowedIPs. The work runs on
@@ -545,7 +544,6 @@ public final class Tunnel: @unchecked Sendable {
         do {
             let loaded = try ConfigLoader.load(path: configPath)
             try apply(peers: loaded.config.peers, now: currentInstant())
-            syncRoutes()
             _ = withEngine { $0.initiateHandshakes(now: currentInstant()) }
             logger.info("\(name): reloaded \(loaded.config.peers.count) peer(s) from \(configPath)")
         } catch {

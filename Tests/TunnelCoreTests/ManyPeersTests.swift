@@ -52,3 +52,26 @@ import TunnelCrypto
         #expect(device.peers.isEmpty)
     }
 }
+
+/// The static-static DH is made at first use instead of when a peer is added (start-up with
+/// 10,000 peers): the same value, made once, nil for a low-order key.
+@Suite struct LazyStaticStaticTests {
+    @Test func sameValueMadeOnceAndSharedByCopies() throws {
+        let local = LocalIdentity(privateKey: PrivateKey.generate())
+        let peerKey = PrivateKey.generate().publicKey
+        let remote = RemoteIdentity(publicKey: peerKey, local: local)
+        let copy = remote
+        let expected = try #require(X25519.sharedSecret(local.privateKey.secret, peerKey))
+        let first = try #require(copy.precomputedStaticStatic)
+        #expect(first == expected)
+        #expect(remote.precomputedStaticStatic === first)
+    }
+
+    @Test func lowOrderKeyGivesNil() throws {
+        let local = LocalIdentity(privateKey: PrivateKey.generate())
+        let zero = try #require(PublicKey(hex: String(repeating: "00", count: 32)))
+        let remote = RemoteIdentity(publicKey: zero, local: local)
+        #expect(remote.precomputedStaticStatic == nil)
+        #expect(remote.precomputedStaticStatic == nil)
+    }
+}
