@@ -38,7 +38,8 @@ struct SocketSink: DatagramSink {
 /// Threading, which is why the `@unchecked Sendable` below is sound:
 /// - `outboundQueue` owns `sendBatch` and the TUN read source (TUN → seal → UDP);
 /// - `inboundQueue` owns `receiveBatch` and the UDP read source (UDP → open → TUN);
-/// - `queue` (control) owns everything else: timer, signals, control socket, routes, shutdown.
+/// - `queue` (control) owns everything else: timer, signals, control socket, link events, shutdown.
+/// - `link` owns the link's addresses and routes on its own queue, off the timers' path.
 /// - `device` is shared by all three and touched only inside `withEngine` (one lock; system
 ///   calls stay outside it). Encryption and decryption run outside the lock through the static
 ///   `Device.seal`/`Device.open`, which touch no device state.
@@ -53,9 +54,12 @@ public final class Tunnel: @unchecked Sendable {
     private let engineLock = Mutex<Void>(())
     let tun: TunDevice
     private(set) var socket: UDPSocket
-    /// Addresses and routes this process added, removed again on shutdown.
+    /// Addresses this process gave the link (they go with the link at shutdown).
     private(set) var addresses: [IPPrefix] = []
-    private(set) var routes: Set<IPPrefix> = []
+    /// The link's MTU, addresses, routes (rtnetlink, on its own queue).
+    let link: LinkManager
+    /// Kernel notifications about the link, delivered on `queue` (set by `run`).
+    private var linkMonitor: LinkMonitor?
     /// The config file to re-read on SIGHUP (nil when started empty for wg-quick).
     let configPath: String?
     private var control: ControlServer?
@@ -155,13 +159,11 @@ public final class Tunnel: @unchecked Sendable {
         do {
             socket = try UDPSocket(
                 port: config?.interface.listenPort ?? 0, offload: offload.udp ? [.segmentation, .coalescing] : [])
-            try LinkConfig.setMTU(mtu, interface: tun.name)
-            for address in config?.interface.addresses ?? [] {
-                try LinkConfig.addAddress(address, interface: tun.name)
-                addresses.append(address)
-            }
-            try LinkConfig.setUp(interface: tun.name)
-            if let config { try apply(peers: config.peers, now: currentInstant()) }
+            link = try LinkManager(interfaceName: tun.name, logger: logger)
+            try link.configure(mtu: mtu, addresses: config?.interface.addresses ?? [])
+            addresses = config?.interface.addresses ?? []
+            // Ready means routed: start-up waits for its routes.
+            if let config { try apply(peers: config.peers, now: currentInstant(), waitForRoutes: true) }
         } catch {
             try? tun.close()
             throw error
@@ -188,7 +190,12 @@ public final class Tunnel: @unchecked Sendable {
         control = try ControlServer(path: controlSocketPath, queue: queue, logger: logger) { [unowned self] request in
             self.handleControl(request)
         }
+        let monitor = try LinkMonitor(name: tun.name, queue: queue, logger: logger) { [unowned self] event in
+            self.linkEvent(event)
+        }
         queue.sync {
+            linkMonitor = monitor
+            monitor.start()
             // After a restart the peers may still hold sessions we no longer have: a handshake
             // now, rather than when their stale session times out (Device.initiateHandshakes).
             _ = withEngine { $0.initiateHandshakes(now: currentInstant()) }
@@ -207,17 +214,9 @@ public final class Tunnel: @unchecked Sendable {
 
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.schedule(deadline: .now(), repeating: .milliseconds(100), leeway: .milliseconds(20))
-        var ticks = 0
         timer.setEventHandler { [unowned self] in
             var sink = SocketSink(socket: self.socket, logger: self.logger)
             self.withEngine { $0.tick(now: currentInstant(), sink: &sink) }
-            ticks += 1
-            // The daemon exits when its link is deleted from outside (that is how `wg-quick down`
-            // stops a userspace implementation).
-            if ticks % 5 == 0, !LinkConfig.linkExists(name: self.tun.name) {
-                self.logger.info("\(self.name): link deleted, shutting down")
-                self.shutdown(status: 0, linkGone: true)
-            }
         }
         timer.resume()
         self.timer = timer
@@ -478,8 +477,9 @@ public final class Tunnel: @unchecked Sendable {
     // MARK: - Configuration (on `queue`)
 
     /// Makes the engine's peers match `peers`, keeping the sessions of peers that stay, and the
-    /// kernel routes match their AllowedIPs.
-    func apply(peers: [PeerConfig], now: Instant) throws {
+    /// kernel routes match their AllowedIPs (on the link manager's queue; `waitForRoutes`: return
+    /// once they do).
+    func apply(peers: [PeerConfig], now: Instant, waitForRoutes: Bool = false) throws {
         // Name resolution may block: done before taking the engine, and all of it before any change.
         let endpoints = try peers.map { try $0.endpoint.map(resolve) }
         let wanted = Set(peers.map(\.publicKey))
@@ -502,27 +502,39 @@ public final class Tunnel: @unchecked Sendable {
                 }
             }
         }
-        syncRoutes()
+        syncRoutes(wait: waitForRoutes)
     }
 
-    /// Adds a kernel route for every AllowedIPs prefix and removes routes no longer wanted.
-    func syncRoutes() {
+    /// Makes the kernel's routes through the link match every peer's AllowedIPs. The work runs on
+    /// the link manager's queue; `wait` (start-up only) returns once it is done.
+    func syncRoutes(wait: Bool = false) {
         let wanted = withEngine { device in
             device.peers.reduce(into: Set<IPPrefix>()) { $0.formUnion(device.allowedIPs(of: $1)) }
         }
-        for stale in routes.subtracting(wanted) {
-            try? LinkConfig.deleteRoute(stale, interface: tun.name)
-            routes.remove(stale)
+        link.updateRoutes(wanted, wait: wait)
+    }
+
+    // MARK: - Link events (on `queue`)
+
+    /// What the kernel reported about the link (LinkMonitor).
+    func linkEvent(_ event: LinkEvent) {
+        switch event {
+        case .deleted:
+            // That is how `wg-quick down` stops a userspace implementation.
+            logger.info("\(name): link deleted, shutting down")
+            shutdown(status: 0, linkGone: true)
+        case .mtuChanged(let mtu):
+            linkMTUDidChange(mtu)
+        case .up:
+            logger.info("\(name): link up")
+        case .down:
+            logger.info("\(name): link down")
         }
-        for prefix in wanted.subtracting(routes) {
-            do {
-                try LinkConfig.addRoute(prefix, interface: tun.name)
-                routes.insert(prefix)
-            } catch {
-                // Already routed (e.g. the interface's own subnet): nothing to add or remove later.
-                logger.debug("\(name): route \(prefix): \(error)")
-            }
-        }
+    }
+
+    /// The link's MTU was changed (from outside, or by us).
+    func linkMTUDidChange(_ mtu: Int) {
+        logger.info("\(name): link MTU changed to \(mtu)")
     }
 
     private func resolve(_ endpoint: PeerEndpoint) throws -> Endpoint {
@@ -615,22 +627,21 @@ public final class Tunnel: @unchecked Sendable {
     /// The engine without the lock: only for code already inside `withEngine` (ShowReport).
     var engine: Device { device }
 
-    /// Removes routes, addresses, the link and the control socket, then reports `status`.
+    /// Removes the link (its routes and addresses go with it) and the control socket, then
+    /// reports `status`.
     func shutdown(status: Int32, linkGone: Bool) {
         guard !stopping else { return }
         stopping = true
         tunSource?.cancel()
         udpSource?.cancel()
         timer?.cancel()
+        linkMonitor?.cancel()
         // Wait out any data-path handler still running before closing what it uses.
         holdingDataQueues {}
-        if !linkGone {
-            for prefix in routes { try? LinkConfig.deleteRoute(prefix, interface: tun.name) }
-        }
-        routes.removeAll()
         try? tun.close()
-        // A non-persistent TUN disappears when its last descriptor closes; make sure of it.
-        if LinkConfig.linkExists(name: tun.name) { try? LinkConfig.deleteLink(name: tun.name) }
+        // A non-persistent TUN disappears when its last descriptor closes; make sure of it. No
+        // route is deleted one by one: they go with the link.
+        link.shutdown()
         try? socket.close()
         withEngine { device in
             device.removeAllPeers()

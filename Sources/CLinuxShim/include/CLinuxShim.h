@@ -101,6 +101,10 @@ struct cmsghdr *tunctl_cmsg_firsthdr(struct msghdr *message);
 struct cmsghdr *tunctl_cmsg_nxthdr(struct msghdr *message, struct cmsghdr *header);
 unsigned char *tunctl_cmsg_data(struct cmsghdr *header);
 
+// MARK: rtnetlink (types and constants only)
+
+#include "CLinuxNetlink.h"
+
 #include "CLinuxSanitizer.h"
 
 #endif
