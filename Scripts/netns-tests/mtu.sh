@@ -87,11 +87,15 @@ test_runtime_change() {
   pl=$!
   tt_register_pid "$pl"
   sleep 1
+  local t0 t1
+  t0=$(date +%s.%N)
   nsx "$NS_A" ip link set dev "$IF_A" mtu 9000 && nsx "$NS_B" ip link set dev "$IF_B" mtu 9000 ||
     fail "ip link set mtu 9000" || return 1
   # The daemons notice (exact text: other tests grep it) within a few seconds.
   wait_for 5 grep -q "$IF_A: link MTU changed to 9000" "$LOG_A" || fail "A did not log the new MTU" || return 1
   wait_for 5 grep -q "$IF_B: link MTU changed to 9000" "$LOG_B" || fail "B did not log the new MTU" || return 1
+  t1=$(date +%s.%N)
+  tt_log "both daemons logged the new MTU $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$t1") s after ip link set"
   both_alive || return 1
   big_ping "$NS_A" 198.18.1.2 8000 3 || fail "8000-byte ping A -> B after the change" || return 1
   big_ping "$NS_B" 198.18.1.1 8000 3 || fail "8000-byte ping B -> A after the change" || return 1
