@@ -223,7 +223,6 @@ public enum ValueProblem: Hashable, Sendable {
     case endpointPortZero
     case notPort
     case mtuOutOfRange
-    case mtuBelowIPv6Minimum
     case notKeepalive
 }
 
@@ -355,9 +354,10 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
         case .notPort:
             return ("is not a port number", "use 0-65535; 0 picks a free port")
         case .mtuOutOfRange:
-            return ("is not an MTU between 576 and 65535", "1420 suits most links")
-        case .mtuBelowIPv6Minimum:
-            return ("is below 1280, the IPv6 minimum, and Address has an IPv6 address", "use at least 1280")
+            return (
+                "is not an MTU between \(Protocol.minimumMTU) and \(Protocol.maximumMTU)",
+                "1420 suits most links"
+            )
         case .notKeepalive:
             return (
                 "is not a keepalive interval",
@@ -630,7 +630,7 @@ struct ConfigParser {
             if let previous = mtu {
                 throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
             }
-            guard let parsed = ConfigParser.decimal(value, in: 576...65535) else {
+            guard let parsed = ConfigParser.decimal(value, in: Protocol.minimumMTU...Protocol.maximumMTU) else {
                 throw invalid(.mtuOutOfRange)
             }
             mtu = (parsed, line)
@@ -690,14 +690,8 @@ struct ConfigParser {
     /// Validates the section just read and files it away.
     private mutating func finishSection() throws(ConfigError) {
         switch current {
-        case .none:
+        case .none, .interface:
             break
-        case .interface:
-            if let mtu, mtu.value < 1280, addresses.contains(where: { !$0.address.isV4 }) {
-                throw .invalidValue(
-                    at(mtu.line), .interface, key: .mtu, value: String(mtu.value),
-                    problem: .mtuBelowIPv6Minimum)
-            }
         case .peer:
             guard let publicKey = peer.publicKey else {
                 throw .missingKey(at(peer.line), .peer, key: .publicKey)

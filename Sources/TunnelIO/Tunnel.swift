@@ -78,6 +78,11 @@ public final class Tunnel: @unchecked Sendable {
     /// Inbound: where the open decrypts a datagram before its plaintext goes back in place.
     private let openScratch: UnsafeMutableRawBufferPointer
     @exclusivity(unchecked) private var sendBatch: SendBatch
+    /// The MTU `sendBatch`'s slots are sized for (`Tunnel.slotMTU`). Owned by `outboundQueue`.
+    private var sendBatchMTU: Int
+    /// The TUN's MTU as last learned (`linkMTUDidChange`, from any queue); `outboundQueue` re-sizes
+    /// its slots to it between bursts (`adoptLinkMTU`): a relaxed load per burst, none per packet.
+    private let linkMTU: Atomic<Int>
     /// Inbound: hands decrypted packets to the TUN, coalescing TCP when it has a virtio header.
     @exclusivity(unchecked) private var writer: TunWriter
     /// Outbound, with a virtio header only: one TUN read (header + up to 64 KiB), segmented into
@@ -115,18 +120,18 @@ public final class Tunnel: @unchecked Sendable {
         wakeup = try Wakeup()
         let mtu = config?.interface.mtu ?? Protocol.defaultMTU
         device = Device(privateKey: config?.privateKey, mtu: mtu)
-        // A send slot holds the largest packet the TUN hands us (its MTU) plus the transport
-        // overhead; a receive slot, any datagram a peer may send (its MTU may exceed ours).
-        // Sends batch 128 slots: three 64 KiB super-packets' segments (about 46 each) per sendmmsg.
-        // Each send slot has the room in front and behind that lets the seal copy nothing.
-        // Receive slots have readable room around them and the open a scratch, which lets it
-        // decrypt in one keystream call without copying the ciphertext in.
+        // A send slot holds the largest packet the TUN hands us (its MTU, re-sized when the MTU
+        // changes: `adoptLinkMTU`) plus the transport overhead; a receive slot, any datagram a
+        // peer may send (its MTU may exceed ours). Receive slots have readable room around them
+        // and the open a scratch, which lets it decrypt in one keystream call without copying
+        // the ciphertext in.
         receiveBatch = ReceiveBatch(
             capacity: Tunnel.burst, bufferSize: ReceiveBatch.coalescingBufferSize, leadingRoom: Device.openingRoom,
             trailingRoom: Device.openingTailRoom)
         openScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Device.openingScratchSize, alignment: 16)
-        sendBatch = SendBatch(
-            capacity: 2 * Tunnel.burst, bufferSize: Device.sealingSlotSize(mtu: mtu), leadingRoom: Device.sealingRoom)
+        sendBatchMTU = Tunnel.slotMTU(mtu)
+        sendBatch = Tunnel.makeSendBatch(slotMTU: sendBatchMTU)
+        linkMTU = Atomic(mtu)
         offload = OffloadSettings.fromEnvironment()
         tunRecord = UnsafeMutableRawBufferPointer.allocate(
             byteCount: offload.tun ? VirtioNetHeader.size + OffloadLayout.maximumIPPacket : 0, alignment: 16)
@@ -161,6 +166,8 @@ public final class Tunnel: @unchecked Sendable {
                 port: config?.interface.listenPort ?? 0, offload: offload.udp ? [.segmentation, .coalescing] : [])
             link = try LinkManager(interfaceName: tun.name, logger: logger)
             try link.configure(mtu: mtu, addresses: config?.interface.addresses ?? [])
+            // The kernel's figure, not the config's, is what the TUN hands over.
+            linkMTUDidChange(try tun.mtu())
             addresses = config?.interface.addresses ?? []
             // Ready means routed: start-up waits for its routes.
             if let config { try apply(peers: config.peers, now: currentInstant(), waitForRoutes: true) }
@@ -271,6 +278,7 @@ public final class Tunnel: @unchecked Sendable {
 
     /// One burst of `drainTun`: up to `burst` packets read, sealed and sent.
     private func drainTunBurst(sink: inout SocketSink) -> BurstOutcome {
+        adoptLinkMTU()
         let now = currentInstant()
         var drained = false
         var failure: (any Error)?
@@ -282,6 +290,13 @@ public final class Tunnel: @unchecked Sendable {
                 do {
                     guard let count = try tun.read(into: readArea) else {
                         drained = true
+                        return nil
+                    }
+                    // The TUN cuts a packet longer than the buffer short without a word; a read
+                    // that fills the buffer is checked against its IP header, never sent cut.
+                    if count == readArea.count, Device.isTruncated(UnsafeRawBufferPointer(readArea)) {
+                        withEngine { $0.countDrop(.packetTooLarge) }
+                        slotsOutgrown()
                         return nil
                     }
                     length = count
@@ -317,12 +332,14 @@ public final class Tunnel: @unchecked Sendable {
         var now = currentInstant()
         var sink = SocketSink(socket: socket, logger: logger)
         var parks = 0
-        for _ in 0..<(Tunnel.recordBurst * (Tunnel.parkRounds + 1)) {
+        for round in 0..<(Tunnel.recordBurst * (Tunnel.parkRounds + 1)) {
+            if round % Tunnel.recordBurst == 0 { adoptLinkMTU() }
             let recordLength: Int
             do {
                 guard let count = try tun.read(into: tunRecord) else {
                     flushSendBatch()
                     guard park(on: tun.fileDescriptor, rounds: &parks) else { return }
+                    adoptLinkMTU()
                     now = currentInstant()
                     continue
                 }
@@ -341,15 +358,17 @@ public final class Tunnel: @unchecked Sendable {
                     let packet = UnsafeRawBufferPointer(
                         rebasing: record[VirtioNetHeader.size..<(VirtioNetHeader.size + length)])
                     _ = sealIntoBatch(now: now, sink: &sink) { area in
-                        area.copyMemory(from: packet)
+                        // Longer than a slot (the MTU rose; the slots are re-sized at the next
+                        // burst): not copied, and prepareSend drops it as packetTooLarge.
+                        if packet.count <= area.count { area.copyMemory(from: packet) }
                         return packet.count
                     }
                 case .superPacket(var segmenter):
-                    var failure: (any Error)?
+                    var failure: OffloadError?
                     while sealIntoBatch(
                         now: now, sink: &sink,
                         { area in
-                            do {
+                            do throws(OffloadError) {
                                 return try segmenter.next(into: area)
                             } catch {
                                 failure = error
@@ -357,7 +376,12 @@ public final class Tunnel: @unchecked Sendable {
                             }
                         })
                     {}
-                    if failure != nil { withEngine { $0.countDrop(.badOffloadPacket) } }
+                    if let failure {
+                        // A segment longer than a slot (as above) is too large, not malformed.
+                        var reason = DropReason.badOffloadPacket
+                        if case .destinationTooSmall = failure { reason = .packetTooLarge }
+                        withEngine { $0.countDrop(reason) }
+                    }
                 }
             } catch {
                 withEngine { $0.countDrop(.badOffloadPacket) }
@@ -398,7 +422,10 @@ public final class Tunnel: @unchecked Sendable {
     ) -> (length: Int, destination: Endpoint)? {
         let datagram = UnsafeMutableRawBufferPointer(rebasing: slot[Device.sealingRoom...])
         let plan = withEngine { $0.prepareSend(datagram, packetLength: packetLength, now: now, sink: &sink) }
-        guard case .seal(let ticket) = plan else { return nil }
+        guard case .seal(let ticket) = plan else {
+            if case .finished(.dropped(.packetTooLarge)) = plan, packetLength > sendBatchMTU { slotsOutgrown() }
+            return nil
+        }
         let length = Device.seal(slot, datagramAt: Device.sealingRoom, ticket)
         withEngine { $0.completeSend(ticket, datagramLength: length, now: now, sink: &sink) }
         return (length, ticket.endpoint)
@@ -422,6 +449,51 @@ public final class Tunnel: @unchecked Sendable {
                 $0.completeReceive(datagram, ticket, plaintextLength: opened, from: source, now: now, sink: &sink)
             }
         }
+    }
+
+    // MARK: - Link MTU
+
+    /// Adopts the TUN's MTU, from the link monitor (or a drop of a too-long packet) on any queue: the engine
+    /// pads for it at once, and `outboundQueue` re-sizes its send slots before its next burst
+    /// (`adoptLinkMTU`), so packets as large as the new MTU are carried. A packet read before
+    /// then that does not fit its slot is dropped and counted (`packetTooLarge`). Only a change
+    /// is logged.
+    public func linkMTUDidChange(_ mtu: Int) {
+        guard linkMTU.exchange(mtu, ordering: .relaxed) != mtu else { return }
+        withEngine { $0.mtu = mtu }
+        logger.info("\(name): link MTU changed to \(mtu)")
+    }
+
+    /// After a packet longer than the send slots (dropped and counted by the caller): the MTU has
+    /// likely just risen. Learns it now, a system call on this drop path only, rather than at the
+    /// next link check, so the slots grow before the next burst instead of dropping until then.
+    private func slotsOutgrown() {
+        if let mtu = try? tun.mtu() { linkMTUDidChange(mtu) }
+    }
+
+    /// The MTU send slots are sized for: the link's, within what a config may set (a link below
+    /// 1280 gets 1280-byte slots; the kernel allows no more than 65535).
+    static func slotMTU(_ linkMTU: Int) -> Int {
+        min(max(linkMTU, Protocol.minimumMTU), Protocol.maximumMTU)
+    }
+
+    /// Send slots for packets of up to `slotMTU` bytes. Sends batch 128 slots: three 64 KiB
+    /// super-packets' segments (about 46 each) per sendmmsg at the default MTU. Each slot has the
+    /// room in front and behind that lets the seal copy nothing.
+    private static func makeSendBatch(slotMTU: Int) -> SendBatch {
+        SendBatch(
+            capacity: 2 * Tunnel.burst, bufferSize: Device.sealingSlotSize(mtu: slotMTU),
+            leadingRoom: Device.sealingRoom)
+    }
+
+    /// On `outboundQueue`, between bursts: re-sizes the send slots when the link MTU changed.
+    /// What is queued in the old batch leaves first.
+    private func adoptLinkMTU() {
+        let wanted = Tunnel.slotMTU(linkMTU.load(ordering: .relaxed))
+        guard wanted != sendBatchMTU else { return }
+        flushSendBatch()
+        sendBatch = Tunnel.makeSendBatch(slotMTU: wanted)
+        sendBatchMTU = wanted
     }
 
     private func flushSendBatch() {
@@ -530,11 +602,6 @@ public final class Tunnel: @unchecked Sendable {
         case .down:
             logger.info("\(name): link down")
         }
-    }
-
-    /// The link's MTU was changed (from outside, or by us).
-    func linkMTUDidChange(_ mtu: Int) {
-        logger.info("\(name): link MTU changed to \(mtu)")
     }
 
     private func resolve(_ endpoint: PeerEndpoint) throws -> Endpoint {

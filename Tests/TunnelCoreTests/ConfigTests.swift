@@ -300,11 +300,11 @@ private func prefix(_ text: String) -> IPPrefix {
         ),
         (
             Fixture.interface + "MTU = 9x\n",
-            "wg0.conf:3: [Interface] MTU: \"9x\" is not an MTU between 576 and 65535 (1420 suits most links)"
+            "wg0.conf:3: [Interface] MTU: \"9x\" is not an MTU between 1280 and 65535 (1420 suits most links)"
         ),
         (
-            Fixture.interface + "MTU = 1000\nAddress = 10.0.0.1/24, fd00::1/64\n",
-            "wg0.conf:3: [Interface] MTU: \"1000\" is below 1280, the IPv6 minimum, and Address has an IPv6 address (use at least 1280)"
+            Fixture.interface + "MTU = 1279\n",
+            "wg0.conf:3: [Interface] MTU: \"1279\" is not an MTU between 1280 and 65535 (1420 suits most links)"
         ),
         (
             Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nPersistentKeepalive = -1\n",
