@@ -143,9 +143,19 @@ test_slow_reader_large_reply() {
   control_node || return 1
   clients add-peers 2000 || return 1
   [[ "$CLIENT_OUT" == "errno=0" ]] || fail "adding 2000 peers: $CLIENT_OUT" || return 1
-  # 4 KiB every 10 ms: the reply (over 500 kB) does not fit the socket buffer, so it goes out
-  # in pieces as the reader makes room, and the reader never stays idle for the timeout.
-  clients slow-read 4096 0.01 || return 1
+  # 4 KiB every 20 ms: the reply (over 500 kB) does not fit the socket buffer, so it goes out
+  # in pieces as the reader makes room (about 3 s), and the reader never stays idle for the
+  # timeout. Meanwhile the daemon answers others: the slow reader blocks nobody.
+  local out="$TT_TEST_DIR/slow.out" cpid
+  ip netns exec "$NS_A" timeout 60 python3 "$CLIENTS" slow-read "$SOCK" 4096 0.02 >"$out" 2>&1 &
+  cpid=$!
+  tt_register_pid "$cpid"
+  sleep 0.5
+  pid_alive "$cpid" || fail "the slow reader finished in under 0.5 s: $(cat "$out")" || return 1
+  answers_within 1000 || return 1
+  wait_exit "$cpid" 30 || fail "the slow reader did not finish in 30 s" || return 1
+  CLIENT_OUT=$(cat "$out")
+  tt_log "slow reader: $CLIENT_OUT"
   local bytes
   bytes=$(awk '{print $4}' <<<"$CLIENT_OUT")
   [[ "$CLIENT_OUT" == "peers 2001 bytes "*" complete yes" ]] || fail "slow reader got: $CLIENT_OUT" || return 1

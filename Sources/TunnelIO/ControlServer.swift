@@ -193,7 +193,6 @@ final class ControlServer: @unchecked Sendable {
             // accept4 is hidden from Swift's Glibc; set the same flags right after.
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            if clients.count >= limits.maximumClients { evictOldestIdle(reason: "client limit reached") }
             serve(connected: fd)
         }
         queue.async { [weak self] in self?.acceptClients() }
@@ -226,6 +225,7 @@ final class ControlServer: @unchecked Sendable {
     /// Starts serving a connected, non-blocking descriptor, which the server now owns (`accept`
     /// hands them here; tests hand one end of a socketpair).
     func serve(connected fd: Int32) {
+        if clients.count >= limits.maximumClients { evictOldestIdle(reason: "client limit reached") }
         let client = Client(fd: fd, now: ControlServer.uptime())
         clients[fd] = client
         let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
