@@ -31,8 +31,16 @@ SYSTEM_INFO = {
     "veth": {"label": "raw veth", "runs_in": "kernel", "carries": "none (the underlay)", "encrypts": False},
     "vxlan": {"label": "kernel VXLAN", "runs_in": "kernel", "carries": "L2 Ethernet frames", "encrypts": False},
     "tunctl": {"label": "tunctl", "runs_in": "userspace", "carries": "L3 IP packets (TUN)", "encrypts": True},
+    # The anchor: Debian 13's build, with wireguard-go's own TUN offloads and UDP GSO/GRO.
+    "wireguard-go-modern": {
+        "label": "wireguard-go 0.0.20231211 (Debian 13)",
+        "runs_in": "userspace",
+        "carries": "L3 IP packets (TUN)",
+        "encrypts": True,
+    },
+    # Debian 12's build predates those offloads: kept as the older anchor.
     "wireguard-go": {
-        "label": "wireguard-go",
+        "label": "wireguard-go 0.0.20220316 (Debian 12)",
         "runs_in": "userspace",
         "carries": "L3 IP packets (TUN)",
         "encrypts": True,
@@ -53,6 +61,17 @@ FIELDS = [
     ("peak_rss_mib", "MiB", "largest VmHWM of the two tunnel processes at the end of the run; null for kernel carriers"),
 ]
 USERSPACE_ONLY = {"cpu_s_per_gb", "peak_rss_mib"}
+# Ratios tunctl/other of the medians; the modern wireguard-go is the anchor the README quotes.
+RATIO_KEYS = ("tcp1_gbps", "tcp4_gbps", "udp64_pps", "udp1400_pps", "cpu_s_per_gb", "peak_rss_mib")
+RATIO_LABELS = {
+    "tcp1_gbps": "TCP 1 stream",
+    "tcp4_gbps": "TCP 4 streams",
+    "udp64_pps": "UDP 64 B packets/s",
+    "udp1400_pps": "UDP 1400 B packets/s",
+    "cpu_s_per_gb": "CPU s/GB (lower is better)",
+    "peak_rss_mib": "peak RSS (lower is better)",
+}
+RATIO_OTHERS = ("wireguard-go-modern", "wireguard-go", "vxlan")
 
 
 def read_env(path):
@@ -286,6 +305,8 @@ def build(raw_dir):
             "kernel": platform.release(),
             "iperf3_version": meta.get("iperf3_version"),
             "wireguard_go_version": meta.get("wireguard_go_version"),
+            "wireguard_go_modern_version": meta.get("wireguard_go_modern_version"),
+            "wireguard_go_modern_package": meta.get("wireguard_go_modern_package"),
             "tunctl_commit": meta.get("tunctl_commit"),
             "tunctl_tree": meta.get("tunctl_tree"),
             "tunctl_binary": meta.get("tunctl_binary"),
@@ -331,8 +352,8 @@ def build(raw_dir):
         return s["summary"][key]["median"] if s else None
 
     ratios = {}
-    for key in ("tcp1_gbps", "tcp4_gbps"):
-        for other in ("wireguard-go", "vxlan"):
+    for key in RATIO_KEYS:
+        for other in RATIO_OTHERS:
             a, b = med("tunctl", key), med(other, key)
             ratios[f"{key}.tunctl/{other}"] = a / b if a is not None and b else None
     doc["ratios"] = ratios
@@ -365,6 +386,8 @@ def markdown(doc):
         f"Two network namespaces on one veth pair; tunnels at MTU {st['tunnel_mtu']}, VXLAN at {st['vxlan_mtu']}.",
         "",
         f"Machine: {mc['cpu_model']}, {mc['cores']} cores, kernel {mc['kernel']}; {mc['iperf3_version']}; "
+        f"modern anchor {mc.get('wireguard_go_modern_package') or 'not measured'} "
+        f"({mc.get('wireguard_go_modern_version') or '-'}); Debian 12's "
         f"{mc['wireguard_go_version'] or 'wireguard-go not installed'}; tunctl commit "
         f"{(mc['tunctl_commit'] or 'unknown')[:12]} ({mc['tunctl_tree']} tree"
         f"{', binary ' + mc['tunctl_binary_mtime'] if mc.get('tunctl_binary_mtime') else ', no binary'}).",
@@ -410,9 +433,12 @@ def markdown(doc):
                "CPU s/GB is the figure least affected." if busy else "."),
         ]
     lines += ["", "Ratios of medians:"]
-    for key, label in (("tcp1_gbps", "TCP 1 stream"), ("tcp4_gbps", "TCP 4 streams")):
+    for key in RATIO_KEYS:
+        label = RATIO_LABELS[key]
         parts = []
-        for other in ("wireguard-go", "vxlan"):
+        for other in RATIO_OTHERS:
+            if key in USERSPACE_ONLY and other == "vxlan":
+                continue
             r = doc["ratios"][f"{key}.tunctl/{other}"]
             parts.append(f"tunctl/{other} {'n/a' if r is None else f'{r:.2f}×'}")
         lines.append(f"- {label}: " + ", ".join(parts))
@@ -456,7 +482,7 @@ def nice_step(top, ticks=5):
 def svg(doc):
     systems = list(doc["systems"].items())
     W, H = 820, 500
-    left, right, top, bottom = 70, 20, 90, 110
+    left, right, top, bottom = 70, 20, 106, 110
     pw, ph = W - left - right, H - top - bottom
     series = [("tcp1_gbps", "TCP, 1 stream", "#4c72b0"), ("tcp4_gbps", "TCP, 4 streams", "#dd8452")]
     ceiling = (doc["ceiling"]["libsodium"] or {}).get("1420")
@@ -482,7 +508,8 @@ def svg(doc):
         f"{escape(doc['machine']['cpu_model'] or '')}, {doc['machine']['cores']} cores</text>",
     ]
     ratio_lines = []
-    for other, label in (("wireguard-go", "wireguard-go"), ("vxlan", "VXLAN")):
+    for other, label in (("wireguard-go-modern", "wireguard-go (Debian 13)"), ("wireguard-go", "wireguard-go (Debian 12)"),
+                         ("vxlan", "VXLAN")):
         parts = []
         for key, name in (("tcp1_gbps", "1 stream"), ("tcp4_gbps", "4 streams")):
             r = doc["ratios"][f"{key}.tunctl/{other}"]

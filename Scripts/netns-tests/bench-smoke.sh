@@ -12,23 +12,27 @@ BENCH="$TT_ROOT/Scripts/bench"
 bench_leftovers() {
   local pid=$1 left
   left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^bn${pid}[ab]$")
-  left+=$(ls "$TT_SOCK_DIR"/b[tw]"${pid}"[ab].sock 2>/dev/null)
-  left+=$(pgrep -f "(wireguard-go -f|tunctl up .*)b[tw]${pid}[ab]" 2>/dev/null)
+  left+=$(ls "$TT_SOCK_DIR"/b[twm]"${pid}"[ab].sock 2>/dev/null)
+  left+=$(pgrep -f "(wireguard-go -f|tunctl up .*)b[twm]${pid}[ab]" 2>/dev/null)
   [[ -n "$left" ]] && echo "$left"
 }
 
-# check_results DIR: every field of every measured system, machine facts, reports that parse.
+# check_results DIR [SYSTEMS]: every field of every measured system, machine facts, reports that
+# parse. SYSTEMS (comma-separated) defaults to what --quick measures.
 check_results() {
-  python3 - "$1" "$TUNCTL" <<'EOF'
+  python3 - "$1" "$TUNCTL" "${2:-}" <<'EOF'
 import json, os, sys
 import xml.etree.ElementTree as ET
 
-out, tunctl = sys.argv[1], sys.argv[2]
+out, tunctl, wanted = sys.argv[1], sys.argv[2], sys.argv[3]
 problems = []
 with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
     doc = json.load(f)
 
-expected = ["veth", "vxlan"] + (["tunctl"] if os.access(tunctl, os.X_OK) else [])
+if wanted:
+    expected = wanted.split(",")
+else:
+    expected = ["veth", "vxlan"] + (["tunctl"] if os.access(tunctl, os.X_OK) else [])
 systems = doc["settings"]["systems"]
 if systems != expected:
     problems.append(f"systems measured {systems}, expected {expected}")
@@ -73,7 +77,7 @@ if "libsodium" not in doc["ceiling"] or "tunctl" not in doc["ceiling"]:
     problems.append("ceiling.libsodium / ceiling.tunctl absent")
 elif not doc["ceiling"]["libsodium"] or not doc["ceiling"]["libsodium"].get("1420"):
     problems.append(f"libsodium ceiling not measured: {doc['ceiling']['notes']}")
-for key in ("tcp1_gbps.tunctl/wireguard-go", "tcp1_gbps.tunctl/vxlan"):
+for key in ("tcp1_gbps.tunctl/wireguard-go-modern", "tcp1_gbps.tunctl/wireguard-go", "tcp1_gbps.tunctl/vxlan"):
     if key not in doc["ratios"]:
         problems.append(f"ratio {key} absent")
 
@@ -114,6 +118,23 @@ test_quick_run_is_complete() {
   tt_log "quick bench: $(grep -c '^| ' "$out/results.md") table rows, results.json complete, SVG parses"
 }
 
+# Both wireguard-go anchors beside tunctl, as the full benchmark runs them: Debian 13's build is
+# fetched (once, into the cache) by Scripts/lib/fetch-wireguard-go.sh.
+test_anchors_measure() {
+  local out="$TT_TEST_DIR/out" bpid systems=tunctl,wireguard-go-modern,wireguard-go
+  "$BENCH" --quick --systems "$systems" --out "$out" >"$TT_TEST_DIR/bench-stdout.log" 2>"$TT_TEST_DIR/bench.log" &
+  bpid=$!
+  tt_register_pid "$bpid"
+  wait_exit "$bpid" 300 || fail "Scripts/bench --systems $systems still running after 300 s" || return 1
+  [[ "$TT_EXIT_CODE" == 0 ]] || fail "Scripts/bench --systems $systems exited $TT_EXIT_CODE (log: bench.log)" || return 1
+  local left
+  left=$(bench_leftovers "$bpid")
+  [[ -z "$left" ]] || fail "bench left behind: $left" || return 1
+  check_results "$out" "$systems" 2>>"$TT_TEST_DIR/bench.log" || fail "results incomplete (see the tail of bench.log)" || return 1
+  grep -q "modern anchor wireguard-go_0.0.2023" "$out/results.md" || fail "results.md does not name the modern anchor's package" || return 1
+  tt_log "anchors: $(grep -E '^\| (tunctl|wireguard-go[^|]*) \|' "$out/results.md" | cut -d'|' -f2,6 | tr '\n' ';')"
+}
+
 test_interrupted_run_cleans_up() {
   local out="$TT_TEST_DIR/out" bpid
   # A background job of a script ignores SIGINT, so TERM stands in for Ctrl-C here; both go
@@ -149,4 +170,5 @@ tt_require iperf3 python3 ss cc
 run_test bench_args test_bad_arguments_are_refused
 run_test bench_quick test_quick_run_is_complete
 run_test bench_interrupt test_interrupted_run_cleans_up
+[[ -x "$TUNCTL" ]] && run_test bench_anchors test_anchors_measure
 tt_summary
