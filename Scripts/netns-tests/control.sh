@@ -218,7 +218,8 @@ test_no_key_text_in_memory() {
   done
   alive || return 1
   local report rc=0
-  report=$(python3 "$SCAN" "$PID_A" "$KEYS/a.key" "$KEYS/ab.psk" 2>&1) || rc=$?
+  # The binary keys are the daemon's to hold (raw is reported, not counted); text forms are not.
+  report=$(python3 "$SCAN" --forms hex,base64 "$PID_A" "$KEYS/a.key" "$KEYS/ab.psk" 2>&1) || rc=$?
   tt_log "scan-secrets (exit $rc): $(tr '\n' ' ' <<<"$report")"
   ((rc != 2)) || fail "could not read the daemon's memory" || return 1
   ((rc == 0)) || fail "key text found in the daemon's memory: $(tr '\n' ' ' <<<"$report")" || return 1
