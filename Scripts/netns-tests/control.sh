@@ -191,8 +191,7 @@ test_out_of_descriptors() {
   tt_register_pid "$cpid"
   wait_for 20 has '^open' "$out" || fail "the idle client did not open its connections: $(cat "$out")" || return 1
   # A `wg show` behind them gets in as the oldest idle clients are dropped for it.
-  timed_show || fail "wg show failed with the daemon out of descriptors: $(head -c 300 "$TT_TEST_DIR/show.out")" || return 1
-  tt_log "wg show with the daemon at its descriptor limit: $SHOW_MS ms"
+  answers_within 1000 || fail "with the daemon out of descriptors" || return 1
   alive || return 1
   nsx "$NS_A" ip link show "$IF_A" >/dev/null 2>&1 || fail "link $IF_A gone" || return 1
   local warnings

@@ -41,8 +41,10 @@ final class ControlServer: @unchecked Sendable {
         var idleTimeout: DispatchTimeInterval = .seconds(5)
         /// A request larger than this is refused (a `set` of 10,000 peers is about 1.7 MB).
         var requestBytes = 4 << 20
-        /// How long accepting pauses after accept ran out of descriptors (EMFILE/ENFILE).
-        var acceptRetry: DispatchTimeInterval = .milliseconds(100)
+        /// How long accepting pauses after accept ran out of descriptors (EMFILE/ENFILE): long
+        /// enough not to spin on the pending connection, short enough that a `wg show` queued
+        /// behind a burst of idle clients gets in within a second (one is let in per retry).
+        var acceptRetry: DispatchTimeInterval = .milliseconds(20)
     }
 
     let path: String
