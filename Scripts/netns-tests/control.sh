@@ -167,14 +167,16 @@ test_slow_reader_large_reply() {
 
 test_endless_request() {
   control_node || return 1
-  local rss_before rss_after
-  rss_before=$(awk '/^VmRSS/ {print $2}' "/proc/$PID_A/status")
+  local peak_before peak_after
+  # Peak resident memory: what the daemon held at the worst moment of the request, not after.
+  peak_before=$(awk '/^VmHWM/ {print $2}' "/proc/$PID_A/status")
   clients huge $((64 << 20)) || return 1
   [[ "$CLIENT_OUT" == *"reply errno=-7" ]] || fail "an endless request got no E2BIG reply: $CLIENT_OUT" || return 1
   alive || return 1
-  rss_after=$(awk '/^VmRSS/ {print $2}' "/proc/$PID_A/status")
-  tt_log "daemon RSS $rss_before kB before, $rss_after kB after a 64 MiB request"
-  ((rss_after - rss_before < 32 * 1024)) || fail "RSS grew by $((rss_after - rss_before)) kB" || return 1
+  peak_after=$(awk '/^VmHWM/ {print $2}' "/proc/$PID_A/status")
+  tt_log "daemon peak RSS $peak_before kB before, $peak_after kB after a 64 MiB request"
+  # The 8 MiB request limit, its buffer doubled while growing: well under 40 MiB.
+  ((peak_after - peak_before < 40 * 1024)) || fail "peak RSS grew by $((peak_after - peak_before)) kB" || return 1
   answers_within 1000 || return 1
   fds_back_to_baseline 3
 }

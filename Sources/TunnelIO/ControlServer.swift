@@ -39,8 +39,9 @@ final class ControlServer: @unchecked Sendable {
         var maximumClients = 64
         /// A client that neither sends nor reads for this long is dropped.
         var idleTimeout: DispatchTimeInterval = .seconds(5)
-        /// A request larger than this is refused (a `set` of 10,000 peers is about 1.7 MB).
-        var requestBytes = 4 << 20
+        /// A request larger than this is refused: `wg setconf` of 10,000 peers with every field
+        /// set is about 3 MB; twice that bounds what one client can make the daemon hold.
+        var requestBytes = 8 << 20
         /// How long accepting pauses after accept ran out of descriptors (EMFILE/ENFILE): long
         /// enough not to spin on the pending connection, short enough that a `wg show` queued
         /// behind a burst of idle clients gets in within a second (one is let in per retry).
