@@ -302,8 +302,8 @@ test_wg_show_and_set() {
   nsx "$NS_A" wg set "$IF_A" peer "$(cat "$KEYS/b.pub")" remove || fail "wg set ... remove" || return 1
   [[ -z $(dump_peer "$NS_A" "$IF_A" "$KEYS/b.pub") ]] || fail "peer still in dump after remove" || return 1
   [[ $(tunctl_json "$NS_A" "$IF_A" peers) == "[]" ]] || fail "peer still in show --json after remove" || return 1
-  ping_ok "$NS_A" 198.18.1.2 2 && fail "ping still crosses after the peer was removed" && return 1
-  ping_ok "$NS_B" 198.18.1.1 2 && fail "wireguard-go still reaches tunctl after the peer was removed" && return 1
+  ping_ok "$NS_A" 198.18.1.2 2 && { fail "ping still crosses after the peer was removed"; return 1; }
+  ping_ok "$NS_B" 198.18.1.1 2 && { fail "wireguard-go still reaches tunctl after the peer was removed"; return 1; }
 
   # Add it back (with PSK, endpoint, allowed ips): traffic resumes.
   nsx "$NS_A" wg set "$IF_A" peer "$(cat "$KEYS/b.pub")" preshared-key "$KEYS/ab.psk" endpoint "198.18.0.2:$PORT_B" \
@@ -319,9 +319,9 @@ test_wg_show_and_set() {
   [[ $(tunctl_peer_field "$NS_A" "$IF_A" "$KEYS/b.pub" allowed_ips) == "198.18.7.0/24,2001:db8:1::2/128" ]] ||
     fail "show --json allowed_ips: $(tunctl_peer_field "$NS_A" "$IF_A" "$KEYS/b.pub" allowed_ips)" || return 1
   ping_ok "$NS_A" 2001:db8:1::2 || fail "v6 ping after narrowing allowed-ips" || return 1
-  ping_ok "$NS_A" 198.18.1.2 2 && fail "v4 ping crosses although 198.18.1.2 left the peer's allowed-ips" && return 1
+  ping_ok "$NS_A" 198.18.1.2 2 && { fail "v4 ping crosses although 198.18.1.2 left the peer's allowed-ips"; return 1; }
   # … and from B: tunctl must now drop B's v4 packets (source not in B's allowed ips).
-  ping_ok "$NS_B" 198.18.1.1 2 && fail "tunctl accepted v4 from a source outside the peer's allowed-ips" && return 1
+  ping_ok "$NS_B" 198.18.1.1 2 && { fail "tunctl accepted v4 from a source outside the peer's allowed-ips"; return 1; }
   nsx "$NS_A" wg set "$IF_A" peer "$(cat "$KEYS/b.pub")" allowed-ips 198.18.1.2/32,2001:db8:1::2/128 ||
     fail "wg set allowed-ips (restore)" || return 1
   ping_ok "$NS_A" 198.18.1.2 || fail "v4 ping after restoring allowed-ips" || return 1
@@ -382,7 +382,7 @@ test_wg_setconf_syncconf() {
   [[ $(tunctl_peer_field "$NS_A" "$IF_A" "$KEYS/b.pub" preshared_key) == false ]] || fail "setconf did not clear B's PSK" || return 1
   [[ $(tunctl_peer_field "$NS_A" "$IF_A" "$KEYS/c.pub" persistent_keepalive) == 15 ]] || fail "setconf: C's keepalive" || return 1
   # PSKs now differ: a fresh handshake cannot complete (the old session was dropped with the peer).
-  ping_ok "$NS_A" 198.18.1.2 2 && fail "ping crosses with mismatched PSKs after setconf (old session kept?)" && return 1
+  ping_ok "$NS_A" 198.18.1.2 2 && { fail "ping crosses with mismatched PSKs after setconf (old session kept?)"; return 1; }
   # Put the PSK back with setconf: the handshake completes.
   printf '[Interface]\nPrivateKey = %s\nListenPort = %s\n\n[Peer]\nPublicKey = %s\nPresharedKey = %s\nEndpoint = 198.18.0.2:%s\nAllowedIPs = 198.18.1.2/32, 2001:db8:1::2/128\n\n[Peer]\nPublicKey = %s\nAllowedIPs = 198.18.9.0/24\nPersistentKeepalive = 15\n' \
     "$(cat "$KEYS/a.key")" "$PORT_A" "$(cat "$KEYS/b.pub")" "$(cat "$KEYS/ab.psk")" "$PORT_B" "$(cat "$KEYS/c.pub")" >"$cfg"

@@ -37,11 +37,11 @@ assert_present() {
 
 # Nothing may be left: link, routes, socket file, UDP port, process.
 assert_gone() {
-  nsx "$NS_A" ip link show "$IF_A" >/dev/null 2>&1 && fail "link $IF_A left behind" && return 1
+  nsx "$NS_A" ip link show "$IF_A" >/dev/null 2>&1 && { fail "link $IF_A left behind"; return 1; }
   [[ -z $(nsx "$NS_A" ip route show 198.18.2.0/24) ]] || fail "route 198.18.2.0/24 left behind" || return 1
   [[ -z $(nsx "$NS_A" ip -6 route show 2001:db8:2::/64) ]] || fail "route 2001:db8:2::/64 left behind" || return 1
   [[ ! -e "$TT_SOCK_DIR/$IF_A.sock" ]] || fail "socket file $TT_SOCK_DIR/$IF_A.sock left behind" || return 1
-  nsx "$NS_A" ss -Huln "sport = :51820" | has . && fail "UDP 51820 still bound" && return 1
+  nsx "$NS_A" ss -Huln "sport = :51820" | has . && { fail "UDP 51820 still bound"; return 1; }
   pid_dead "$PID_A" || fail "process $PID_A still running" || return 1
   [[ -z $(ip netns pids "$NS_A") ]] || fail "processes left in the namespace: $(ip netns pids "$NS_A")" || return 1
 }
@@ -111,7 +111,7 @@ bad_config() {
   lines=$(grep -c . "$err")
   [[ "$lines" == 1 ]] || fail "bad config '$name': $lines lines on stderr, expected 1: $(head -c 600 "$err")" || return 1
   tt_log "bad config '$name' -> exit $rc: $(cat "$err")"
-  nsx "$NS_A" ip link show "$iface" >/dev/null 2>&1 && fail "bad config '$name' created link $iface" && return 1
+  nsx "$NS_A" ip link show "$iface" >/dev/null 2>&1 && { fail "bad config '$name' created link $iface"; return 1; }
   [[ ! -e "$TT_SOCK_DIR/$iface.sock" ]] || fail "bad config '$name' created a socket" || return 1
   [[ -z $(nsx "$NS_A" ip route show 198.18.9.0/24) ]] || fail "bad config '$name' added a route" || return 1
   return 0

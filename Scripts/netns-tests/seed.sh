@@ -37,7 +37,7 @@ test_pod_to_pod() {
     --peer "$KEYS/n1.pub" --endpoint 198.18.0.1:51820 --allowed 198.18.1.1/32,198.18.10.0/24 || return 1
 
   # Without the overlay, pod A cannot reach pod B (the control: the test can fail).
-  ping_ok "$p1" 198.18.20.2 1 && fail "pod B reachable before the tunnel exists" && return 1
+  ping_ok "$p1" 198.18.20.2 1 && { fail "pod B reachable before the tunnel exists"; return 1; }
 
   start_tunctl "$n1" "$c1" && start_tunctl "$n2" "$c2" || return 1
   # The remote pod subnet is routed into the tunnel by tunctl itself (from AllowedIPs).

@@ -43,9 +43,13 @@ test_contract() {
   # shellcheck disable=SC2016 # $MAINPID is literal unit text
   for want in "Type=notify" "ExecStart=/usr/local/bin/tunctl up /etc/tunctl/%i.conf" 'ExecReload=/bin/kill -HUP $MAINPID' \
     "NoNewPrivileges=yes" "ProtectSystem=strict" "ReadWritePaths=/run/wireguard" "ProtectHome=yes" "PrivateTmp=yes" \
-    "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX" "DeviceAllow=/dev/net/tun rw"; do
+    "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX" "DeviceAllow=/dev/net/tun rw" "LimitCORE=0"; do
     grep -qxF "$want" "$UNIT" || fail "unit lacks '$want'" || return 1
   done
+  # Room for the 64 control clients the daemon allows and its own descriptors, but bounded.
+  local nofile
+  nofile=$(sed -n 's/^LimitNOFILE=//p' "$UNIT")
+  [[ "$nofile" =~ ^[0-9]+$ ]] && ((nofile >= 128 && nofile <= 65536)) || fail "LimitNOFILE '$nofile' not in 128-65536" || return 1
   grep -Eq '^CapabilityBoundingSet=CAP_NET_ADMIN( CAP_NET_BIND_SERVICE)?$' "$UNIT" || fail "CapabilityBoundingSet" || return 1
   grep -Eq '^AmbientCapabilities=CAP_NET_ADMIN( CAP_NET_BIND_SERVICE)?$' "$UNIT" || fail "AmbientCapabilities" || return 1
 }

@@ -85,7 +85,7 @@ assert_up() {
   [[ -S "$TT_SOCK_DIR/$IF_W.sock" ]] || fail "no $TT_SOCK_DIR/$IF_W.sock" || return 1
   [[ -n $(w_pids) ]] || fail "no daemon process in $NS_W" || return 1
   ps -o args= -p "$(w_pids | head -1)" | has "userspace" || fail "the process in W is not tunctl userspace: $(ps -o args= -p "$(w_pids)")" || return 1
-  has "resolvconf" "$WQ_LOG" && fail "wg-quick called resolvconf without a DNS key" && return 1
+  has "resolvconf" "$WQ_LOG" && { fail "wg-quick called resolvconf without a DNS key"; return 1; }
   # The config reached the daemon: wg showconf agrees with the file (keys, port, peer).
   local show
   show=$(nsx "$NS_W" wg showconf "$IF_W") || fail "wg showconf $IF_W" || return 1
@@ -111,10 +111,10 @@ assert_up() {
 assert_down() {
   wait_for 10 sh -c "[ -z \"\$(ip netns pids '$NS_W')\" ]" ||
     fail "processes left in $NS_W after wg-quick down: $(w_pids | xargs -r ps -o pid=,args= -p)" || return 1
-  nsx "$NS_W" ip link show "$IF_W" >/dev/null 2>&1 && fail "link $IF_W left after wg-quick down" && return 1
+  nsx "$NS_W" ip link show "$IF_W" >/dev/null 2>&1 && { fail "link $IF_W left after wg-quick down"; return 1; }
   [[ ! -e "$TT_SOCK_DIR/$IF_W.sock" ]] || fail "socket $TT_SOCK_DIR/$IF_W.sock left after wg-quick down" || return 1
   [[ -z $(nsx "$NS_W" ip route show 198.18.3.0/24) ]] || fail "route 198.18.3.0/24 left behind" || return 1
-  nsx "$NS_W" ss -Huln "sport = :$PORT_W" | has . && fail "UDP $PORT_W still bound" && return 1
+  nsx "$NS_W" ss -Huln "sport = :$PORT_W" | has . && { fail "UDP $PORT_W still bound"; return 1; }
   return 0
 }
 
@@ -149,7 +149,7 @@ test_wgquick_two_words() {
     return
   fi
   ((rc != 124)) || fail "wg-quick up hung (30 s)" || return 1
-  has "Falling back" "$WQ_LOG" && fail "wg-quick claims to have run the two-word command" && return 1
+  has "Falling back" "$WQ_LOG" && { fail "wg-quick claims to have run the two-word command"; return 1; }
   assert_down
 }
 

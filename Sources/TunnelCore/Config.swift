@@ -223,7 +223,6 @@ public enum ValueProblem: Hashable, Sendable {
     case endpointPortZero
     case notPort
     case mtuOutOfRange
-    case mtuBelowIPv6Minimum
     case notKeepalive
 }
 
@@ -244,7 +243,8 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
     case repeatedKey(ConfigLocation, ConfigSection, key: ConfigKey, firstLine: Int)
     /// Two keys that exclude each other, e.g. `PrivateKey` and `PrivateKeyFile`.
     case conflictingKeys(ConfigLocation, ConfigSection, key: ConfigKey, other: ConfigKey, otherLine: Int)
-    /// `value` is nil for secret keys: it is never repeated back.
+    /// `value` is nil for secret keys and for any value that looks like a key (a run of base64 or
+    /// hex characters, see `ConfigParser.showable`): those are never repeated back.
     case invalidValue(ConfigLocation, ConfigSection, key: ConfigKey, value: String?, problem: ValueProblem)
     case missingInterfaceSection(file: String)
     /// A required key is absent; the location is the section's header line.
@@ -290,8 +290,9 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
             return "\(at): [\(section.rawValue)] \(key.rawValue): cannot be used with \(other.rawValue) "
                 + "on line \(otherLine) (keep one of them)"
         case .invalidValue(let at, let section, let key, let value, let problem):
-            let subject =
-                problem == .empty ? "the value" : value.map(quoted) ?? "the value (not shown, it is secret)"
+            let hidden =
+                key.isSecret ? "the value (not shown, it is secret)" : "the value (not shown, it may be a key)"
+            let subject = problem == .empty ? "the value" : value.map(quoted) ?? hidden
             let (what, advice) = ConfigError.explain(problem, key: key)
             return "\(at): [\(section.rawValue)] \(key.rawValue): \(subject) \(what) (\(advice))"
         case .missingInterfaceSection(let file):
@@ -353,9 +354,10 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
         case .notPort:
             return ("is not a port number", "use 0-65535; 0 picks a free port")
         case .mtuOutOfRange:
-            return ("is not an MTU between 576 and 65535", "1420 suits most links")
-        case .mtuBelowIPv6Minimum:
-            return ("is below 1280, the IPv6 minimum, and Address has an IPv6 address", "use at least 1280")
+            return (
+                "is not an MTU between \(Protocol.minimumMTU) and \(Protocol.maximumMTU)",
+                "1420 suits most links"
+            )
         case .notKeepalive:
             return (
                 "is not a keepalive interval",
@@ -503,12 +505,16 @@ struct ConfigParser {
     private var interfaceLine: Int?
     private var privateKey: (source: KeySource<PrivateKey>, line: Int, key: ConfigKey)?
     private var addresses: [IPPrefix] = []
+    /// `addresses` as a set, so a repeated address is found in O(1).
+    private var addressSet: Set<IPPrefix> = []
     private var listenPort: (value: UInt16, line: Int)?
     private var mtu: (value: Int, line: Int)?
 
     // The [Peer] being read.
     private var peer = PeerDraft(line: 0)
     private var peers: [PeerConfig] = []
+    /// The `PublicKey` line of every peer read so far, so a duplicate is found in O(1).
+    private var peerLines: [PublicKey: Int] = [:]
 
     private struct PeerDraft {
         let line: Int
@@ -516,6 +522,8 @@ struct ConfigParser {
         var presharedKey: (source: KeySource<PresharedKey>, line: Int, key: ConfigKey)?
         var endpoint: (value: PeerEndpoint, line: Int)?
         var allowedIPs: [IPPrefix] = []
+        /// `allowedIPs` as a set, so 20,000 prefixes are deduplicated in O(n), not O(n²).
+        var allowedIPSet: Set<IPPrefix> = []
         var keepalive: (value: UInt16?, line: Int)?
     }
 
@@ -534,6 +542,10 @@ struct ConfigParser {
                 throw .malformedLine(at(line), text: ConfigParser.showable(text))
             }
             let name = trimmed(text.dropFirst().dropLast())
+            // A pasted key between brackets is not a section name to repeat back.
+            guard ConfigParser.showableName(name), ConfigParser.showable(name) != nil else {
+                throw .malformedLine(at(line), text: nil)
+            }
             try finishSection()
             switch name.lowercased() {
             case "interface":
@@ -559,6 +571,8 @@ struct ConfigParser {
         guard !keyText.isEmpty, keyText.allSatisfy({ $0.isASCII && $0.isLetter }) else {
             throw .malformedLine(at(line), text: ConfigParser.showable(text))
         }
+        // Letters only but longer than any key name: maybe a key whose first "=" is its padding.
+        guard ConfigParser.showableName(keyText) else { throw .malformedLine(at(line), text: nil) }
 
         let section: ConfigSection
         switch current {
@@ -576,9 +590,12 @@ struct ConfigParser {
         if value.isEmpty && key != .allowedIPs && key != .address {
             throw .invalidValue(at(line), section, key: key, value: key.isSecret ? nil : "", problem: .empty)
         }
-        func invalid(_ problem: ValueProblem) -> ConfigError {
+        // A value is repeated back only when it cannot be a key: `Address = <private key>` must
+        // not put the key in a log. The line number says where it is.
+        func invalid(_ problem: ValueProblem, _ shown: Substring? = nil) -> ConfigError {
             .invalidValue(
-                at(line), section, key: key, value: key.isSecret ? nil : String(value), problem: problem)
+                at(line), section, key: key, value: key.isSecret ? nil : ConfigParser.showable(shown ?? value),
+                problem: problem)
         }
 
         switch key {
@@ -600,11 +617,8 @@ struct ConfigParser {
             }
         case .address:
             for item in ConfigParser.listItems(value) {
-                guard let prefix = IPPrefix(item) else {
-                    throw .invalidValue(
-                        at(line), section, key: key, value: String(item), problem: .notAddress)
-                }
-                if !addresses.contains(prefix) { addresses.append(prefix) }
+                guard let prefix = IPPrefix(item) else { throw invalid(.notAddress, item) }
+                if addressSet.insert(prefix).inserted { addresses.append(prefix) }
             }
         case .listenPort:
             if let previous = listenPort {
@@ -616,7 +630,7 @@ struct ConfigParser {
             if let previous = mtu {
                 throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
             }
-            guard let parsed = ConfigParser.decimal(value, in: 576...65535) else {
+            guard let parsed = ConfigParser.decimal(value, in: Protocol.minimumMTU...Protocol.maximumMTU) else {
                 throw invalid(.mtuOutOfRange)
             }
             mtu = (parsed, line)
@@ -653,17 +667,16 @@ struct ConfigParser {
             }
         case .allowedIPs:
             for item in ConfigParser.listItems(value) {
-                guard let prefix = IPPrefix(item) else {
-                    throw .invalidValue(at(line), section, key: key, value: String(item), problem: .notPrefix)
-                }
+                guard let prefix = IPPrefix(item) else { throw invalid(.notPrefix, item) }
                 let masked = prefix.masked
-                if !peer.allowedIPs.contains(masked) { peer.allowedIPs.append(masked) }
+                if peer.allowedIPSet.insert(masked).inserted { peer.allowedIPs.append(masked) }
             }
         case .persistentKeepalive:
             if let previous = peer.keepalive {
                 throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
             }
-            if value.lowercased() == "off" {
+            // Compared without a lowercased copy: the value may be a misplaced key.
+            if value.utf8.count == 3, value.lowercased() == "off" {
                 peer.keepalive = (nil, line)
             } else {
                 guard let seconds = ConfigParser.decimal(value, in: 0...65535) else {
@@ -677,22 +690,16 @@ struct ConfigParser {
     /// Validates the section just read and files it away.
     private mutating func finishSection() throws(ConfigError) {
         switch current {
-        case .none:
+        case .none, .interface:
             break
-        case .interface:
-            if let mtu, mtu.value < 1280, addresses.contains(where: { !$0.address.isV4 }) {
-                throw .invalidValue(
-                    at(mtu.line), .interface, key: .mtu, value: String(mtu.value),
-                    problem: .mtuBelowIPv6Minimum)
-            }
         case .peer:
             guard let publicKey = peer.publicKey else {
                 throw .missingKey(at(peer.line), .peer, key: .publicKey)
             }
-            if let first = peers.first(where: { $0.publicKey == publicKey.value }) {
-                throw .duplicatePeer(
-                    at(publicKey.line), publicKey: publicKey.value, firstLine: first.publicKeyLocation.line)
+            if let first = peerLines[publicKey.value] {
+                throw .duplicatePeer(at(publicKey.line), publicKey: publicKey.value, firstLine: first)
             }
+            peerLines[publicKey.value] = publicKey.line
             peers.append(
                 PeerConfig(
                     publicKey: publicKey.value, presharedKey: peer.presharedKey?.source,
@@ -770,6 +777,10 @@ struct ConfigParser {
         if let last = labels.last, last.allSatisfy({ $0.isNumber }) { return false }
         return true
     }
+
+    /// Whether a section or key name may be shown: no key name is longer than 32 letters, and a
+    /// longer word may be a pasted key.
+    static func showableName(_ text: Substring) -> Bool { text.utf8.count <= 32 }
 
     /// The line as it may be shown in an error, or nil when it contains a run of 16 or more base64
     /// characters (which may be a pasted key) — then it is not repeated at all.

@@ -42,6 +42,16 @@ public enum Protocol {
 
     /// Default tunnel MTU: a 1500-byte route less 80 (IPv6 40 + UDP 8 + WireGuard 32).
     public static let defaultMTU = 1420
+    /// Smallest tunnel MTU a config may set: the IPv6 minimum (RFC 8200), which every tunnel
+    /// carrying IPv6 needs.
+    public static let minimumMTU = 1280
+    /// Largest tunnel MTU: the most an IP length field (and the kernel's TUN) allows.
+    public static let maximumMTU = 65535
+    /// Largest UDP payload over IPv4 (65535 less the 20-byte IP and 8-byte UDP headers) and over
+    /// IPv6 (65535 less the UDP header: the IPv6 payload length excludes its own header). A
+    /// transport datagram longer than this cannot be sent at all.
+    public static let maximumDatagramV4 = 65507
+    public static let maximumDatagramV6 = 65527
     /// Plaintext is padded to a multiple of this.
     public static let paddingMultiple = 16
 }

@@ -26,6 +26,9 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     case handshakeTimedOut
     /// A TUN read whose virtio-net header or TCP super-packet could not be segmented.
     case badOffloadPacket
+    /// A packet that cannot be carried: longer than the send slot it was read into (the link MTU
+    /// rose before the slots were re-sized), or sealed into a datagram longer than UDP allows.
+    case packetTooLarge
     // Packets to the TUN.
     /// A decrypted packet (or coalesced super-packet, counted once) the TUN would not take: its
     /// queue was full, as a full link's would be.
@@ -55,6 +58,7 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .noPrivateKey: return "no_private_key"
         case .handshakeTimedOut: return "handshake_timed_out"
         case .badOffloadPacket: return "bad_offload_packet"
+        case .packetTooLarge: return "packet_too_large"
         case .tunWriteRefused: return "tun_write_refused"
         }
     }

@@ -1,3 +1,4 @@
+import Synchronization
 import TunnelCrypto
 
 // Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s as WireGuard uses it (PROTOCOL.md "Handshake"):
@@ -37,8 +38,10 @@ public struct RemoteIdentity: Sendable {
     public let publicKey: PublicKey
     public let presharedKey: PresharedKey
     /// DH(our static, their static); nil when their key is low-order, which makes every
-    /// handshake with them fail.
-    public let precomputedStaticStatic: SecretKey?
+    /// handshake with them fail. Computed at its first use (a handshake) and kept: for 10,000
+    /// peers, computing every one at start-up was most of the start-up time (0.6 s here).
+    public var precomputedStaticStatic: SecretKey? { staticStatic.value }
+    private let staticStatic: StaticStaticSecret
     /// HASH("mac1----" ‖ their public key): computes mac1 on messages we send them.
     public let mac1Key: Bytes32
     /// HASH("cookie--" ‖ their public key): decrypts the cookie replies they send us.
@@ -47,9 +50,33 @@ public struct RemoteIdentity: Sendable {
     public init(publicKey: PublicKey, presharedKey: PresharedKey = .none(), local: LocalIdentity) {
         self.publicKey = publicKey
         self.presharedKey = presharedKey
-        self.precomputedStaticStatic = X25519.sharedSecret(local.privateKey.secret, publicKey)
+        self.staticStatic = StaticStaticSecret(local: local.privateKey, remote: publicKey)
         self.mac1Key = Noise.labelledKey(Noise.mac1Label, publicKey)
         self.cookieKey = Noise.labelledKey(Noise.cookieLabel, publicKey)
+    }
+}
+
+/// The static-static DH of one (local key, peer key) pair, made on first use and kept. A class, so
+/// that the copies of a `RemoteIdentity` share one result; Sendable because its only mutable
+/// state sits in a Mutex.
+final class StaticStaticSecret: Sendable {
+    private let local: PrivateKey
+    private let remote: PublicKey
+    /// nil: not computed yet; .some(nil): the peer's key is low-order.
+    private let result = Mutex<SecretKey??>(nil)
+
+    init(local: PrivateKey, remote: PublicKey) {
+        self.local = local
+        self.remote = remote
+    }
+
+    var value: SecretKey? {
+        result.withLock { cached in
+            if let cached { return cached }
+            let computed = X25519.sharedSecret(local.secret, remote)
+            cached = .some(computed)
+            return computed
+        }
     }
 }
 

@@ -1070,7 +1070,10 @@ public struct GROCoalescer: ~Copyable {
         let payload = appendPiece(UnsafeRawBufferPointer(rebasing: packet[candidate.headers.headerLength...]))
         pieces[group.lastPiece].next = payload
         group.lastPiece = payload
-        superPackets[group.superPacket].count += 1
+        // Read, then store: `+=` on a tuple field through the pointer crashes Swift 6.3.1's
+        // compiler under -sanitize=thread (an invalid bitcast in its access instrumentation).
+        let pieceTotal = superPackets[group.superPacket].count + 1
+        superPackets[group.superPacket].count = pieceTotal
         group.totalLength += candidate.payloadLength
         group.nextSequence = group.nextSequence &+ UInt32(candidate.payloadLength)
         group.segments += 1

@@ -61,7 +61,8 @@ public enum ConfigLoadError: Error, Hashable, Sendable, CustomStringConvertible 
     case badFileName(path: String)
     case cannotOpen(LoadedFile, errno: Int32)
     case cannotRead(LoadedFile, errno: Int32)
-    case notRegularFile(LoadedFile)
+    /// A FIFO, device, directory or socket: refused before any read, which could block for good.
+    case notRegularFile(LoadedFile, kind: String)
     case tooLarge(LoadedFile, limit: Int)
     case notUTF8(LoadedFile)
     /// A file holding a secret (a key file, or a config with an inline key) has group or other
@@ -90,8 +91,14 @@ public enum ConfigLoadError: Error, Hashable, Sendable, CustomStringConvertible 
         case .cannotRead(let file, let code):
             return
                 "\(file.lead): cannot read: \(SystemError.message(for: code)) (check the file and the disk)"
-        case .notRegularFile(let file):
-            return "\(file.lead): not a regular file (point to a file)"
+        case .notRegularFile(let file, let kind):
+            let advice: String
+            switch file {
+            case .config: advice = "give the path of a regular NAME.conf file"
+            case .keyFile(let reference, _):
+                advice = "point \(reference.key.rawValue) at a regular file holding the key"
+            }
+            return "\(file.lead): is a \(kind), not a regular file (\(advice))"
         case .tooLarge(let file, let limit):
             return "\(file.lead): larger than \(limit) bytes (check that it is the right file)"
         case .notUTF8(let file):
@@ -115,8 +122,9 @@ public enum ConfigLoadError: Error, Hashable, Sendable, CustomStringConvertible 
 
 /// Reads config files. The only place tunctl touches a config or key file on disk.
 public enum ConfigLoader {
-    /// Config files are small; anything bigger is the wrong file.
-    public static let configSizeLimit = 1 << 20
+    /// Room for a config of 100,000 peers (about 150 bytes each); anything bigger is the wrong file.
+    /// Memory is taken as the file's size says, not up front.
+    public static let configSizeLimit = 64 << 20
     /// A key file holds 44 base64 characters and a newline; allow comments-free slack, no more.
     public static let keyFileSizeLimit = 4096
 
@@ -126,7 +134,10 @@ public enum ConfigLoader {
     public static func load(path: String) throws(ConfigLoadError) -> LoadedConfig {
         let interfaceName = try interfaceName(forConfigPath: path)
         let configFile = LoadedFile.config(path: path)
-        let (text, mode) = try readText(configFile, limit: configSizeLimit)
+        var (text, mode) = try readText(configFile, limit: configSizeLimit)
+        // The text may hold inline keys: zeroed once parsed, whatever the outcome. The config keeps
+        // each key once, in binary (SecretKey); no text form of it outlives this function.
+        defer { wipe(&text) }
         let parsed: TunnelConfig
         do {
             parsed = try TunnelConfig.parse(text, fileName: path)
@@ -137,6 +148,9 @@ public enum ConfigLoader {
             throw .openToOthers(configFile, mode: mode)
         }
         var contents: [KeyFileReference: String] = [:]
+        defer {
+            for reference in contents.keys { wipe(&contents[reference]!) }
+        }
         for reference in parsed.keyFileReferences {
             let keyFile = LoadedFile.keyFile(
                 reference, resolvedPath: resolve(reference.path, relativeTo: path))
@@ -175,7 +189,9 @@ public enum ConfigLoader {
     private static func readText(_ file: LoadedFile, limit: Int) throws(ConfigLoadError) -> (String, UInt32) {
         let fd: Int32
         do {
-            fd = try Syscall.check("open") { open(file.path, O_RDONLY | O_CLOEXEC | O_NOCTTY) }
+            // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, for good
+            // (and on the control queue, on SIGHUP); a regular file's reads ignore the flag.
+            fd = try Syscall.check("open") { open(file.path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY) }
         } catch {
             throw .cannotOpen(file, errno: error.errno)
         }
@@ -187,13 +203,23 @@ public enum ConfigLoader {
         } catch {
             throw .cannotRead(file, errno: error.errno)
         }
-        guard status.st_mode & S_IFMT == S_IFREG else { throw .notRegularFile(file) }
+        let type = status.st_mode & S_IFMT
+        guard type == S_IFREG else { throw .notRegularFile(file, kind: fileKind(type)) }
+        guard Int(status.st_size) <= limit else { throw .tooLarge(file, limit: limit) }
 
-        // One byte past the limit tells "too large" from "exactly at the limit".
-        var buffer = [UInt8](repeating: 0, count: limit + 1)
+        // Sized from fstat, plus one byte, which tells "grew past the limit" from "exactly at it";
+        // grown (the old buffer zeroed) only if the file grows while it is read.
+        var buffer = [UInt8](repeating: 0, count: Int(status.st_size) + 1)
         defer { wipe(&buffer) }
         var used = 0
-        while used < buffer.count {
+        while true {
+            if used == buffer.count {
+                guard buffer.count <= limit else { break }
+                var larger = [UInt8](repeating: 0, count: min(limit + 1, buffer.count * 2))
+                larger.replaceSubrange(0..<used, with: buffer[0..<used])
+                wipe(&buffer)
+                buffer = larger
+            }
             // `withUnsafeMutableBytes` rethrows untyped, so the typed error travels in a Result.
             let outcome = buffer.withUnsafeMutableBytes { raw -> Result<Int, SystemError> in
                 // Sound: `raw` is the whole buffer (never empty) and the read stays in its unused tail.
@@ -214,6 +240,16 @@ public enum ConfigLoader {
         guard used <= limit else { throw .tooLarge(file, limit: limit) }
         guard let text = String(validating: buffer[..<used], as: UTF8.self) else { throw .notUTF8(file) }
         return (text, UInt32(status.st_mode) & 0o7777)
+    }
+
+    /// Zeroes a string's bytes before it is released (a freed block keeps its contents). Sound for
+    /// a string this code made and holds alone (e.g. the text read above): `withUTF8` gives its
+    /// own native storage, which no other value shares.
+    static func wipe(_ text: inout String) {
+        text.withUTF8 { bytes in
+            guard let base = bytes.baseAddress else { return }
+            explicit_bzero(UnsafeMutableRawPointer(mutating: base), bytes.count)
+        }
     }
 
     private static func wipe(_ buffer: inout [UInt8]) {
@@ -260,6 +296,18 @@ public func shellQuoted(_ path: String) -> String {
         }
     }
     return quotedPath + "'"
+}
+
+/// How a message names a file type that is not a regular file.
+private func fileKind(_ type: mode_t) -> String {
+    switch type {
+    case S_IFIFO: return "FIFO"
+    case S_IFDIR: return "directory"
+    case S_IFCHR: return "character device"
+    case S_IFBLK: return "block device"
+    case S_IFSOCK: return "socket"
+    default: return "special file"
+    }
 }
 
 private func octal(_ mode: UInt32) -> String {

@@ -1,84 +1,14 @@
-import Foundation
+import Dispatch
 import Glibc
+import Logging
+import Synchronization
 import TunnelCore
 
-/// A failed link configuration step: which `ip` command ran and what it said.
-public struct LinkConfigError: Error, Hashable, Sendable, CustomStringConvertible {
-    public enum Reason: Hashable, Sendable {
-        /// No `ip` executable in /sbin, /usr/sbin, /bin, /usr/bin or PATH (install iproute2).
-        case ipNotFound
-        /// `ip` could not be started.
-        case launchFailed(String)
-        /// `ip` exited with this status; `message` is the first line it wrote to stderr.
-        case failed(status: Int32, message: String)
-        /// An interface name the kernel would refuse (empty, over 15 bytes, '/', ':', whitespace).
-        case invalidInterfaceName
-    }
-
-    /// The command as run, e.g. `ip -4 address add 10.0.0.1/24 dev wg0`.
-    public let command: String
-    public let reason: Reason
-
-    public init(command: String, reason: Reason) {
-        self.command = command
-        self.reason = reason
-    }
-
-    public var description: String {
-        switch reason {
-        case .ipNotFound:
-            return "\(command): iproute2's ip not found; install iproute2"
-        case .launchFailed(let why):
-            return "\(command): could not start: \(why)"
-        case .failed(let status, let message):
-            return "\(command) failed (exit \(status)): \(message)"
-        case .invalidInterfaceName:
-            return "\(command): invalid interface name"
-        }
-    }
-}
-
-/// Interface configuration done the way wg-quick does it: by running iproute2's `ip`.
-///
-/// Each call blocks until `ip` exits (milliseconds); call these from setup code, not from the
-/// packet path. Needs CAP_NET_ADMIN.
+/// Interface-name rules and existence checks, without changing anything.
 public enum LinkConfig {
-    /// `ip address add PREFIX dev IFACE`: the address with its prefix length, e.g. 10.0.0.1/24.
-    public static func addAddress(_ prefix: IPPrefix, interface: String) throws(LinkConfigError) {
-        try ip(family(prefix), "address", "add", prefix.description, "dev", interface, interface: interface)
-    }
-
-    /// `ip address del PREFIX dev IFACE`.
-    public static func deleteAddress(_ prefix: IPPrefix, interface: String) throws(LinkConfigError) {
-        try ip(family(prefix), "address", "del", prefix.description, "dev", interface, interface: interface)
-    }
-
-    /// `ip link set dev IFACE mtu MTU`.
-    public static func setMTU(_ mtu: Int, interface: String) throws(LinkConfigError) {
-        try ip("link", "set", "dev", interface, "mtu", String(mtu), interface: interface)
-    }
-
-    /// `ip link set dev IFACE up`.
-    public static func setUp(interface: String) throws(LinkConfigError) {
-        try ip("link", "set", "dev", interface, "up", interface: interface)
-    }
-
-    /// `ip route add PREFIX dev IFACE`, with host bits cleared (ip refuses them otherwise).
-    public static func addRoute(_ prefix: IPPrefix, interface: String) throws(LinkConfigError) {
-        try ip(family(prefix), "route", "add", prefix.masked.description, "dev", interface, interface: interface)
-    }
-
-    /// `ip route del PREFIX dev IFACE`.
-    public static func deleteRoute(_ prefix: IPPrefix, interface: String) throws(LinkConfigError) {
-        try ip(family(prefix), "route", "del", prefix.masked.description, "dev", interface, interface: interface)
-    }
-
-    /// `ip link delete dev NAME`.
-    public static func deleteLink(name: String) throws(LinkConfigError) {
-        try ip("link", "delete", "dev", name, interface: name)
-    }
-
     /// Whether an interface called `name` exists (`if_nametoindex`; no process is started).
+    /// A check before start-up only: it opens a socket, so with no descriptor to spare it answers
+    /// false. The running tunnel learns of its link from `LinkMonitor` instead.
     public static func linkExists(name: String) -> Bool {
         guard isValidInterfaceName(name) else { return false }
         return if_nametoindex(name) != 0
@@ -93,78 +23,145 @@ public enum LinkConfig {
             $0 == 0 || $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: ":") || $0 <= 0x20 || $0 == 0x7f
         }
     }
+}
 
-    private static func family(_ prefix: IPPrefix) -> String {
-        prefix.address.isV4 ? "-4" : "-6"
+/// The TUN link's kernel configuration (MTU, addresses, up, routes) over one rtnetlink socket,
+/// in batches of `NetlinkSocket.batchSize` requests per sendmsg: 10,000 routes are some 40
+/// system calls, not 10,000 `ip` processes.
+///
+/// Runs on its own serial queue, so route changes never hold up the queue that runs the tunnel's
+/// timers. `@unchecked Sendable` is sound because `socket` and `routes` are touched only on `queue`
+/// (every method below runs its work there) and `stopping` is atomic.
+public final class LinkManager: @unchecked Sendable {
+    public let interfaceName: String
+    public let interfaceIndex: Int32
+    /// Owns `socket` and `routes`.
+    let queue: DispatchQueue
+    private let socket: NetlinkSocket
+    /// Routes this process added (on `queue`). Not removed one by one at shutdown: deleting the
+    /// link takes its routes with it.
+    private var routes: Set<IPPrefix> = []
+    /// Set by `shutdown`: a route update in progress stops after its current batch.
+    private let stopping = Atomic<Bool>(false)
+    private let logger: Logger
+
+    /// Opens the rtnetlink socket and looks the link up by name.
+    public init(interfaceName: String, logger: Logger) throws {
+        self.interfaceName = interfaceName
+        self.logger = logger
+        queue = DispatchQueue(label: "tunctl.\(interfaceName).link")
+        socket = try NetlinkSocket()
+        interfaceIndex = try socket.queryLink(index: 0, name: interfaceName).index
     }
 
-    /// Where `ip` lives: the usual sbin/bin directories first, then PATH.
-    static let ipPath: String? = {
-        var candidates = ["/sbin/ip", "/usr/sbin/ip", "/bin/ip", "/usr/bin/ip"]
-        if let path = ProcessInfo.processInfo.environment["PATH"] {
-            candidates += path.split(separator: ":").map { "\($0)/ip" }
+    /// Sets the MTU, adds `addresses` and brings the link up, in one batch; throws the first
+    /// failure (e.g. `address add 198.18.1.1/24 dev wg0 failed: ...`).
+    public func configure(mtu: Int, addresses: [IPPrefix]) throws {
+        try queue.sync {
+            let socket = self.socket
+            var requests = [
+                NetlinkRequest(
+                    message: Netlink.setLink(
+                        interfaceIndex: interfaceIndex, mtu: mtu, up: false, sequence: socket.sequence()),
+                    operation: "link set dev \(interfaceName) mtu \(mtu)")
+            ]
+            for address in addresses {
+                requests.append(
+                    NetlinkRequest(
+                        message: Netlink.address(
+                            .add, address, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
+                        operation: "address add \(address) dev \(interfaceName)"))
+            }
+            requests.append(
+                NetlinkRequest(
+                    message: Netlink.setLink(
+                        interfaceIndex: interfaceIndex, mtu: nil, up: true, sequence: socket.sequence()),
+                    operation: "link set dev \(interfaceName) up"))
+            if let first = try socket.perform(requests).first { throw first.error }
         }
-        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }()
+    }
 
-    private static func ip(_ arguments: String..., interface: String) throws(LinkConfigError) {
-        let command = (["ip"] + arguments).joined(separator: " ")
-        guard isValidInterfaceName(interface) else {
-            throw LinkConfigError(command: command, reason: .invalidInterfaceName)
+    /// Makes the kernel's routes through the link match `wanted` (host bits ignored): adds the
+    /// missing, deletes the stale. `wait` false returns at once (the work runs on `queue`); true
+    /// returns when it is done (start-up: `tunctl up` is ready once its routes are in place).
+    /// Failures are logged one line each; a prefix already routed elsewhere (EEXIST, e.g. the
+    /// interface's own subnet) is not ours and is left alone, as before.
+    public func updateRoutes(_ wanted: Set<IPPrefix>, wait: Bool) {
+        let wanted = Set(wanted.map(\.masked))
+        if wait {
+            queue.sync { applyRoutes(wanted) }
+        } else {
+            queue.async { self.applyRoutes(wanted) }
         }
-        guard let executable = ipPath else { throw LinkConfigError(command: command, reason: .ipNotFound) }
+    }
 
-        // posix_spawn and waitpid, not Foundation's Process: Process needs a CFRunLoop wake-up
-        // socket pair that cannot be made in a namespace whose loopback is down, and then hangs.
-        var pipeFDs: [Int32] = [-1, -1]
-        guard pipe(&pipeFDs) == 0 else {
-            throw LinkConfigError(command: command, reason: .launchFailed("pipe: errno \(errno)"))
+    /// On `queue`.
+    private func applyRoutes(_ wanted: Set<IPPrefix>) {
+        guard !stopping.load(ordering: .relaxed) else { return }
+        let stale = Array(routes.subtracting(wanted))
+        let added = Array(wanted.subtracting(routes))
+        guard !stale.isEmpty || !added.isEmpty else { return }
+        let socket = self.socket
+        var requests: [NetlinkRequest] = []
+        requests.reserveCapacity(stale.count + added.count)
+        for prefix in stale {
+            requests.append(
+                NetlinkRequest(
+                    message: Netlink.route(
+                        .delete, prefix, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
+                    operation: "route del \(prefix) dev \(interfaceName)"))
         }
-        let (readEnd, writeEnd) = (pipeFDs[0], pipeFDs[1])
-        // pipe2 is hidden from Swift's Glibc: mark both ends close-on-exec right away; the child
-        // gets the write end only as its stderr (dup2 clears the flag on the copy).
-        _ = fcntl(readEnd, F_SETFD, FD_CLOEXEC)
-        _ = fcntl(writeEnd, F_SETFD, FD_CLOEXEC)
-        defer { Glibc.close(readEnd) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, writeEnd, STDERR_FILENO)
-        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
-        Glibc.close(writeEnd)
-        guard spawned == 0 else {
-            throw LinkConfigError(command: command, reason: .launchFailed("posix_spawn: errno \(spawned)"))
+        for prefix in added {
+            requests.append(
+                NetlinkRequest(
+                    message: Netlink.route(.add, prefix, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
+                    operation: "route add \(prefix) dev \(interfaceName)"))
         }
-        // Read to end of file before waiting, so a chatty ip cannot block on a full pipe.
-        var output: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1024)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { Glibc.read(readEnd, $0.baseAddress, $0.count) }
-            if count > 0 {
-                output += chunk[0..<count]
-            } else if count < 0 && errno == EINTR {
-                continue
+        let failures: [(index: Int, error: NetlinkError)]
+        do {
+            failures = try socket.perform(requests) { !self.stopping.load(ordering: .relaxed) }
+        } catch {
+            logger.error("\(interfaceName): route update failed: \(error)")
+            return
+        }
+        var failed = Set<Int>()
+        for (index, error) in failures {
+            failed.insert(index)
+            if index >= stale.count, error.errno == EEXIST {
+                logger.debug("\(interfaceName): \(error); already routed, left alone")
+            } else if index < stale.count, error.errno == ESRCH {
+                // Gone already (someone else deleted it): what we wanted.
+                failed.remove(index)
             } else {
-                break
+                logger.warning("\(interfaceName): \(error)")
             }
         }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        // WIFEXITED / WEXITSTATUS, which Swift does not import (they are macros).
-        let exited = status & 0x7f == 0
-        let exitStatus = (status >> 8) & 0xff
-        guard exited, exitStatus == 0 else {
-            let text = String(decoding: output, as: UTF8.self)
-            let firstLine = text.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
-            throw LinkConfigError(
-                command: command,
-                reason: .failed(status: exited ? exitStatus : -1, message: firstLine.isEmpty ? "no message" : firstLine)
-            )
+        for (offset, prefix) in stale.enumerated() where !failed.contains(offset) { routes.remove(prefix) }
+        for (offset, prefix) in added.enumerated() where !failed.contains(stale.count + offset) {
+            routes.insert(prefix)
+        }
+        logger.debug(
+            "\(interfaceName): routes: \(stale.count) to remove, \(added.count) to add, \(routes.count) ours now")
+    }
+
+    /// Stops route work after its current batch, deletes the link (`RTM_DELLINK`, which takes its
+    /// routes and addresses with it; a link already gone is fine) and closes the socket.
+    /// Call after closing the TUN descriptor (which deletes a non-persistent TUN on its own).
+    public func shutdown() {
+        stopping.store(true, ordering: .relaxed)
+        queue.sync {
+            let request = NetlinkRequest(
+                message: Netlink.deleteLink(interfaceIndex: interfaceIndex, sequence: socket.sequence()),
+                operation: "link delete dev \(interfaceName)")
+            do {
+                if let failure = try socket.perform([request]).first, failure.error.errno != ENODEV {
+                    logger.warning("\(interfaceName): \(failure.error)")
+                }
+            } catch {
+                logger.warning("\(interfaceName): link delete failed: \(error)")
+            }
+            routes.removeAll()
+            socket.close()
         }
     }
 }

@@ -38,7 +38,8 @@ struct SocketSink: DatagramSink {
 /// Threading, which is why the `@unchecked Sendable` below is sound:
 /// - `outboundQueue` owns `sendBatch` and the TUN read source (TUN → seal → UDP);
 /// - `inboundQueue` owns `receiveBatch` and the UDP read source (UDP → open → TUN);
-/// - `queue` (control) owns everything else: timer, signals, control socket, routes, shutdown.
+/// - `queue` (control) owns everything else: timer, signals, control socket, link events, shutdown.
+/// - `link` owns the link's addresses and routes on its own queue, off the timers' path.
 /// - `device` is shared by all three and touched only inside `withEngine` (one lock; system
 ///   calls stay outside it). Encryption and decryption run outside the lock through the static
 ///   `Device.seal`/`Device.open`, which touch no device state.
@@ -53,9 +54,12 @@ public final class Tunnel: @unchecked Sendable {
     private let engineLock = Mutex<Void>(())
     let tun: TunDevice
     private(set) var socket: UDPSocket
-    /// Addresses and routes this process added, removed again on shutdown.
+    /// Addresses this process gave the link (they go with the link at shutdown).
     private(set) var addresses: [IPPrefix] = []
-    private(set) var routes: Set<IPPrefix> = []
+    /// The link's MTU, addresses, routes (rtnetlink, on its own queue).
+    let link: LinkManager
+    /// Kernel notifications about the link, delivered on `queue` (set by `run`).
+    private var linkMonitor: LinkMonitor?
     /// The config file to re-read on SIGHUP (nil when started empty for wg-quick).
     let configPath: String?
     private var control: ControlServer?
@@ -74,6 +78,11 @@ public final class Tunnel: @unchecked Sendable {
     /// Inbound: where the open decrypts a datagram before its plaintext goes back in place.
     private let openScratch: UnsafeMutableRawBufferPointer
     @exclusivity(unchecked) private var sendBatch: SendBatch
+    /// The MTU `sendBatch`'s slots are sized for (`Tunnel.slotMTU`). Owned by `outboundQueue`.
+    private var sendBatchMTU: Int
+    /// The TUN's MTU as last learned (`linkMTUDidChange`, from any queue); `outboundQueue` re-sizes
+    /// its slots to it between bursts (`adoptLinkMTU`): a relaxed load per burst, none per packet.
+    private let linkMTU: Atomic<Int>
     /// Inbound: hands decrypted packets to the TUN, coalescing TCP when it has a virtio header.
     @exclusivity(unchecked) private var writer: TunWriter
     /// Outbound, with a virtio header only: one TUN read (header + up to 64 KiB), segmented into
@@ -111,18 +120,18 @@ public final class Tunnel: @unchecked Sendable {
         wakeup = try Wakeup()
         let mtu = config?.interface.mtu ?? Protocol.defaultMTU
         device = Device(privateKey: config?.privateKey, mtu: mtu)
-        // A send slot holds the largest packet the TUN hands us (its MTU) plus the transport
-        // overhead; a receive slot, any datagram a peer may send (its MTU may exceed ours).
-        // Sends batch 128 slots: three 64 KiB super-packets' segments (about 46 each) per sendmmsg.
-        // Each send slot has the room in front and behind that lets the seal copy nothing.
-        // Receive slots have readable room around them and the open a scratch, which lets it
-        // decrypt in one keystream call without copying the ciphertext in.
+        // A send slot holds the largest packet the TUN hands us (its MTU, re-sized when the MTU
+        // changes: `adoptLinkMTU`) plus the transport overhead; a receive slot, any datagram a
+        // peer may send (its MTU may exceed ours). Receive slots have readable room around them
+        // and the open a scratch, which lets it decrypt in one keystream call without copying
+        // the ciphertext in.
         receiveBatch = ReceiveBatch(
             capacity: Tunnel.burst, bufferSize: ReceiveBatch.coalescingBufferSize, leadingRoom: Device.openingRoom,
             trailingRoom: Device.openingTailRoom)
         openScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Device.openingScratchSize, alignment: 16)
-        sendBatch = SendBatch(
-            capacity: 2 * Tunnel.burst, bufferSize: Device.sealingSlotSize(mtu: mtu), leadingRoom: Device.sealingRoom)
+        sendBatchMTU = Tunnel.slotMTU(mtu)
+        sendBatch = Tunnel.makeSendBatch(slotMTU: sendBatchMTU)
+        linkMTU = Atomic(mtu)
         offload = OffloadSettings.fromEnvironment()
         tunRecord = UnsafeMutableRawBufferPointer.allocate(
             byteCount: offload.tun ? VirtioNetHeader.size + OffloadLayout.maximumIPPacket : 0, alignment: 16)
@@ -155,13 +164,13 @@ public final class Tunnel: @unchecked Sendable {
         do {
             socket = try UDPSocket(
                 port: config?.interface.listenPort ?? 0, offload: offload.udp ? [.segmentation, .coalescing] : [])
-            try LinkConfig.setMTU(mtu, interface: tun.name)
-            for address in config?.interface.addresses ?? [] {
-                try LinkConfig.addAddress(address, interface: tun.name)
-                addresses.append(address)
-            }
-            try LinkConfig.setUp(interface: tun.name)
-            if let config { try apply(peers: config.peers, now: currentInstant()) }
+            link = try LinkManager(interfaceName: tun.name, logger: logger)
+            try link.configure(mtu: mtu, addresses: config?.interface.addresses ?? [])
+            // The kernel's figure, not the config's, is what the TUN hands over.
+            linkMTUDidChange(try tun.mtu())
+            addresses = config?.interface.addresses ?? []
+            // Ready means routed: start-up waits for its routes.
+            if let config { try apply(peers: config.peers, now: currentInstant(), waitForRoutes: true) }
         } catch {
             try? tun.close()
             throw error
@@ -170,9 +179,15 @@ public final class Tunnel: @unchecked Sendable {
 
     public var listenPort: UInt16 { socket.port }
 
-    /// Runs `body` with exclusive use of the protocol engine.
+    /// Runs `body` with exclusive use of the protocol engine. The sanitizer calls make the lock
+    /// visible to the thread sanitizer (CLinuxSanitizer.h); without it they are empty.
     func withEngine<R>(_ body: (Device) throws -> R) rethrows -> R {
-        try engineLock.withLock { _ in try body(device) }
+        try engineLock.withLock { _ in
+            let token = UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque())
+            SanitizerAnnotations.acquired(token)
+            defer { SanitizerAnnotations.releasing(token) }
+            return try body(device)
+        }
     }
 
     /// Starts the sources and the control socket; `onStop` runs (on the queue) with the exit status
@@ -183,7 +198,12 @@ public final class Tunnel: @unchecked Sendable {
             [unowned self] request, reply in
             self.handleControl(request, reply: reply)
         }
+        let monitor = try LinkMonitor(name: tun.name, queue: queue, logger: logger) { [unowned self] event in
+            self.linkEvent(event)
+        }
         queue.sync {
+            linkMonitor = monitor
+            monitor.start()
             // After a restart the peers may still hold sessions we no longer have: a handshake
             // now, rather than when their stale session times out (Device.initiateHandshakes).
             _ = withEngine { $0.initiateHandshakes(now: currentInstant()) }
@@ -202,17 +222,9 @@ public final class Tunnel: @unchecked Sendable {
 
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.schedule(deadline: .now(), repeating: .milliseconds(100), leeway: .milliseconds(20))
-        var ticks = 0
         timer.setEventHandler { [unowned self] in
             var sink = SocketSink(socket: self.socket, logger: self.logger)
             self.withEngine { $0.tick(now: currentInstant(), sink: &sink) }
-            ticks += 1
-            // The daemon exits when its link is deleted from outside (that is how `wg-quick down`
-            // stops a userspace implementation).
-            if ticks % 5 == 0, !LinkConfig.linkExists(name: self.tun.name) {
-                self.logger.info("\(self.name): link deleted, shutting down")
-                self.shutdown(status: 0, linkGone: true)
-            }
         }
         timer.resume()
         self.timer = timer
@@ -267,6 +279,7 @@ public final class Tunnel: @unchecked Sendable {
 
     /// One burst of `drainTun`: up to `burst` packets read, sealed and sent.
     private func drainTunBurst(sink: inout SocketSink) -> BurstOutcome {
+        adoptLinkMTU()
         let now = currentInstant()
         var drained = false
         var failure: (any Error)?
@@ -278,6 +291,13 @@ public final class Tunnel: @unchecked Sendable {
                 do {
                     guard let count = try tun.read(into: readArea) else {
                         drained = true
+                        return nil
+                    }
+                    // The TUN cuts a packet longer than the buffer short without a word; a read
+                    // that fills the buffer is checked against its IP header, never sent cut.
+                    if count == readArea.count, Device.isTruncated(UnsafeRawBufferPointer(readArea)) {
+                        withEngine { $0.countDrop(.packetTooLarge) }
+                        slotsOutgrown()
                         return nil
                     }
                     length = count
@@ -313,12 +333,14 @@ public final class Tunnel: @unchecked Sendable {
         var now = currentInstant()
         var sink = SocketSink(socket: socket, logger: logger)
         var parks = 0
-        for _ in 0..<(Tunnel.recordBurst * (Tunnel.parkRounds + 1)) {
+        for round in 0..<(Tunnel.recordBurst * (Tunnel.parkRounds + 1)) {
+            if round % Tunnel.recordBurst == 0 { adoptLinkMTU() }
             let recordLength: Int
             do {
                 guard let count = try tun.read(into: tunRecord) else {
                     flushSendBatch()
                     guard park(on: tun.fileDescriptor, rounds: &parks) else { return }
+                    adoptLinkMTU()
                     now = currentInstant()
                     continue
                 }
@@ -337,15 +359,17 @@ public final class Tunnel: @unchecked Sendable {
                     let packet = UnsafeRawBufferPointer(
                         rebasing: record[VirtioNetHeader.size..<(VirtioNetHeader.size + length)])
                     _ = sealIntoBatch(now: now, sink: &sink) { area in
-                        area.copyMemory(from: packet)
+                        // Longer than a slot (the MTU rose; the slots are re-sized at the next
+                        // burst): not copied, and prepareSend drops it as packetTooLarge.
+                        if packet.count <= area.count { area.copyMemory(from: packet) }
                         return packet.count
                     }
                 case .superPacket(var segmenter):
-                    var failure: (any Error)?
+                    var failure: OffloadError?
                     while sealIntoBatch(
                         now: now, sink: &sink,
                         { area in
-                            do {
+                            do throws(OffloadError) {
                                 return try segmenter.next(into: area)
                             } catch {
                                 failure = error
@@ -353,7 +377,12 @@ public final class Tunnel: @unchecked Sendable {
                             }
                         })
                     {}
-                    if failure != nil { withEngine { $0.countDrop(.badOffloadPacket) } }
+                    if let failure {
+                        // A segment longer than a slot (as above) is too large, not malformed.
+                        var reason = DropReason.badOffloadPacket
+                        if case .destinationTooSmall = failure { reason = .packetTooLarge }
+                        withEngine { $0.countDrop(reason) }
+                    }
                 }
             } catch {
                 withEngine { $0.countDrop(.badOffloadPacket) }
@@ -394,7 +423,10 @@ public final class Tunnel: @unchecked Sendable {
     ) -> (length: Int, destination: Endpoint)? {
         let datagram = UnsafeMutableRawBufferPointer(rebasing: slot[Device.sealingRoom...])
         let plan = withEngine { $0.prepareSend(datagram, packetLength: packetLength, now: now, sink: &sink) }
-        guard case .seal(let ticket) = plan else { return nil }
+        guard case .seal(let ticket) = plan else {
+            if case .finished(.dropped(.packetTooLarge)) = plan, packetLength > sendBatchMTU { slotsOutgrown() }
+            return nil
+        }
         let length = Device.seal(slot, datagramAt: Device.sealingRoom, ticket)
         withEngine { $0.completeSend(ticket, datagramLength: length, now: now, sink: &sink) }
         return (length, ticket.endpoint)
@@ -418,6 +450,51 @@ public final class Tunnel: @unchecked Sendable {
                 $0.completeReceive(datagram, ticket, plaintextLength: opened, from: source, now: now, sink: &sink)
             }
         }
+    }
+
+    // MARK: - Link MTU
+
+    /// Adopts the TUN's MTU, from the link monitor (or a drop of a too-long packet) on any queue: the engine
+    /// pads for it at once, and `outboundQueue` re-sizes its send slots before its next burst
+    /// (`adoptLinkMTU`), so packets as large as the new MTU are carried. A packet read before
+    /// then that does not fit its slot is dropped and counted (`packetTooLarge`). Only a change
+    /// is logged.
+    public func linkMTUDidChange(_ mtu: Int) {
+        guard linkMTU.exchange(mtu, ordering: .relaxed) != mtu else { return }
+        withEngine { $0.mtu = mtu }
+        logger.info("\(name): link MTU changed to \(mtu)")
+    }
+
+    /// After a packet longer than the send slots (dropped and counted by the caller): the MTU has
+    /// likely just risen. Learns it now, a system call on this drop path only, rather than at the
+    /// next link check, so the slots grow before the next burst instead of dropping until then.
+    private func slotsOutgrown() {
+        if let mtu = try? tun.mtu() { linkMTUDidChange(mtu) }
+    }
+
+    /// The MTU send slots are sized for: the link's, within what a config may set (a link below
+    /// 1280 gets 1280-byte slots; the kernel allows no more than 65535).
+    static func slotMTU(_ linkMTU: Int) -> Int {
+        min(max(linkMTU, Protocol.minimumMTU), Protocol.maximumMTU)
+    }
+
+    /// Send slots for packets of up to `slotMTU` bytes. Sends batch 128 slots: three 64 KiB
+    /// super-packets' segments (about 46 each) per sendmmsg at the default MTU. Each slot has the
+    /// room in front and behind that lets the seal copy nothing.
+    private static func makeSendBatch(slotMTU: Int) -> SendBatch {
+        SendBatch(
+            capacity: 2 * Tunnel.burst, bufferSize: Device.sealingSlotSize(mtu: slotMTU),
+            leadingRoom: Device.sealingRoom)
+    }
+
+    /// On `outboundQueue`, between bursts: re-sizes the send slots when the link MTU changed.
+    /// What is queued in the old batch leaves first.
+    private func adoptLinkMTU() {
+        let wanted = Tunnel.slotMTU(linkMTU.load(ordering: .relaxed))
+        guard wanted != sendBatchMTU else { return }
+        flushSendBatch()
+        sendBatch = Tunnel.makeSendBatch(slotMTU: wanted)
+        sendBatchMTU = wanted
     }
 
     private func flushSendBatch() {
@@ -473,8 +550,9 @@ public final class Tunnel: @unchecked Sendable {
     // MARK: - Configuration (on `queue`)
 
     /// Makes the engine's peers match `peers`, keeping the sessions of peers that stay, and the
-    /// kernel routes match their AllowedIPs.
-    func apply(peers: [PeerConfig], now: Instant) throws {
+    /// kernel routes match their AllowedIPs (on the link manager's queue; `waitForRoutes`: return
+    /// once they do).
+    func apply(peers: [PeerConfig], now: Instant, waitForRoutes: Bool = false) throws {
         // Name resolution may block: done before taking the engine, and all of it before any change.
         let endpoints = try peers.map { try $0.endpoint.map(resolve) }
         let wanted = Set(peers.map(\.publicKey))
@@ -484,7 +562,9 @@ public final class Tunnel: @unchecked Sendable {
             }
             for (config, endpoint) in zip(peers, endpoints) {
                 guard let peer = device.addPeer(config.publicKey) else { continue }
-                device.setPresharedKey(config.presharedKey?.key ?? .none(), for: peer)
+                // An unchanged key keeps the object it has: one binary copy of each key, reloads or not.
+                let psk = config.presharedKey?.key ?? .none()
+                if device.presharedKey(of: peer) != psk { device.setPresharedKey(psk, for: peer) }
                 if let endpoint { device.setEndpoint(endpoint, for: peer) }
                 device.removeAllowedIPs(for: peer)
                 for prefix in config.allowedIPs { device.addAllowedIP(prefix, for: peer) }
@@ -495,26 +575,33 @@ public final class Tunnel: @unchecked Sendable {
                 }
             }
         }
-        syncRoutes()
+        syncRoutes(wait: waitForRoutes)
     }
 
-    /// Adds a kernel route for every AllowedIPs prefix and removes routes no longer wanted.
-    func syncRoutes() {
+    /// Makes the kernel's routes through the link match every peer's AllowedIPs. The work runs on
+    /// the link manager's queue; `wait` (start-up only) returns once it is done.
+    func syncRoutes(wait: Bool = false) {
         let wanted = withEngine { device in
             device.peers.reduce(into: Set<IPPrefix>()) { $0.formUnion(device.allowedIPs(of: $1)) }
         }
-        for stale in routes.subtracting(wanted) {
-            try? LinkConfig.deleteRoute(stale, interface: tun.name)
-            routes.remove(stale)
-        }
-        for prefix in wanted.subtracting(routes) {
-            do {
-                try LinkConfig.addRoute(prefix, interface: tun.name)
-                routes.insert(prefix)
-            } catch {
-                // Already routed (e.g. the interface's own subnet): nothing to add or remove later.
-                logger.debug("\(name): route \(prefix): \(error)")
-            }
+        link.updateRoutes(wanted, wait: wait)
+    }
+
+    // MARK: - Link events (on `queue`)
+
+    /// What the kernel reported about the link (LinkMonitor).
+    func linkEvent(_ event: LinkEvent) {
+        switch event {
+        case .deleted:
+            // That is how `wg-quick down` stops a userspace implementation.
+            logger.info("\(name): link deleted, shutting down")
+            shutdown(status: 0, linkGone: true)
+        case .mtuChanged(let mtu):
+            linkMTUDidChange(mtu)
+        case .up:
+            logger.info("\(name): link up")
+        case .down:
+            logger.info("\(name): link down")
         }
     }
 
@@ -525,13 +612,26 @@ public final class Tunnel: @unchecked Sendable {
         }
     }
 
+    /// Where SIGHUP reads and parses the config: never `queue`, whose timers and control socket
+    /// must not wait on a slow disk or a large file. Serial, so reloads apply in signal order.
+    private static let reloadQueue = DispatchQueue(label: "tunctl.reload")
+
     private func reload() {
         guard let configPath else {
             logger.info("\(name): SIGHUP ignored (no config file)")
             return
         }
+        Tunnel.reloadQueue.async { [unowned self] in
+            let outcome = Result { () throws(ConfigLoadError) in try ConfigLoader.load(path: configPath) }
+            self.queue.async { self.finishReload(outcome, from: configPath) }
+        }
+    }
+
+    /// Applies a config `reload` loaded (on `queue`).
+    private func finishReload(_ outcome: Result<LoadedConfig, ConfigLoadError>, from configPath: String) {
+        guard !stopping else { return }
         do {
-            let loaded = try ConfigLoader.load(path: configPath)
+            let loaded = try outcome.get()
             try apply(peers: loaded.config.peers, now: currentInstant())
             _ = withEngine { $0.initiateHandshakes(now: currentInstant()) }
             logger.info("\(name): reloaded \(loaded.config.peers.count) peer(s) from \(configPath)")
@@ -597,22 +697,21 @@ public final class Tunnel: @unchecked Sendable {
     /// The engine without the lock: only for code already inside `withEngine` (ShowReport).
     var engine: Device { device }
 
-    /// Removes routes, addresses, the link and the control socket, then reports `status`.
+    /// Removes the link (its routes and addresses go with it) and the control socket, then
+    /// reports `status`.
     func shutdown(status: Int32, linkGone: Bool) {
         guard !stopping else { return }
         stopping = true
         tunSource?.cancel()
         udpSource?.cancel()
         timer?.cancel()
+        linkMonitor?.cancel()
         // Wait out any data-path handler still running before closing what it uses.
         holdingDataQueues {}
-        if !linkGone {
-            for prefix in routes { try? LinkConfig.deleteRoute(prefix, interface: tun.name) }
-        }
-        routes.removeAll()
         try? tun.close()
-        // A non-persistent TUN disappears when its last descriptor closes; make sure of it.
-        if LinkConfig.linkExists(name: tun.name) { try? LinkConfig.deleteLink(name: tun.name) }
+        // A non-persistent TUN disappears when its last descriptor closes; make sure of it. No
+        // route is deleted one by one: they go with the link.
+        link.shutdown()
         try? socket.close()
         withEngine { device in
             device.removeAllPeers()

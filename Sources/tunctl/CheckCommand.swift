@@ -12,6 +12,7 @@ struct Check: ParsableCommand {
     var config: String
 
     func run() throws {
+        try disableCoreDumps()
         let loaded = try loadConfig(config)
         let publicKey = loaded.config.privateKey.map { $0.publicKey.base64 } ?? "(unresolved)"
         let peers = loaded.config.peers.count

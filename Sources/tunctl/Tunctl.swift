@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import TunnelIO
 
 /// The command tree. Each subcommand parses its arguments, calls into TunnelIO/TunnelCore, and
@@ -40,6 +41,13 @@ enum CLIError: Error, CustomStringConvertible {
     case interfaceExists(String)
     case badInterfaceName(String)
     case startFailed(interface: String, reason: String)
+    /// Another process still serves the interface's control socket after `previousDaemonWait`.
+    case alreadyRunning(interface: String, socketPath: String)
+    /// The control socket's directory cannot be made or written.
+    case controlDirectoryUnusable(interface: String, path: String, errno: Int32)
+    /// The control socket itself cannot be made (e.g. no inode left on that file system).
+    case controlSocket(interface: String, path: String, errno: Int32)
+    case hardeningFailed(SystemError)
 
     var description: String {
         switch self {
@@ -64,6 +72,35 @@ enum CLIError: Error, CustomStringConvertible {
             return "\(shellQuoted(name)) is not an interface name (1-15 characters of a-z A-Z 0-9 _ = + . -)"
         case .startFailed(let name, let reason):
             return "cannot bring up \(name): \(reason)"
+        case .alreadyRunning(let name, let socketPath):
+            return "cannot bring up \(name): already running: another daemon (tunctl or wireguard-go) still "
+                + "serves \(shellQuoted(socketPath)) after \(Int(previousDaemonWait)) s, perhaps in another network "
+                + "namespace (stop it there with tunctl down \(name) or ip link del \(name), or pick another name)"
+        case .controlDirectoryUnusable(let name, let path, let code):
+            return "cannot bring up \(name): \(shellQuoted(path)): \(errorText(code)) "
+                + "(\(CLIError.advice(forControlDirectory: path, code)))"
+        case .controlSocket(let name, let path, let code):
+            return "cannot bring up \(name): cannot create \(shellQuoted(path)): \(errorText(code)) "
+                + "(\(CLIError.advice(forControlDirectory: controlDirectory, code)))"
+        case .hardeningFailed(let error):
+            return
+                "cannot turn off core dumps: \(error) (a core dump would hold the keys; run on Linux 2.6.13 or later)"
         }
     }
 }
+
+extension CLIError {
+    /// What to do when the control socket directory refuses a new socket.
+    static func advice(forControlDirectory path: String, _ code: Int32) -> String {
+        switch code {
+        case EROFS: return "\(path) is on a read-only file system; make it writable, e.g. mount a tmpfs there"
+        case ENOSPC, EDQUOT: return "the file system holding \(path) is full; free space or inodes there"
+        case EACCES, EPERM: return "run tunctl as root, or give it write access to \(path)"
+        case ENOTDIR, EEXIST: return "\(path) must be a directory"
+        default: return "check \(path)"
+        }
+    }
+}
+
+/// The C library's text for an errno value, e.g. "Read-only file system".
+func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }

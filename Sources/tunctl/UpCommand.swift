@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import Synchronization
 import TunnelCore
 import TunnelIO
 
@@ -19,11 +20,19 @@ func bootstrapLogging(verbose: Bool) {
     }
 }
 
-/// Runs a tunnel in this process until it stops; never returns.
+/// How long a new daemon waits for one that is still exiting to let go of the interface's control
+/// socket (`wg-quick down; wg-quick up` back to back), before it reports "already running".
+let previousDaemonWait = 3.0
+
+/// Runs a tunnel in this process until it stops; never returns. Every failure is thrown, so it is
+/// printed (one line, by ArgumentParser) before the process exits.
 func runTunnel(
     name: String, config: TunnelConfig?, configPath: String?, verbose: Bool, ready: (() -> Void)? = nil
 ) throws -> Never {
     let logger = Logger(label: "tunctl.\(name)")
+    let socketPath = controlSocketPath(name)
+    try checkControlDirectory(interface: name)
+    try waitForPreviousDaemon(interface: name, socketPath: socketPath)
     if LinkConfig.linkExists(name: name) {
         throw CLIError.interfaceExists(name)
     }
@@ -33,14 +42,19 @@ func runTunnel(
     } catch {
         throw CLIError.startFailed(interface: name, reason: "\(error)")
     }
+    // Set when start-up fails after `run`: the clean-up then returns here, so the error is thrown
+    // (and printed) instead of the process exiting from `onStop` first, with nothing said.
+    let failedToStart = Atomic<Bool>(false)
     do {
-        try tunnel.run(controlSocketPath: controlSocketPath(name)) { status in
+        try tunnel.run(controlSocketPath: socketPath) { status in
+            if failedToStart.load(ordering: .acquiring) { return }
             SystemdNotify.send("STOPPING=1")
             exit(status)
         }
     } catch {
+        failedToStart.store(true, ordering: .releasing)
         tunnel.stop(status: 1)
-        throw CLIError.startFailed(interface: name, reason: "\(error)")
+        throw startFailure(interface: name, socketPath: socketPath, error)
     }
     SystemdNotify.send("READY=1")
     ready?()
@@ -65,6 +79,7 @@ struct Up: ParsableCommand {
     var verbose = false
 
     func run() throws {
+        try disableCoreDumps()
         let loaded = try loadConfig(config)
         bootstrapLogging(verbose: verbose)
         try runTunnel(
@@ -96,6 +111,8 @@ struct Userspace: ParsableCommand {
     func run() throws {
         guard InterfaceName(interface) != nil else { throw CLIError.badInterfaceName(interface) }
         if foreground {
+            // The private key arrives later, over the control socket (`wg setconf`).
+            try disableCoreDumps()
             bootstrapLogging(verbose: verbose)
             let background = ProcessInfo.processInfo.environment[Userspace.readyEnvironment] != nil
             // Detach from the caller's session so its terminal's signals do not reach the daemon.
@@ -147,5 +164,77 @@ struct Userspace: ParsableCommand {
             throw CLIError.startFailed(
                 interface: interface, reason: "the background daemon did not come up (see its log above)")
         }
+    }
+}
+
+/// No core dump of a process that holds keys (issue 14 item 9); first thing, before any key is read.
+func disableCoreDumps() throws {
+    do {
+        try ProcessHardening.disableCoreDumps()
+    } catch {
+        throw CLIError.hardeningFailed(error)
+    }
+}
+
+/// The control socket's directory must exist and be writable; said up front, before the TUN and
+/// the routes are set up only to be torn down again.
+func checkControlDirectory(interface: String) throws {
+    if mkdir(controlDirectory, 0o755) != 0 && errno != EEXIST {
+        throw CLIError.controlDirectoryUnusable(interface: interface, path: controlDirectory, errno: errno)
+    }
+    if access(controlDirectory, W_OK | X_OK) != 0 {
+        throw CLIError.controlDirectoryUnusable(interface: interface, path: controlDirectory, errno: errno)
+    }
+}
+
+/// Waits, bounded by `previousDaemonWait`, while another process listens on `socketPath`: a
+/// daemon still exiting (its link deleted by `wg-quick down`, its socket removed last) lets go
+/// within that time; one that does not is running, perhaps in another network namespace (the
+/// socket directory is shared). No socket, or a file nobody listens on (a crashed daemon's, which
+/// the control server then replaces), ends the wait at once.
+func waitForPreviousDaemon(interface: String, socketPath: String) throws {
+    let start = DispatchTime.now().uptimeNanoseconds
+    while ControlSocketProbe.isListening(path: socketPath) {
+        let waited = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        guard waited < previousDaemonWait else {
+            throw CLIError.alreadyRunning(interface: interface, socketPath: socketPath)
+        }
+        usleep(100_000)
+    }
+}
+
+/// The one-line error for a start-up that failed in `Tunnel.run` (control socket, sources).
+func startFailure(interface: String, socketPath: String, _ error: any Error) -> CLIError {
+    if let system = error as? SystemError, system.call.contains(socketPath) {
+        return .controlSocket(interface: interface, path: socketPath, errno: system.errno)
+    }
+    if "\(error)".contains("served by a running daemon") {
+        return .alreadyRunning(interface: interface, socketPath: socketPath)
+    }
+    return .startFailed(interface: interface, reason: "\(error)")
+}
+
+/// Whether some process accepts connections on a Unix socket path, without sending it anything:
+/// connect succeeds (or finds the backlog full) only while a listener holds the socket.
+enum ControlSocketProbe {
+    static func isListening(path: String) -> Bool {
+        let fd = socket(
+            AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        guard path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: path.utf8)
+            raw[path.utf8.count] = 0
+        }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        // EAGAIN: the backlog is full, so a listener is there (just busy).
+        return result == 0 || errno == EAGAIN || errno == EINPROGRESS
     }
 }

@@ -300,11 +300,11 @@ private func prefix(_ text: String) -> IPPrefix {
         ),
         (
             Fixture.interface + "MTU = 9x\n",
-            "wg0.conf:3: [Interface] MTU: \"9x\" is not an MTU between 576 and 65535 (1420 suits most links)"
+            "wg0.conf:3: [Interface] MTU: \"9x\" is not an MTU between 1280 and 65535 (1420 suits most links)"
         ),
         (
-            Fixture.interface + "MTU = 1000\nAddress = 10.0.0.1/24, fd00::1/64\n",
-            "wg0.conf:3: [Interface] MTU: \"1000\" is below 1280, the IPv6 minimum, and Address has an IPv6 address (use at least 1280)"
+            Fixture.interface + "MTU = 1279\n",
+            "wg0.conf:3: [Interface] MTU: \"1279\" is not an MTU between 1280 and 65535 (1420 suits most links)"
         ),
         (
             Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nPersistentKeepalive = -1\n",
@@ -385,6 +385,75 @@ private func prefix(_ text: String) -> IPPrefix {
             #expect(error?.description.contains(secret) == false)
             #expect(error.map { String(reflecting: $0) }?.contains(secret) == false)
         }
+    }
+
+    /// A key pasted on the wrong line: each field's error names file, line and field, and repeats
+    /// no part of the key (base64 or hex), since the value may be the private key itself.
+    static let misplacedKeyCases: [(line: String, at: String)] = {
+        let hex = "20cb39e0a50ecfaf7b4dcc148f9667199d71643f6ffbc7a67c4c1b5bab5e0471"
+        let peer = Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\n"
+        return [
+            (Fixture.interface + "Address = \(Fixture.ourPrivate)\n", "wg0.conf:3: [Interface] Address:"),
+            (Fixture.interface + "Address = 10.0.0.1/24, \(Fixture.psk)\n", "wg0.conf:3: [Interface] Address:"),
+            (Fixture.interface + "Address = \(hex)\n", "wg0.conf:3: [Interface] Address:"),
+            (Fixture.interface + "ListenPort = \(Fixture.ourPrivate)\n", "wg0.conf:3: [Interface] ListenPort:"),
+            (Fixture.interface + "MTU = \(Fixture.psk)\n", "wg0.conf:3: [Interface] MTU:"),
+            (Fixture.interface + "DNS = \(Fixture.ourPrivate)\n", "wg0.conf:3: [Interface] DNS:"),
+            (Fixture.interface + "Table = \(Fixture.ourPrivate)\n", "wg0.conf:3: [Interface] Table:"),
+            (Fixture.interface + "Adress = \(Fixture.ourPrivate)\n", "wg0.conf:3: [Interface] Adress:"),
+            (peer + "Endpoint = \(Fixture.ourPrivate)\n", "wg0.conf:5: [Peer] Endpoint:"),
+            (peer + "Endpoint = \(Fixture.psk):51820\n", "wg0.conf:5: [Peer] Endpoint:"),
+            (peer + "Endpoint = [\(Fixture.psk)]:51820\n", "wg0.conf:5: [Peer] Endpoint:"),
+            (peer + "AllowedIPs = \(Fixture.ourPrivate)\n", "wg0.conf:5: [Peer] AllowedIPs:"),
+            (peer + "AllowedIPs = 10.0.0.0/8,\(Fixture.psk)\n", "wg0.conf:5: [Peer] AllowedIPs:"),
+            (peer + "PersistentKeepalive = \(Fixture.psk)\n", "wg0.conf:5: [Peer] PersistentKeepalive:"),
+            (Fixture.interface + "[Peer]\nPublicKey = \(hex)\n", "wg0.conf:4: [Peer] PublicKey:"),
+            (peer + "Foo = \(Fixture.psk)\n", "wg0.conf:5: [Peer] Foo:"),
+            (Fixture.interface + "[\(Fixture.psk.dropLast())]\n", "wg0.conf:3:"),
+            (Fixture.interface + "\(Fixture.ourPrivate.dropLast()) = 1\n", "wg0.conf:3:"),
+        ]
+    }()
+
+    @Test(arguments: misplacedKeyCases)
+    func misplacedKeysAreReportedByPositionNotEchoed(text: String, at: String) {
+        let message = failure(text)?.description ?? ""
+        #expect(message.hasPrefix(at), "\(message)")
+        #expect(!message.contains("\n"))
+        let hex = "20cb39e0a50ecfaf7b4dcc148f9667199d71643f6ffbc7a67c4c1b5bab5e0471"
+        for secret in [Fixture.ourPrivate, Fixture.psk, hex] {
+            for start in stride(from: 0, to: secret.count - 12, by: 6) {
+                let piece = String(secret.dropFirst(start).prefix(12))
+                #expect(!message.contains(piece), "\(message) holds \(piece)")
+            }
+        }
+    }
+
+    /// Short values that cannot be keys are still repeated back: they help find the typo.
+    @Test func shortValuesAreStillShown() {
+        #expect(
+            failure(Fixture.interface + "Address = 10.0.0.300/24\n")?.description.contains("\"10.0.0.300/24\"") == true)
+        #expect(failure(Fixture.interface + "ListenPort = 70000\n")?.description.contains("\"70000\"") == true)
+    }
+
+    /// Duplicate peers are found with a table, not by scanning every earlier peer: 5,000 peers
+    /// with the duplicate last still name the first one's line.
+    @Test func duplicatePeerAmongManyNamesTheFirstLine() throws {
+        var text = Fixture.interface
+        var keys: [String] = []
+        for index in 0..<5_000 {
+            // Distinct 32-byte public keys without 5,000 X25519 operations.
+            var bytes = [UInt8](repeating: 0x42, count: 32)
+            bytes[0] = UInt8(index & 0xff)
+            bytes[1] = UInt8(index >> 8)
+            let key = bytes.withUnsafeBytes { Encoding.base64($0) }
+            keys.append(key)
+            text += "[Peer]\nPublicKey = \(key)\nAllowedIPs = 10.\(index / 256 % 256).\(index % 256).0/24\n"
+        }
+        let parsed = try parse(text)
+        #expect(parsed.peers.count == 5_000)
+        text += "[Peer]\nPublicKey = \(keys[7])\n"
+        let error = failure(text)
+        #expect(error?.description.contains("already belongs to the [Peer] on line \(3 + 7 * 3 + 1)") == true)
     }
 
     @Test func everyUnsupportedWgQuickKeyIsNamedAsSuch() {

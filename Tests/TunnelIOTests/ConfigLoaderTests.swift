@@ -161,8 +161,9 @@ private func loadError(_ path: String) -> ConfigLoadError? {
         #expect(mkdir(dir.path + "/sub", 0o700) == 0)
         let config = dir.write("wg0.conf", "[Interface]\nPrivateKeyFile = sub\n")
         #expect(
-            loadError(config)?.description.hasSuffix("\(dir.path)/sub: not a regular file (point to a file)")
-                == true)
+            loadError(config)?.description.hasSuffix(
+                "\(dir.path)/sub: is a directory, not a regular file "
+                    + "(point PrivateKeyFile at a regular file holding the key)") == true)
 
         let secretLooking = "c2VjcmV0LWJ1dC1ub3QtMzItYnl0ZXM="
         dir.write("bad.key", secretLooking)
@@ -189,16 +190,63 @@ private func loadError(_ path: String) -> ConfigLoadError? {
 
     @Test func refusesOversizedAndNonUTF8Configs() {
         let dir = TemporaryDirectory()
-        let big = dir.write("big.conf", String(repeating: "#", count: ConfigLoader.configSizeLimit + 1))
+        // Sparse: fstat says how large it is before anything is read or allocated.
+        let big = dir.write("big.conf", "#")
+        #expect(truncate(big, off_t(ConfigLoader.configSizeLimit + 1)) == 0)
         #expect(
             loadError(big)?.description
-                == "\(big): larger than 1048576 bytes (check that it is the right file)")
+                == "\(big): larger than 67108864 bytes (check that it is the right file)")
         let latin1 = dir.path + "/latin.conf"
         let fd = open(latin1, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
         let bytes: [UInt8] = [0x23, 0xE9, 0x0A]  // "#é" in Latin-1
         _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
         #expect(loadError(latin1)?.description == "\(latin1): not UTF-8 text (save it as UTF-8)")
+    }
+
+    /// A FIFO would block open (and, on SIGHUP, the queue that runs timers) until a writer came.
+    @Test func refusesFIFOConfigAndKeyFilesAtOnce() {
+        let dir = TemporaryDirectory()
+        let fifo = dir.path + "/wg0.conf"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let start = currentInstant().monotonic
+        #expect(
+            loadError(fifo)?.description
+                == "\(fifo): is a FIFO, not a regular file (give the path of a regular NAME.conf file)")
+        #expect(mkfifo(dir.path + "/wg1.key", 0o600) == 0)
+        let keyConfig = dir.write("wg1.conf", "[Interface]\nPrivateKeyFile = wg1.key\n")
+        #expect(
+            loadError(keyConfig)?.description
+                == "\(keyConfig):2: [Interface] PrivateKeyFile: \(dir.path)/wg1.key: is a FIFO, not a regular file "
+                + "(point PrivateKeyFile at a regular file holding the key)")
+        #expect(mkfifo(dir.path + "/p.psk", 0o600) == 0)
+        let pskConfig = dir.write(
+            "wg2.conf",
+            "[Interface]\nPrivateKey = \(Keys.privateKey)\n[Peer]\nPublicKey = \(Keys.peer)\nPresharedKeyFile = p.psk\n"
+        )
+        #expect(loadError(pskConfig)?.description.contains("p.psk: is a FIFO, not a regular file") == true)
+        // All three refused without waiting for a writer.
+        #expect(currentInstant().monotonic - start < 1_000_000_000)
+    }
+
+    @Test func refusesDevicesAsKeyFiles() {
+        let dir = TemporaryDirectory()
+        let config = dir.write("wg0.conf", "[Interface]\nPrivateKeyFile = /dev/zero\n")
+        #expect(
+            loadError(config)?.description
+                == "\(config):2: [Interface] PrivateKeyFile: /dev/zero: is a character device, not a regular file "
+                + "(point PrivateKeyFile at a regular file holding the key)")
+    }
+
+    /// The text read from a config or key file is zeroed after parsing: no base64 copy of a key
+    /// stays in freed memory.
+    @Test func wipeZeroesAStringInPlace() {
+        var text = "PrivateKey = " + Keys.privateKey + "\n"
+        let address = text.withUTF8 { UInt(bitPattern: $0.baseAddress) }
+        ConfigLoader.wipe(&text)
+        #expect(text.utf8.count == 58)
+        #expect(text.utf8.allSatisfy { $0 == 0 })
+        #expect(text.withUTF8 { UInt(bitPattern: $0.baseAddress) } == address)
     }
 
     @Test func interfaceNameComesFromTheFileNameAsInWgQuick() throws {

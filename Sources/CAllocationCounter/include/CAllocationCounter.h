@@ -6,5 +6,7 @@
 
 /// Allocations (malloc, calloc, realloc, memalign family) since the process started.
 uint64_t tunctl_allocation_count(void);
+/// 1 when allocations are counted; 0 under a sanitizer that owns the allocator.
+int tunctl_allocation_counting(void);
 
 #endif

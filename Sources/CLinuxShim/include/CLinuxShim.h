@@ -57,6 +57,12 @@ extern const int tunctl_virtio_net_hdr_size;
 /// (sys/eventfd.h is not in Swift's Glibc module). Returns the fd or -errno.
 int tunctl_eventfd(void);
 
+// MARK: Process
+
+/// prctl(PR_SET_DUMPABLE, dumpable): 0 means no core dump is written and /proc/PID/mem is
+/// readable only with CAP_SYS_PTRACE. Returns 0 or -errno.
+int tunctl_set_dumpable(int dumpable);
+
 // MARK: Interface MTU and flags (ioctls on a throwaway AF_INET datagram socket)
 
 /// SIOCGIFMTU. Returns the MTU (> 0) or -errno.
@@ -94,5 +100,11 @@ size_t tunctl_cmsg_len(size_t data_length);
 struct cmsghdr *tunctl_cmsg_firsthdr(struct msghdr *message);
 struct cmsghdr *tunctl_cmsg_nxthdr(struct msghdr *message, struct cmsghdr *header);
 unsigned char *tunctl_cmsg_data(struct cmsghdr *header);
+
+// MARK: rtnetlink (types and constants only)
+
+#include "CLinuxNetlink.h"
+
+#include "CLinuxSanitizer.h"
 
 #endif
