@@ -43,19 +43,34 @@ public struct InterfaceConfig: Sendable {
     public let listenPort: UInt16?
     /// nil when absent (the caller applies the default of 1420).
     public let mtu: Int?
+    /// `FwMark`: nil when absent or `off` (0).
+    public let fwMark: UInt32?
+    /// `Table`: where `tunctl up` puts the peers' routes (`.auto` when absent).
+    public let table: RoutingTable
     /// The `[Interface]` header line.
     public let location: ConfigLocation
 
     public init(
         privateKey: KeySource<PrivateKey>, addresses: [IPPrefix], listenPort: UInt16?, mtu: Int?,
-        location: ConfigLocation
+        fwMark: UInt32? = nil, table: RoutingTable = .auto, location: ConfigLocation
     ) {
         self.privateKey = privateKey
         self.addresses = addresses
         self.listenPort = listenPort
         self.mtu = mtu
+        self.fwMark = fwMark
+        self.table = table
         self.location = location
     }
+}
+
+/// wg-quick's `Table =`: `auto` routes in the main table, except that a default route (0.0.0.0/0
+/// or ::/0) gets wg-quick's policy routing (its own table, fwmark and rules); `off` adds no
+/// routes; a number puts every route in that table and adds no rule.
+public enum RoutingTable: Hashable, Sendable {
+    case auto
+    case off
+    case number(UInt32)
 }
 
 public struct PeerConfig: Sendable {
@@ -162,10 +177,12 @@ public enum ConfigKey: String, Hashable, Sendable, CaseIterable {
     case endpoint = "Endpoint"
     case allowedIPs = "AllowedIPs"
     case persistentKeepalive = "PersistentKeepalive"
+    case fwMark = "FwMark"
+    case table = "Table"
 
     public var section: ConfigSection {
         switch self {
-        case .privateKey, .privateKeyFile, .address, .listenPort, .mtu: return .interface
+        case .privateKey, .privateKeyFile, .address, .listenPort, .mtu, .fwMark, .table: return .interface
         case .publicKey, .presharedKey, .presharedKeyFile, .endpoint, .allowedIPs, .persistentKeepalive:
             return .peer
         }
@@ -185,23 +202,19 @@ public enum ConfigKey: String, Hashable, Sendable, CaseIterable {
 /// Keys wg-quick understands that tunctl deliberately does not; each gets its own advice.
 enum UnsupportedKey: String, CaseIterable {
     case dns = "DNS"
-    case table = "Table"
     case preUp = "PreUp"
     case postUp = "PostUp"
     case preDown = "PreDown"
     case postDown = "PostDown"
     case saveConfig = "SaveConfig"
-    case fwMark = "FwMark"
 
     var advice: String {
         switch self {
         case .dns: return "remove the line and configure DNS outside tunctl, e.g. with resolvectl"
-        case .table: return "remove the line and add routes outside tunctl, e.g. with ip route"
         case .preUp, .postUp, .preDown, .postDown:
             return
                 "remove the line and run the command from your service manager, e.g. ExecStartPost= in systemd"
         case .saveConfig: return "remove the line; tunctl never writes the config file"
-        case .fwMark: return "remove the line; tunctl does not mark its UDP packets"
         }
     }
 
@@ -224,6 +237,8 @@ public enum ValueProblem: Hashable, Sendable {
     case notPort
     case mtuOutOfRange
     case notKeepalive
+    case notFwMark
+    case notTable
 }
 
 /// Everything that can be wrong with a config's text, each naming the file, line, section and key
@@ -358,6 +373,10 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
                 "is not an MTU between \(Protocol.minimumMTU) and \(Protocol.maximumMTU)",
                 "1420 suits most links"
             )
+        case .notFwMark:
+            return ("is not a firewall mark", "use off, a decimal number or 0x and hex digits, up to 32 bits")
+        case .notTable:
+            return ("is not a routing table", "use auto, off, or a table number from 1 to 4294967295")
         case .notKeepalive:
             return (
                 "is not a keepalive interval",
@@ -467,7 +486,8 @@ extension TunnelConfig {
         let resolved = TunnelConfig(
             interface: InterfaceConfig(
                 privateKey: privateKey, addresses: interface.addresses, listenPort: interface.listenPort,
-                mtu: interface.mtu, location: interface.location),
+                mtu: interface.mtu, fwMark: interface.fwMark, table: interface.table,
+                location: interface.location),
             peers: resolvedPeers)
         try resolved.checkNoPeerIsSelf()
         return resolved
@@ -509,6 +529,8 @@ struct ConfigParser {
     private var addressSet: Set<IPPrefix> = []
     private var listenPort: (value: UInt16, line: Int)?
     private var mtu: (value: Int, line: Int)?
+    private var fwMark: (value: UInt32?, line: Int)?
+    private var table: (value: RoutingTable, line: Int)?
 
     // The [Peer] being read.
     private var peer = PeerDraft(line: 0)
@@ -634,6 +656,18 @@ struct ConfigParser {
                 throw invalid(.mtuOutOfRange)
             }
             mtu = (parsed, line)
+        case .fwMark:
+            if let previous = fwMark {
+                throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
+            }
+            guard let mark = ConfigParser.fwMark(value) else { throw invalid(.notFwMark) }
+            fwMark = (mark == 0 ? nil : mark, line)
+        case .table:
+            if let previous = table {
+                throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
+            }
+            guard let parsed = ConfigParser.routingTable(value) else { throw invalid(.notTable) }
+            table = (parsed, line)
         case .publicKey:
             if let previous = peer.publicKey {
                 throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
@@ -717,7 +751,8 @@ struct ConfigParser {
         let config = TunnelConfig(
             interface: InterfaceConfig(
                 privateKey: privateKey.source, addresses: addresses, listenPort: listenPort?.value,
-                mtu: mtu?.value, location: at(interfaceLine)),
+                mtu: mtu?.value, fwMark: fwMark?.value ?? nil, table: table?.value ?? .auto,
+                location: at(interfaceLine)),
             peers: peers)
         try config.checkNoPeerIsSelf()
         return config
@@ -731,6 +766,30 @@ struct ConfigParser {
     }
 
     /// Plain ASCII decimal in `range` (no sign, no spaces, at most 5 digits).
+    /// wg's fwmark syntax: `off`, decimal, or `0x` and hex digits, fitting 32 bits (0 is off).
+    static func fwMark(_ text: Substring) -> UInt32? {
+        if text.utf8.count == 3, text.lowercased() == "off" { return 0 }
+        let hex = text.hasPrefix("0x") || text.hasPrefix("0X")
+        let digits = hex ? text.dropFirst(2) : text
+        guard !digits.isEmpty, digits.count <= 10, digits.allSatisfy({ $0.isASCII && $0.isHexDigit }),
+            hex || digits.allSatisfy({ $0.isNumber })
+        else { return nil }
+        return UInt32(digits, radix: hex ? 16 : 10)
+    }
+
+    /// wg-quick's `Table`: `auto`, `off`, or a table number (1 to 2^32-1; ip's names are not read).
+    static func routingTable(_ text: Substring) -> RoutingTable? {
+        switch text.lowercased() {
+        case "auto": return .auto
+        case "off": return .off
+        default:
+            guard text.count <= 10, text.allSatisfy({ $0.isASCII && $0.isNumber }), let number = UInt32(text),
+                number != 0
+            else { return nil }
+            return .number(number)
+        }
+    }
+
     static func decimal(_ text: Substring, in range: ClosedRange<Int>) -> Int? {
         guard !text.isEmpty, text.count <= 5, text.allSatisfy({ $0.isASCII && $0.isNumber }),
             let value = Int(text), range.contains(value)

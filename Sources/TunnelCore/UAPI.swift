@@ -26,14 +26,15 @@ public enum UAPI {
     /// Peers are listed in the order of their public keys (wireguard-go's order is its map's,
     /// i.e. arbitrary). The private and preshared keys go into `reply` as hex straight from their
     /// `SecretKey`s: no `String` of them is made, and `reply` zeroes them when it is cleared.
-    public static func get(device: Device, listenPort: UInt16, into reply: SecretBuffer) {
+    public static func get(device: Device, listenPort: UInt16, fwmark: UInt32 = 0, into reply: SecretBuffer) {
         if let privateKey = device.local?.privateKey {
             reply.append("private_key=")
             privateKey.secret.withUnsafeBytes { reply.appendHex($0) }
             reply.append(byte: newline)
         }
-        // wireguard-go omits a zero port (not bound yet) and a zero fwmark; tunctl never sets one.
+        // wireguard-go omits a zero port (not bound yet) and a zero fwmark (none).
         if listenPort != 0 { reply.append("listen_port=\(listenPort)\n") }
+        if fwmark != 0 { reply.append("fwmark=\(fwmark)\n") }
         let peers = device.peers.sorted { lhs, rhs in
             lhs.publicKey.withUnsafeBytes { left in
                 rhs.publicKey.withUnsafeBytes { right in left.lexicographicallyPrecedes(right) }
@@ -61,19 +62,20 @@ public enum UAPI {
 
     /// `get(device:listenPort:into:)` as a `String`, for tests and tools. The daemon does not use
     /// it: the string holds the keys as hex and is freed without being zeroed.
-    public static func get(device: Device, listenPort: UInt16) -> String {
+    public static func get(device: Device, listenPort: UInt16, fwmark: UInt32 = 0) -> String {
         let reply = SecretBuffer()
-        get(device: device, listenPort: listenPort, into: reply)
+        get(device: device, listenPort: listenPort, fwmark: fwmark, into: reply)
         return String(decoding: reply.bytes, as: UTF8.self)
     }
 
     /// Applies the body of a `set=1` request: the lines after `set=1`, without the terminating
     /// blank line (a trailing newline is fine), as bytes. Returns 0, or a negative errno with the
-    /// device untouched. A new listen port is handed to `setListenPort` (the I/O layer rebinds);
-    /// `now` arms a persistent keepalive that was just turned on. Keys are decoded from `body`
+    /// device untouched. A new listen port is handed to `setListenPort` (the I/O layer rebinds),
+    /// a `fwmark` to `setFwMark` (the I/O layer marks its socket; 0 is none); `now` arms a persistent keepalive that was just turned on. Keys are decoded from `body`
     /// into their `SecretKey`s directly; no text copy of them is made.
     public static func set(
-        _ body: UnsafeRawBufferPointer, device: Device, now: Instant, setListenPort: (UInt16) -> Void
+        _ body: UnsafeRawBufferPointer, device: Device, now: Instant, setListenPort: (UInt16) -> Void,
+        setFwMark: (UInt32) -> Void = { _ in }
     ) -> Int32 {
         let request: SetRequest
         do {
@@ -81,14 +83,21 @@ public enum UAPI {
         } catch {
             return error.errno
         }
-        request.apply(to: device, now: now, setListenPort: setListenPort)
+        request.apply(to: device, now: now, setListenPort: setListenPort, setFwMark: setFwMark)
         return 0
     }
 
     /// `set` for a body given as text (tests, tools).
-    public static func set(_ body: String, device: Device, now: Instant, setListenPort: (UInt16) -> Void) -> Int32 {
+    public static func set(
+        _ body: String, device: Device, now: Instant, setListenPort: (UInt16) -> Void,
+        setFwMark: (UInt32) -> Void = { _ in }
+    ) -> Int32 {
         var body = body
-        return body.withUTF8 { set(UnsafeRawBufferPointer($0), device: device, now: now, setListenPort: setListenPort) }
+        return body.withUTF8 {
+            set(
+                UnsafeRawBufferPointer($0), device: device, now: now, setListenPort: setListenPort,
+                setFwMark: setFwMark)
+        }
     }
 
     /// Why `body` would be refused by `set`, or nil when it is well-formed. For the daemon's log:
@@ -117,15 +126,12 @@ public enum UAPIError: Error, Equatable, Sendable, CustomStringConvertible {
     case unknownKey(line: Int, key: String, inPeerSection: Bool)
     /// A peer key before any `public_key=` line.
     case peerKeyBeforePublicKey(line: Int, key: String)
-    /// A nonzero `fwmark`: tunctl does not mark its UDP socket, and pretending it did would let
-    /// wg-quick's fwmark-based policy routing send the tunnel's own packets into the tunnel.
-    case fwmarkUnsupported(line: Int)
 
     /// The negative errno the protocol reply carries.
     public var errno: Int32 {
         switch self {
         case .notKeyValue: return UAPI.Errno.protocolError
-        case .badValue, .unknownKey, .peerKeyBeforePublicKey, .fwmarkUnsupported: return UAPI.Errno.invalid
+        case .badValue, .unknownKey, .peerKeyBeforePublicKey: return UAPI.Errno.invalid
         }
     }
 
@@ -139,9 +145,6 @@ public enum UAPIError: Error, Equatable, Sendable, CustomStringConvertible {
             return "UAPI set, line \(line): unknown \(inPeerSection ? "peer" : "device") key \(key)"
         case .peerKeyBeforePublicKey(let line, let key):
             return "UAPI set, line \(line): \(key) comes before any public_key line"
-        case .fwmarkUnsupported(let line):
-            return "UAPI set, line \(line): fwmark is not supported (only fwmark=0); "
-                + "use Table = off or explicit routes instead of wg-quick's fwmark routing"
         }
     }
 }
@@ -154,6 +157,8 @@ struct SetRequest {
         /// nil removes the key (the protocol's all-zero key).
         case privateKey(PrivateKey?)
         case listenPort(UInt16)
+        /// 0 turns the mark off.
+        case fwmark(UInt32)
         case replacePeers
     }
 
@@ -165,6 +170,8 @@ struct SetRequest {
         case persistentKeepalive(UInt16)
         case replaceAllowedIPs
         case allowedIP(IPPrefix)
+        /// `allowed_ip=-PREFIX`: removes that prefix if this peer has it (wireguard-go 0.0.20250522).
+        case removeAllowedIP(IPPrefix)
     }
 
     struct PeerSection {
@@ -221,7 +228,6 @@ struct SetRequest {
     /// "persistent_keepalive_interval", with room to spare.
     static let longestKeyName = 32
 
-    /// nil for a key that is valid but changes nothing (`fwmark=0`).
     private static func deviceOperation(
         _ key: Substring, _ value: UnsafeRawBufferPointer, line: Int
     ) throws(UAPIError) -> DeviceOperation? {
@@ -233,9 +239,9 @@ struct SetRequest {
             guard let port: UInt16 = decimal(value) else { throw .badValue(line: line, key: "listen_port") }
             return .listenPort(port)
         case "fwmark":
+            // As Go's strconv.ParseUint(value, 10, 32): an empty value is refused (`wg` sends 0 for off).
             guard let mark: UInt32 = decimal(value) else { throw .badValue(line: line, key: "fwmark") }
-            guard mark == 0 else { throw .fwmarkUnsupported(line: line) }
-            return nil
+            return .fwmark(mark)
         case "replace_peers":
             guard isTrue(value) else { throw .badValue(line: line, key: "replace_peers") }
             return .replacePeers
@@ -270,12 +276,15 @@ struct SetRequest {
             guard isTrue(value) else { throw .badValue(line: line, key: name) }
             return .replaceAllowedIPs
         case "allowed_ip":
-            // Go's netip.ParsePrefix wants the length; IPPrefix would take a bare address.
-            let prefixText = text(value)
+            // A leading '-' removes the prefix instead. Go's netip.ParsePrefix wants the length;
+            // IPPrefix would take a bare address.
+            var prefixText = text(value)
+            let removing = prefixText.first == "-"
+            if removing { prefixText = prefixText.dropFirst() }
             guard prefixText.contains("/"), let prefix = IPPrefix(prefixText) else {
                 throw .badValue(line: line, key: name)
             }
-            return .allowedIP(prefix)
+            return removing ? .removeAllowedIP(prefix) : .allowedIP(prefix)
         case "protocol_version":
             guard value.elementsEqual("1".utf8) else { throw .badValue(line: line, key: name) }
             return nil
@@ -325,11 +334,14 @@ struct SetRequest {
 
     /// Carries the request out in order, as wireguard-go would line by line. Cannot fail: every
     /// value was validated while parsing.
-    func apply(to device: Device, now: Instant, setListenPort: (UInt16) -> Void) {
+    func apply(
+        to device: Device, now: Instant, setListenPort: (UInt16) -> Void, setFwMark: (UInt32) -> Void = { _ in }
+    ) {
         for operation in self.device {
             switch operation {
             case .privateKey(let key): device.setPrivateKey(key)
             case .listenPort(let port): setListenPort(port)
+            case .fwmark(let mark): setFwMark(mark)
             case .replacePeers: device.removeAllPeers()
             }
         }
@@ -366,6 +378,8 @@ struct SetRequest {
                 device.removeAllowedIPs(for: peer)
             case .allowedIP(let prefix):
                 device.addAllowedIP(prefix, for: peer)
+            case .removeAllowedIP(let prefix):
+                device.removeAllowedIP(prefix, for: peer)
             }
         }
     }

@@ -29,9 +29,18 @@ public enum LinkConfig {
 /// in batches of `NetlinkSocket.batchSize` requests per sendmsg: 10,000 routes are some 40
 /// system calls, not 10,000 `ip` processes.
 ///
+/// With `setRouting`, it also does wg-quick's full-tunnel policy routing (`Table = auto` and a
+/// 0.0.0.0/0 or ::/0 route): that route goes to table T (the socket's fwmark), and per family the
+/// rules `not fwmark T table T` and `table main suppress_prefixlength 0`, tagged with
+/// `Netlink.ruleProtocol`; `net.ipv4.conf.all.src_valid_mark` is set to 1. The rules are deleted
+/// at shutdown (exact match) and src_valid_mark restored; after a crash, the next start that
+/// installs the same rules first deletes any carrying our tag for the same table (a crashed run's;
+/// never wg-quick's, which have no tag), so restarts never pile up duplicates.
+///
 /// Runs on its own serial queue, so route changes never hold up the queue that runs the tunnel's
-/// timers. `@unchecked Sendable` is sound because `socket` and `routes` are touched only on `queue`
-/// (every method below runs its work there) and `stopping` is atomic.
+/// timers. `@unchecked Sendable` is sound because `socket`, `routes`, the routing choice and
+/// `rules` are touched only on `queue` (every method below runs its work there) and `stopping`
+/// is atomic.
 public final class LinkManager: @unchecked Sendable {
     public let interfaceName: String
     public let interfaceIndex: Int32
@@ -41,6 +50,15 @@ public final class LinkManager: @unchecked Sendable {
     /// Routes this process added (on `queue`). Not removed one by one at shutdown: deleting the
     /// link takes its routes with it.
     private var routes: Set<IPPrefix> = []
+    /// The table routes go to (main unless `Table = NUMBER`), on `queue`.
+    private var routeTable = Netlink.mainTable
+    /// Full tunnel (`Table = auto`): the table a /0 route goes to, with the rules; nil otherwise.
+    private var fullTunnelTable: UInt32?
+    /// Rules this process added (on `queue`); deleted at shutdown.
+    private var rules: [PolicyRule] = []
+    /// `src_valid_mark` as it was before this process set it (on `queue`); restored at shutdown.
+    private var previousSourceValidMark: String?
+    static let sourceValidMarkPath = "/proc/sys/net/ipv4/conf/all/src_valid_mark"
     /// Set by `shutdown`: a route update in progress stops after its current batch.
     private let stopping = Atomic<Bool>(false)
     private let logger: Logger
@@ -81,6 +99,21 @@ public final class LinkManager: @unchecked Sendable {
         }
     }
 
+    /// Where later `updateRoutes` put routes: `table` for all (main: 254), except that with
+    /// `fullTunnelTable` a /0 goes there, with wg-quick's rules. Call before the first update.
+    public func setRouting(table: UInt32, fullTunnelTable: UInt32?) {
+        queue.sync {
+            routeTable = table
+            self.fullTunnelTable = fullTunnelTable
+        }
+    }
+
+    /// The table `prefix` is routed in (on `queue`).
+    private func table(for prefix: IPPrefix) -> UInt32 {
+        if prefix.length == 0, let fullTunnelTable { return fullTunnelTable }
+        return routeTable
+    }
+
     /// Makes the kernel's routes through the link match `wanted` (host bits ignored): adds the
     /// missing, deletes the stale. `wait` false returns at once (the work runs on `queue`); true
     /// returns when it is done (start-up: `tunctl up` is ready once its routes are in place).
@@ -101,6 +134,7 @@ public final class LinkManager: @unchecked Sendable {
         let stale = Array(routes.subtracting(wanted))
         let added = Array(wanted.subtracting(routes))
         guard !stale.isEmpty || !added.isEmpty else { return }
+        defer { syncRules() }
         let socket = self.socket
         var requests: [NetlinkRequest] = []
         requests.reserveCapacity(stale.count + added.count)
@@ -108,14 +142,17 @@ public final class LinkManager: @unchecked Sendable {
             requests.append(
                 NetlinkRequest(
                     message: Netlink.route(
-                        .delete, prefix, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
-                    operation: "route del \(prefix) dev \(interfaceName)"))
+                        .delete, prefix, interfaceIndex: interfaceIndex, table: table(for: prefix),
+                        sequence: socket.sequence()),
+                    operation: "route del \(prefix) dev \(interfaceName)\(tableWords(prefix))"))
         }
         for prefix in added {
             requests.append(
                 NetlinkRequest(
-                    message: Netlink.route(.add, prefix, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
-                    operation: "route add \(prefix) dev \(interfaceName)"))
+                    message: Netlink.route(
+                        .add, prefix, interfaceIndex: interfaceIndex, table: table(for: prefix),
+                        sequence: socket.sequence()),
+                    operation: "route add \(prefix) dev \(interfaceName)\(tableWords(prefix))"))
         }
         let failures: [(index: Int, error: NetlinkError)]
         do {
@@ -144,12 +181,120 @@ public final class LinkManager: @unchecked Sendable {
             "\(interfaceName): routes: \(stale.count) to remove, \(added.count) to add, \(routes.count) ours now")
     }
 
-    /// Stops route work after its current batch, deletes the link (`RTM_DELLINK`, which takes its
-    /// routes and addresses with it; a link already gone is fine) and closes the socket.
+    /// ` table T` for an error message, or nothing for the main table.
+    private func tableWords(_ prefix: IPPrefix) -> String {
+        let table = table(for: prefix)
+        return table == Netlink.mainTable ? "" : " table \(table)"
+    }
+
+    // MARK: Full-tunnel rules (on `queue`)
+
+    /// Adds the rules of each family that now has a /0 route in the full-tunnel table, and deletes
+    /// those of a family that no longer has one.
+    private func syncRules() {
+        guard let table = fullTunnelTable else { return }
+        for isV4 in [true, false] {
+            let routed = routes.contains { $0.length == 0 && $0.address.isV4 == isV4 }
+            let installed = rules.contains { $0.isV4 == isV4 }
+            if routed, !installed {
+                addRules([PolicyRule(.unmarkedTo(table: table), isV4: isV4), PolicyRule(.mainWithoutDefault, isV4: isV4)])
+                if isV4 { setSourceValidMark() }
+            } else if !routed, installed {
+                deleteRules(rules.filter { $0.isV4 == isV4 })
+            }
+        }
+    }
+
+    /// Deletes any copies a crashed run left (bounded), then adds `wanted`; failures are logged.
+    private func addRules(_ wanted: [PolicyRule]) {
+        var stale = 0
+        for rule in wanted {
+            for _ in 0..<LinkManager.staleRuleLimit {
+                let request = NetlinkRequest(
+                    message: Netlink.rule(.delete, rule, sequence: socket.sequence()), operation: "\(rule) delete")
+                guard let failures = try? socket.perform([request]), failures.isEmpty else { break }
+                stale += 1
+            }
+        }
+        if stale > 0 { logger.info("\(interfaceName): removed \(stale) stale rule(s) an earlier run left") }
+        let requests = wanted.map {
+            NetlinkRequest(message: Netlink.rule(.add, $0, sequence: socket.sequence()), operation: "\($0) add")
+        }
+        let failures: [(index: Int, error: NetlinkError)]
+        do {
+            failures = try socket.perform(requests)
+        } catch {
+            logger.error("\(interfaceName): rule update failed: \(error)")
+            return
+        }
+        for failure in failures { logger.warning("\(interfaceName): \(failure.error)") }
+        let failed = Set(failures.map(\.index))
+        for (index, rule) in wanted.enumerated() where !failed.contains(index) { rules.append(rule) }
+    }
+
+    /// How many copies of one rule a start deletes before adding its own.
+    static let staleRuleLimit = 16
+
+    /// Deletes `doomed` (ours) by exact match; a rule already gone is fine.
+    private func deleteRules(_ doomed: [PolicyRule]) {
+        let requests = doomed.map {
+            NetlinkRequest(message: Netlink.rule(.delete, $0, sequence: socket.sequence()), operation: "\($0) delete")
+        }
+        do {
+            for failure in try socket.perform(requests) where failure.error.errno != ENOENT {
+                logger.warning("\(interfaceName): \(failure.error)")
+            }
+        } catch {
+            logger.warning("\(interfaceName): rule delete failed: \(error)")
+        }
+        rules.removeAll { doomed.contains($0) }
+    }
+
+    /// wg-quick's `sysctl net.ipv4.conf.all.src_valid_mark=1` (this namespace's), so replies to
+    /// the marked socket pass reverse-path filtering; the old value is kept for shutdown.
+    private func setSourceValidMark() {
+        guard previousSourceValidMark == nil else { return }
+        guard let previous = LinkManager.readSmallFile(LinkManager.sourceValidMarkPath) else { return }
+        guard previous != "1" else { return }
+        if LinkManager.writeSmallFile(LinkManager.sourceValidMarkPath, "1") {
+            previousSourceValidMark = previous
+        } else {
+            logger.warning("\(interfaceName): could not set \(LinkManager.sourceValidMarkPath) to 1")
+        }
+    }
+
+    /// The first line of a /proc file, trimmed; nil if unreadable.
+    static func readSmallFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = read(fd, &buffer, buffer.count)
+        guard count > 0 else { return nil }
+        let text = String(decoding: buffer[0..<count], as: UTF8.self)
+        return text.split(separator: "\n").first.map(String.init) ?? ""
+    }
+
+    static func writeSmallFile(_ path: String, _ value: String) -> Bool {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { Glibc.close(fd) }
+        let bytes = Array(value.utf8)
+        return write(fd, bytes, bytes.count) == bytes.count
+    }
+
+    /// Stops route work after its current batch, deletes our rules (restoring src_valid_mark),
+    /// deletes the link (`RTM_DELLINK`, which takes its routes and addresses with it, in every
+    /// table; a link already gone is fine) and closes the socket.
     /// Call after closing the TUN descriptor (which deletes a non-persistent TUN on its own).
     public func shutdown() {
         stopping.store(true, ordering: .relaxed)
         queue.sync {
+            if !rules.isEmpty { deleteRules(rules) }
+            if let previous = previousSourceValidMark {
+                _ = LinkManager.writeSmallFile(LinkManager.sourceValidMarkPath, previous)
+                previousSourceValidMark = nil
+            }
             let request = NetlinkRequest(
                 message: Netlink.deleteLink(interfaceIndex: interfaceIndex, sequence: socket.sequence()),
                 operation: "link delete dev \(interfaceName)")

@@ -38,6 +38,33 @@ public struct LinkState: Hashable, Sendable {
     public var isUp: Bool { flags & UInt32(IFF_UP) != 0 }
 }
 
+/// One of the two rules wg-quick adds per address family for a full tunnel.
+public struct PolicyRule: Hashable, Sendable, CustomStringConvertible {
+    public enum Kind: Hashable, Sendable {
+        /// `not fwmark T table T`: everything but the tunnel's own (marked) UDP uses table T.
+        case unmarkedTo(table: UInt32)
+        /// `table main suppress_prefixlength 0`: the main table, except its default route, first.
+        case mainWithoutDefault
+    }
+
+    public var kind: Kind
+    public var isV4: Bool
+
+    public init(_ kind: Kind, isV4: Bool) {
+        self.kind = kind
+        self.isV4 = isV4
+    }
+
+    /// As `ip` would be asked for it.
+    public var description: String {
+        let family = isV4 ? "-4" : "-6"
+        switch kind {
+        case .unmarkedTo(let table): return "\(family) rule not fwmark \(table) table \(table)"
+        case .mainWithoutDefault: return "\(family) rule table main suppress_prefixlength 0"
+        }
+    }
+}
+
 /// One request in a batch: the encoded message and the words that name it in an error.
 public struct NetlinkRequest: Sendable {
     public let message: [UInt8]
@@ -102,10 +129,19 @@ public enum Netlink {
 
     private static func family(_ address: IPAddress) -> UInt8 { UInt8(address.isV4 ? AF_INET : AF_INET6) }
 
-    /// `ip route add|del PREFIX dev IFINDEX` in the main table (host bits cleared): link scope for
-    /// IPv4 and universe for IPv6 as `ip` chooses, protocol boot, unicast.
+    /// The main routing table's number (254).
+    public static let mainTable = UInt32(RT_TABLE_MAIN.rawValue)
+
+    /// `rtm_table` / `fib_rule_hdr.table` for `table`: the number when it fits a byte, else
+    /// RT_TABLE_UNSPEC with the full number in the RTA_TABLE / FRA_TABLE attribute (as `ip` does).
+    private static func tableByte(_ table: UInt32) -> UInt8 {
+        table < 256 ? UInt8(table) : UInt8(RT_TABLE_UNSPEC.rawValue)
+    }
+
+    /// `ip route add|del PREFIX dev IFINDEX [table TABLE]` (host bits cleared; main table unless
+    /// given): link scope for IPv4 and universe for IPv6 as `ip` chooses, protocol boot, unicast.
     public static func route(
-        _ change: Change, _ prefix: IPPrefix, interfaceIndex: Int32, sequence: UInt32
+        _ change: Change, _ prefix: IPPrefix, interfaceIndex: Int32, table: UInt32 = mainTable, sequence: UInt32
     )
         -> [UInt8]
     {
@@ -113,17 +149,18 @@ public enum Netlink {
         var body = rtmsg()
         body.rtm_family = family(prefix.address)
         body.rtm_dst_len = UInt8(prefix.length)
-        body.rtm_table = UInt8(RT_TABLE_MAIN.rawValue)
+        body.rtm_table = tableByte(table)
         body.rtm_protocol = UInt8(RTPROT_BOOT)
         body.rtm_type = UInt8(RTN_UNICAST)
         switch change {
         case .add: body.rtm_scope = UInt8((prefix.address.isV4 ? RT_SCOPE_LINK : RT_SCOPE_UNIVERSE).rawValue)
         case .delete: body.rtm_scope = UInt8(RT_SCOPE_NOWHERE.rawValue)
         }
-        let attributes = [
+        var attributes = [
             Attribute(UInt16(RTA_DST.rawValue), prefix.address.networkBytes),
             Attribute(UInt16(RTA_OIF.rawValue), u32: UInt32(bitPattern: interfaceIndex)),
         ]
+        if table != mainTable { attributes.append(Attribute(UInt16(RTA_TABLE.rawValue), u32: table)) }
         switch change {
         case .add:
             return message(
@@ -135,6 +172,45 @@ public enum Netlink {
                 attributes: attributes)
         }
     }
+
+    /// `ip rule add|del` of one of wg-quick's full-tunnel rules, tagged with `ruleProtocol` so a
+    /// later start recognises (and deletes) rules a crashed tunctl left, and nobody else's. No
+    /// priority is given: the kernel puts each just above the main table's rule, as for wg-quick.
+    /// A delete matches every attribute sent (the kernel ignores those not sent).
+    public static func rule(_ change: Change, _ rule: PolicyRule, sequence: UInt32) -> [UInt8] {
+        var body = fib_rule_hdr()
+        body.family = UInt8(rule.isV4 ? AF_INET : AF_INET6)
+        body.action = UInt8(FR_ACT_TO_TBL)
+        var attributes: [Attribute] = []
+        switch rule.kind {
+        case .unmarkedTo(let table):
+            // not fwmark TABLE table TABLE
+            body.table = tableByte(table)
+            body.flags = UInt32(FIB_RULE_INVERT)
+            attributes.append(Attribute(UInt16(FRA_TABLE), u32: table))
+            attributes.append(Attribute(UInt16(FRA_FWMARK), u32: table))
+        case .mainWithoutDefault:
+            // table main suppress_prefixlength 0
+            body.table = tableByte(mainTable)
+            attributes.append(Attribute(UInt16(FRA_TABLE), u32: mainTable))
+            attributes.append(Attribute(UInt16(FRA_SUPPRESS_PREFIXLEN), u32: 0))
+        }
+        attributes.append(Attribute(UInt16(FRA_PROTOCOL), [ruleProtocol]))
+        switch change {
+        case .add:
+            return message(
+                type: Int32(RTM_NEWRULE), flags: Int32(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL),
+                sequence: sequence, body: body, attributes: attributes)
+        case .delete:
+            return message(
+                type: Int32(RTM_DELRULE), flags: Int32(NLM_F_REQUEST | NLM_F_ACK), sequence: sequence, body: body,
+                attributes: attributes)
+        }
+    }
+
+    /// The `proto` tunctl's rules carry (`ip -d rule` shows it as 116): not one of the kernel's or
+    /// iproute2's named protocols, so no other tool's rule has it.
+    public static let ruleProtocol: UInt8 = 116
 
     /// `ip address add|del ADDRESS/LEN dev IFINDEX`: IFA_LOCAL and IFA_ADDRESS both the address.
     public static func address(

@@ -62,6 +62,15 @@ public final class Tunnel: @unchecked Sendable {
     private var linkMonitor: LinkMonitor?
     /// The config file to re-read on SIGHUP (nil when started empty for wg-quick).
     let configPath: String?
+    /// The socket's fwmark (SO_MARK), 0 for none: `FwMark`, UAPI `fwmark=`, or a full tunnel's
+    /// table. Owned by `queue` (after `init`).
+    private var fwmark: UInt32 = 0
+    /// `Table` under `tunctl up` (nil under wg-quick, where routes are wg-quick's).
+    private let routing: RoutingTable?
+    /// `Table = auto`: the table (and fwmark) a 0.0.0.0/0 or ::/0 peer's policy routing uses.
+    private let fullTunnelTable: UInt32?
+    /// wg-quick's choice when no `FwMark` is set.
+    static let defaultFullTunnelTable: UInt32 = 51820
     private var control: ControlServer?
 
     private var tunSource: DispatchSourceRead?
@@ -114,6 +123,8 @@ public final class Tunnel: @unchecked Sendable {
         self.name = name
         self.logger = logger
         self.configPath = configPath
+        routing = config?.interface.table
+        fullTunnelTable = routing == .auto ? (config?.interface.fwMark ?? Tunnel.defaultFullTunnelTable) : nil
         self.queue = DispatchQueue(label: "tunctl.\(name).control")
         self.outboundQueue = DispatchQueue(label: "tunctl.\(name).outbound")
         self.inboundQueue = DispatchQueue(label: "tunctl.\(name).inbound")
@@ -164,7 +175,14 @@ public final class Tunnel: @unchecked Sendable {
         do {
             socket = try UDPSocket(
                 port: config?.interface.listenPort ?? 0, offload: offload.udp ? [.segmentation, .coalescing] : [])
+            fwmark = config?.interface.fwMark ?? 0
+            if fwmark != 0 { try socket.setMark(fwmark) }
             link = try LinkManager(interfaceName: tun.name, logger: logger)
+            if case .number(let table) = routing {
+                link.setRouting(table: table, fullTunnelTable: nil)
+            } else {
+                link.setRouting(table: Netlink.mainTable, fullTunnelTable: fullTunnelTable)
+            }
             try link.configure(mtu: mtu, addresses: config?.interface.addresses ?? [])
             // The kernel's figure, not the config's, is what the TUN hands over.
             linkMTUDidChange(try tun.mtu())
@@ -580,11 +598,28 @@ public final class Tunnel: @unchecked Sendable {
 
     /// Makes the kernel's routes through the link match every peer's AllowedIPs. The work runs on
     /// the link manager's queue; `wait` (start-up only) returns once it is done.
+    /// `Table = off`: none. A full tunnel first marks the socket, so that its own UDP never
+    /// follows the /0 into the tunnel once the rules are in.
     func syncRoutes(wait: Bool = false) {
+        guard routing != .off else { return }
         let wanted = withEngine { device in
             device.peers.reduce(into: Set<IPPrefix>()) { $0.formUnion(device.allowedIPs(of: $1)) }
         }
+        if let fullTunnelTable, fwmark != fullTunnelTable, wanted.contains(where: { $0.length == 0 }) {
+            do {
+                try setFwMark(fullTunnelTable)
+            } catch {
+                logger.error("\(name): full tunnel not routed: cannot mark the UDP socket: \(error)")
+                return
+            }
+        }
         link.updateRoutes(wanted, wait: wait)
+    }
+
+    /// Marks the UDP socket (0: unmarks it) and remembers the mark for `rebind` and UAPI `get`.
+    func setFwMark(_ mark: UInt32) throws(SystemError) {
+        try socket.setMark(mark)
+        fwmark = mark
     }
 
     // MARK: - Link events (on `queue`)
@@ -644,6 +679,7 @@ public final class Tunnel: @unchecked Sendable {
     func rebind(port: UInt16) throws {
         guard port != socket.port || port == 0 else { return }
         let replacement = try UDPSocket(port: port)
+        if fwmark != 0 { try replacement.setMark(fwmark) }
         // Both data queues are held while the socket changes, so neither sees it half-replaced.
         holdingDataQueues {
             udpSource?.cancel()
@@ -669,12 +705,20 @@ public final class Tunnel: @unchecked Sendable {
         switch request {
         case .get:
             let port = socket.port
-            withEngine { UAPI.get(device: $0, listenPort: port, into: reply) }
+            let mark = fwmark
+            withEngine { UAPI.get(device: $0, listenPort: port, fwmark: mark, into: reply) }
         case .set(let body):
             var listenPort: UInt16?
-            let errno = withEngine { UAPI.set(body, device: $0, now: currentInstant()) { listenPort = $0 } }
+            var mark: UInt32?
+            let errno = withEngine {
+                UAPI.set(body, device: $0, now: currentInstant(), setListenPort: { listenPort = $0 }) { mark = $0 }
+            }
+            // As wireguard-go: a port or mark the socket refuses is -EADDRINUSE.
             if errno == 0, let port = listenPort {
                 do { try rebind(port: port) } catch { return reply.append("errno=-\(EADDRINUSE)\n\n") }
+            }
+            if errno == 0, let mark {
+                do { try setFwMark(mark) } catch { return reply.append("errno=-\(EADDRINUSE)\n\n") }
             }
             // Routes are ours only when we own the config (`tunctl up`); under wg-quick
             // (`tunctl userspace`) they are wg-quick's, as with wireguard-go.

@@ -254,8 +254,12 @@ private func prefix(_ text: String) -> IPPrefix {
             "wg0.conf:3: [Interface] SaveConfig: wg-quick's SaveConfig is not supported by tunctl (remove the line; tunctl never writes the config file)"
         ),
         (
-            Fixture.interface + "FwMark = 0x1234\n",
-            "wg0.conf:3: [Interface] FwMark: wg-quick's FwMark is not supported by tunctl (remove the line; tunctl does not mark its UDP packets)"
+            Fixture.interface + "FwMark = 0x1g\n",
+            "wg0.conf:3: [Interface] FwMark: \"0x1g\" is not a firewall mark (use off, a decimal number or 0x and hex digits, up to 32 bits)"
+        ),
+        (
+            Fixture.interface + "Table = main\n",
+            "wg0.conf:3: [Interface] Table: \"main\" is not a routing table (use auto, off, or a table number from 1 to 4294967295)"
         ),
         (
             Fixture.interface + "ListenPort = 1\nListenPort = 2\n",
@@ -457,11 +461,32 @@ private func prefix(_ text: String) -> IPPrefix {
     }
 
     @Test func everyUnsupportedWgQuickKeyIsNamedAsSuch() {
-        for key in ["DNS", "Table", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig", "FwMark"] {
+        for key in ["DNS", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig"] {
             let error = failure(Fixture.interface + "\(key) = x\n")
             #expect(error == .unsupportedKey(ConfigLocation(file: "wg0.conf", line: 3), .interface, key: key))
             #expect(error?.description.contains("wg-quick's \(key) is not supported by tunctl") == true)
         }
+    }
+
+    @Test func fwMarkAndTableParseAsWgQuickWritesThem() throws {
+        let cases: [(String, UInt32?)] = [
+            ("off", nil), ("0", nil), ("51820", 51820), ("0xca6c", 0xca6c), ("0XFFFFFFFF", 0xffff_ffff),
+        ]
+        for (text, mark) in cases {
+            let config = try parse(Fixture.interface + "FwMark = \(text)\n")
+            #expect(config.interface.fwMark == mark, "FwMark = \(text)")
+        }
+        for bad in ["-1", "4294967296", "0x100000000", "0x", "12a", "mark"] {
+            #expect(failure(Fixture.interface + "FwMark = \(bad)\n")?.description.contains("not a firewall mark") == true)
+        }
+        #expect(try parse(Fixture.interface).interface.table == .auto)
+        #expect(try parse(Fixture.interface + "Table = off\n").interface.table == .off)
+        #expect(try parse(Fixture.interface + "Table = Auto\n").interface.table == .auto)
+        #expect(try parse(Fixture.interface + "Table = 1234\n").interface.table == .number(1234))
+        for bad in ["0", "main", "-5", "4294967296"] {
+            #expect(failure(Fixture.interface + "Table = \(bad)\n")?.description.contains("not a routing table") == true)
+        }
+        #expect(failure(Fixture.interface + "Table = 5\nTable = 6\n")?.description.contains("given twice") == true)
     }
 
     @Test func errorsAreTypedCases() {

@@ -1,5 +1,5 @@
 // rtnetlink for Swift: the message structs (nlmsghdr, ifinfomsg, ifaddrmsg, rtmsg, nlmsgerr,
-// rtattr, sockaddr_nl) and constants (RTM_*, NLM_F_*, IFLA_*, IFA_*, RTA_*, RTNLGRP_*,
+// rtattr, sockaddr_nl, fib_rule_hdr) and constants (RTM_*, NLM_F_*, IFLA_*, IFA_*, RTA_*, FRA_*, RTNLGRP_*,
 // NETLINK_*) straight from the kernel's UAPI headers, so Swift never spells one of their numbers.
 //
 // An exception to "Linux headers only in shim.c": these headers define no type that Glibc also
@@ -14,5 +14,6 @@
 #include <linux/rtnetlink.h>
 #include <linux/if_addr.h>
 #include <linux/if_link.h>
+#include <linux/fib_rules.h>
 
 #endif
