@@ -197,7 +197,9 @@ public final class LinkManager: @unchecked Sendable {
             let routed = routes.contains { $0.length == 0 && $0.address.isV4 == isV4 }
             let installed = rules.contains { $0.isV4 == isV4 }
             if routed, !installed {
-                addRules([PolicyRule(.unmarkedTo(table: table), isV4: isV4), PolicyRule(.mainWithoutDefault, isV4: isV4)])
+                addRules([
+                    PolicyRule(.unmarkedTo(table: table), isV4: isV4), PolicyRule(.mainWithoutDefault, isV4: isV4),
+                ])
                 if isV4 { setSourceValidMark() }
             } else if !routed, installed {
                 deleteRules(rules.filter { $0.isV4 == isV4 })

@@ -477,14 +477,16 @@ private func prefix(_ text: String) -> IPPrefix {
             #expect(config.interface.fwMark == mark, "FwMark = \(text)")
         }
         for bad in ["-1", "4294967296", "0x100000000", "0x", "12a", "mark"] {
-            #expect(failure(Fixture.interface + "FwMark = \(bad)\n")?.description.contains("not a firewall mark") == true)
+            #expect(
+                failure(Fixture.interface + "FwMark = \(bad)\n")?.description.contains("not a firewall mark") == true)
         }
         #expect(try parse(Fixture.interface).interface.table == .auto)
         #expect(try parse(Fixture.interface + "Table = off\n").interface.table == .off)
         #expect(try parse(Fixture.interface + "Table = Auto\n").interface.table == .auto)
         #expect(try parse(Fixture.interface + "Table = 1234\n").interface.table == .number(1234))
         for bad in ["0", "main", "-5", "4294967296"] {
-            #expect(failure(Fixture.interface + "Table = \(bad)\n")?.description.contains("not a routing table") == true)
+            #expect(
+                failure(Fixture.interface + "Table = \(bad)\n")?.description.contains("not a routing table") == true)
         }
         #expect(failure(Fixture.interface + "Table = 5\nTable = 6\n")?.description.contains("given twice") == true)
     }
