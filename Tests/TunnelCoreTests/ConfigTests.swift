@@ -231,7 +231,7 @@ private func prefix(_ text: String) -> IPPrefix {
         ),
         (
             Fixture.interface + "Colour = blue\n",
-            "wg0.conf:3: [Interface] Colour: unknown key (valid keys in [Interface]: PrivateKey, PrivateKeyFile, Address, ListenPort, MTU)"
+            "wg0.conf:3: [Interface] Colour: unknown key (valid keys in [Interface]: PrivateKey, PrivateKeyFile, Address, ListenPort, MTU, FwMark, Table)"
         ),
         (
             Fixture.interface + "AllowedIPs = 10.0.0.0/8\n",
@@ -242,8 +242,8 @@ private func prefix(_ text: String) -> IPPrefix {
             "wg0.conf:3: [Interface] DNS: wg-quick's DNS is not supported by tunctl (remove the line and configure DNS outside tunctl, e.g. with resolvectl)"
         ),
         (
-            Fixture.interface + "table = off\n",
-            "wg0.conf:3: [Interface] table: wg-quick's table is not supported by tunctl (remove the line and add routes outside tunctl, e.g. with ip route)"
+            Fixture.interface + "table = 0\n",
+            "wg0.conf:3: [Interface] Table: \"0\" is not a routing table (use auto, off, or a table number from 1 to 4294967295)"
         ),
         (
             Fixture.interface + "PostUp = iptables -A FORWARD -i %i -j ACCEPT\n",

@@ -275,6 +275,40 @@ private func configuredDevice() -> Device {
         #expect(b.persistentKeepaliveAt == nil)
     }
 
+    /// `fwmark=` goes to the I/O layer (which marks the socket) in decimal, 0 meaning off, as
+    /// wireguard-go's strconv.ParseUint(value, 10, 32); `get` lists it after the port, only when
+    /// it is not 0.
+    @Test func fwmarkIsHandedOverAndListed() {
+        let device = Device(privateKey: nil)
+        var marks: [UInt32] = []
+        let errno = UAPI.set("fwmark=51820\nfwmark=4294967295\nfwmark=0", device: device, now: now) { _ in
+        } setFwMark: {
+            marks.append($0)
+        }
+        #expect(errno == 0)
+        #expect(marks == [51820, 4_294_967_295, 0])
+        #expect(UAPI.get(device: device, listenPort: 7, fwmark: 51820) == "listen_port=7\nfwmark=51820\nerrno=0\n\n")
+        #expect(UAPI.get(device: device, listenPort: 7, fwmark: 0) == "listen_port=7\nerrno=0\n\n")
+    }
+
+    /// `allowed_ip=-PREFIX` (wireguard-go 0.0.20250522) removes that one prefix of that peer; a
+    /// prefix the peer does not have (another peer's, or nobody's) is left as it is.
+    @Test func allowedIPWithMinusRemovesOnePrefix() {
+        let device = configuredDevice()
+        let a = peer(Keys.peerA, in: device)!
+        let b = peer(Keys.peerB, in: device)!
+        #expect(set("public_key=\(Keys.peerB)\nallowed_ip=10.9.0.0/16\n", on: device).errno == 0)
+        let body =
+            "public_key=\(Keys.peerA)\nallowed_ip=-198.18.2.77/24\nallowed_ip=-10.9.0.0/16\nallowed_ip=-10.8.0.0/16\n"
+        #expect(set(body, on: device).errno == 0)
+        #expect(device.allowedIPs(of: a) == [IPPrefix("fd00:2::/64")!])
+        #expect(device.allowedIPs(of: b) == [IPPrefix("10.9.0.0/16")!])
+        // Added and removed in one request, in order.
+        #expect(
+            set("public_key=\(Keys.peerA)\nallowed_ip=10.7.0.0/16\nallowed_ip=-10.7.0.0/16\n", on: device).errno == 0)
+        #expect(device.allowedIPs(of: a) == [IPPrefix("fd00:2::/64")!])
+    }
+
     /// Keys and values wg sends that tunctl must take (`wg setconf` always sends `fwmark=0`).
     @Test func acceptedEdgeValues() {
         for body in [
@@ -327,7 +361,13 @@ private func configuredDevice() -> Device {
         ("listen_port=+1", UAPI.Errno.invalid),
         ("listen_port= 1", UAPI.Errno.invalid),
         ("fwmark=x", UAPI.Errno.invalid),
-        ("fwmark=51820", UAPI.Errno.invalid),
+        ("fwmark=", UAPI.Errno.invalid),
+        ("fwmark=-1", UAPI.Errno.invalid),
+        ("fwmark=4294967296", UAPI.Errno.invalid),
+        ("fwmark=0x10", UAPI.Errno.invalid),
+        ("public_key=\(Keys.peerA)\nallowed_ip=-", UAPI.Errno.invalid),
+        ("public_key=\(Keys.peerA)\nallowed_ip=--10.0.0.0/8", UAPI.Errno.invalid),
+        ("public_key=\(Keys.peerA)\nallowed_ip=-10.0.0.1", UAPI.Errno.invalid),
         ("public_key=\(Keys.peerA)\npersistent_keepalive_interval=65536", UAPI.Errno.invalid),
         // Allowed IPs.
         ("public_key=\(Keys.peerA)\nallowed_ip=10.0.0.0/33", UAPI.Errno.invalid),

@@ -45,6 +45,52 @@ import TunnelCore
         #expect(bytes == expected)
     }
 
+    /// A route outside the main table: rtm_table holds a table that fits a byte; a larger one
+    /// (51820) is RT_TABLE_UNSPEC (0) there with the number in RTA_TABLE (15), as `ip` sends it.
+    @Test func routeInAnotherTable() throws {
+        let prefix = try #require(IPPrefix("0.0.0.0/0"))
+        let bytes = Netlink.route(.add, prefix, interfaceIndex: 7, table: 51820, sequence: 2)
+        let expected: [UInt8] =
+            le32(52) + le16(24) + le16(0x605) + le32(2) + le32(0)
+            + [2, 0, 0, 0, 0, 3, 253, 1] + le32(0)
+            + le16(8) + le16(1) + [0, 0, 0, 0]
+            + le16(8) + le16(4) + le32(7)
+            + le16(8) + le16(15) + le32(51820)
+        #expect(bytes == expected)
+        let small = Netlink.route(.add, prefix, interfaceIndex: 7, table: 200, sequence: 2)
+        #expect(small[20] == 200)
+        #expect(Array(small[44..<52]) == le16(8) + le16(15) + le32(200))
+    }
+
+    /// `ip -4 rule add not fwmark 51820 table 51820` plus tunctl's protocol tag. fib_rule_hdr:
+    /// family, dst_len, src_len, tos, table, res1, res2, action (FR_ACT_TO_TBL 1), flags
+    /// (FIB_RULE_INVERT 2). RTM_NEWRULE 32, RTM_DELRULE 33; FRA_FWMARK 10, FRA_TABLE 15,
+    /// FRA_SUPPRESS_PREFIXLEN 14, FRA_PROTOCOL 21.
+    @Test func ruleNotFwmarkToTable() {
+        let bytes = Netlink.rule(.add, PolicyRule(.unmarkedTo(table: 51820), isV4: true), sequence: 8)
+        let expected: [UInt8] =
+            le32(52) + le16(32) + le16(0x605) + le32(8) + le32(0)
+            + [2, 0, 0, 0, 0, 0, 0, 1] + le32(2)
+            + le16(8) + le16(15) + le32(51820)
+            + le16(8) + le16(10) + le32(51820)
+            + le16(5) + le16(21) + [116, 0, 0, 0]
+        #expect(bytes == expected)
+    }
+
+    /// `ip -6 rule del table main suppress_prefixlength 0` (with the tag, so only ours match).
+    @Test func ruleSuppressDefaultDelete() {
+        let bytes = Netlink.rule(.delete, PolicyRule(.mainWithoutDefault, isV4: false), sequence: 9)
+        let expected: [UInt8] =
+            le32(52) + le16(33) + le16(0x5) + le32(9) + le32(0)
+            + [10, 0, 0, 0, 254, 0, 0, 1] + le32(0)
+            + le16(8) + le16(15) + le32(254)
+            + le16(8) + le16(14) + le32(0)
+            + le16(5) + le16(21) + [116, 0, 0, 0]
+        #expect(bytes == expected)
+        #expect(
+            PolicyRule(.mainWithoutDefault, isV4: false).description == "-6 rule table main suppress_prefixlength 0")
+    }
+
     @Test func addressAddKeepsHostBits() throws {
         let prefix = try #require(IPPrefix("198.18.1.1/24"))
         let bytes = Netlink.address(.add, prefix, interfaceIndex: 9, sequence: 5)
