@@ -197,7 +197,9 @@ dump() { nsx "$1" wg show "$2" dump | awk -F'\t' -v OFS='\t' 'NF == 8 { $6 = $7 
 
 test_uapi_parity() {
   underlay_pair 0 || return 1
-  local ref=$(if_name r) ours=$(if_name t)
+  local ref ours
+  ref=$(if_name r)
+  ours=$(if_name t)
   tt_register_iface "$ours"
   start_wggo "$NS_A" "$ref" || return 1
   ip netns exec "$NS_B" "$TUNCTL" userspace "$ours" >"$TT_TEST_DIR/userspace.log" 2>&1 ||
@@ -205,7 +207,7 @@ test_uapi_parity() {
   local pid
   pid=$(ip netns pids "$NS_B" | head -1)
   tt_register_pid "$pid"
-  local key a b c r
+  local key a c r
   key=$(base64 -d <"$KEYS/a.key" | od -An -tx1 | tr -d ' \n')
   tt_keypair "$KEYS" c || return 1
   a=$(base64 -d <"$KEYS/b.pub" | od -An -tx1 | tr -d ' \n')
