@@ -22,7 +22,8 @@
 # - uapi-fwmark-allowedip-parity: raw UAPI writes (socat): fwmark set/get/off, update_only,
 #   allowed_ip=-PREFIX; `wg show dump` equal to wireguard-go's after the same writes where the
 #   installed wireguard-go (0.0.20220316) knows the key; allowed_ip=-PREFIX (wireguard-go
-#   0.0.20250522) is checked against the dump it must give.
+#   0.0.20250522) and a scoped link-local endpoint are checked against what they must give.
+# - link-local-endpoint: a tunnel whose peer is `[fe80::…%veA]:port` carries traffic.
 set -uo pipefail
 # shellcheck source=../lib/netns.sh
 source "$(dirname "$0")/../lib/netns.sh"
@@ -212,6 +213,8 @@ test_uapi_parity() {
   tt_keypair "$KEYS" c || return 1
   a=$(base64 -d <"$KEYS/b.pub" | od -An -tx1 | tr -d ' \n')
   c=$(base64 -d <"$KEYS/c.pub" | od -An -tx1 | tr -d ' \n')
+  # A link with the same name in both namespaces, for a scoped link-local endpoint.
+  nsx "$NS_A" ip link add ftzone type veth peer name ftzone2 && nsx "$NS_B" ip link add ftzone type veth peer name ftzone2 || return 1
   local writes=(
     "private_key=$key"$'\n'"listen_port=51830"$'\n'"fwmark=4660"
     "public_key=$a"$'\n'"endpoint=198.18.0.9:51820"$'\n'"allowed_ip=198.18.5.0/24"$'\n'"allowed_ip=198.18.6.0/24"$'\n'"allowed_ip=2001:db8:5::/48"
@@ -240,6 +243,15 @@ test_uapi_parity() {
   for w in "fwmark=" "fwmark=-1" "fwmark=4294967296"; do
     [[ $(uapi "$ours" "$w") == "$(uapi "$ref" "$w")" ]] || fail "'$w': tunctl and wireguard-go answer differently" || return 1
   done
+  # A scoped link-local endpoint keeps its scope (wireguard-go 0.0.20250522 keeps the zone; the
+  # installed 0.0.20220316 drops it, so no comparison): `wg` shows the interface's name.
+  r=$(uapi "$ours" "public_key=$c"$'\n'"endpoint=[fe80::1%ftzone]:51822")
+  [[ $r == errno=0 ]] || fail "scoped endpoint refused: $r" || return 1
+  nsx "$NS_B" wg show "$ours" endpoints | has $'\t\\[fe80::1%ftzone\\]:51822$' ||
+    fail "scoped endpoint: $(nsx "$NS_B" wg show "$ours" endpoints)" || return 1
+  r=$(uapi "$ours" "public_key=$c"$'\n'"endpoint=[fe80::1%nosuchlink]:51822")
+  [[ $r == errno=-22 ]] || fail "endpoint on a missing link: $r (want errno=-22)" || return 1
+  r=$(uapi "$ours" "public_key=$c"$'\n'"remove=true")
   # allowed_ip=-PREFIX (wireguard-go 0.0.20250522): removes that prefix of that peer only; a
   # prefix the peer does not have changes nothing.
   r=$(uapi "$ours" "public_key=$a"$'\n'"allowed_ip=-198.18.6.0/24"$'\n'"allowed_ip=-198.18.99.0/24"$'\n'"allowed_ip=-2001:db8:5::/48")
@@ -250,6 +262,25 @@ test_uapi_parity() {
   [[ $r == errno=-22 ]] || fail "allowed_ip=-nonsense: $r (want errno=-22)" || return 1
 }
 
+# A peer reached at a link-local address (`Endpoint = [fe80::…%veA]:port`): the scope id must
+# reach sendto, or the kernel has no route for it (EINVAL/ENETUNREACH) and no handshake completes.
+test_link_local_endpoint() {
+  two_nodes_setup --no-start || return 1
+  local ll
+  ll=$(nsx "$NS_B" ip -6 -o addr show dev veB scope link | awk '{print $4}' | cut -d/ -f1)
+  [[ $ll == fe80:* ]] || fail "no link-local address on veB: '$ll'" || return 1
+  sed -i "s|^Endpoint = .*|Endpoint = [$ll%veA]:$PORT_B|" "$CONF_A"
+  sed -i '/^Endpoint = /d' "$CONF_B"
+  start_tunctl "$NS_A" "$CONF_A" || return 1
+  start_tunctl "$NS_B" "$CONF_B" || return 1
+  nsx "$NS_A" wg show "$IF_A" endpoints | has "\\[$ll%veA\\]:$PORT_B" ||
+    fail "endpoint shown as: $(nsx "$NS_A" wg show "$IF_A" endpoints)" || return 1
+  ping_until "$NS_A" 198.18.1.2 10 || fail "no traffic to a link-local endpoint" || return 1
+  # B learned A's scoped address from the handshake and answers to it.
+  nsx "$NS_B" wg show "$IF_B" endpoints | has "%veB\\]:$PORT_A" ||
+    fail "B's view of A: $(nsx "$NS_B" wg show "$IF_B" endpoints)" || return 1
+}
+
 tt_require --tunctl wg wg-quick wireguard-go socat tcpdump python3 ping
 [[ -e /sys/module/wireguard ]] && tt_missing "the wireguard kernel module is loaded: wg-quick would not use tunctl"
 tt_init
@@ -257,4 +288,5 @@ run_test fulltunnel-tunctl-up test_fulltunnel_tunctl_up
 run_test fulltunnel-wgquick test_fulltunnel_wgquick
 run_test fulltunnel-crash-restart test_fulltunnel_crash_restart
 run_test uapi-fwmark-allowedip-parity test_uapi_parity
+run_test link-local-endpoint test_link_local_endpoint
 tt_summary

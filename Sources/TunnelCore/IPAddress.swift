@@ -1,3 +1,5 @@
+import Synchronization
+
 /// An IPv4 or IPv6 address held as a host-order integer, so prefix arithmetic is plain shifting.
 /// Parsed once at the boundary (config, UAPI, packet header); everything inside uses this type.
 public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable {
@@ -280,13 +282,34 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
 public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     public var address: IPAddress
     public var port: UInt16
+    /// IPv6 scope id (`sin6_scope_id`, an interface index) for a link-local address such as
+    /// `[fe80::1%eth0]:51820`; 0 for none (and always for IPv4).
+    public var scopeID: UInt32
 
-    public init(address: IPAddress, port: UInt16) {
+    public init(address: IPAddress, port: UInt16, scopeID: UInt32 = 0) {
         self.address = address
         self.port = port
+        self.scopeID = address.isV4 ? 0 : scopeID
     }
 
-    /// Parses `a.b.c.d:port` or `[v6]:port` (numeric only; host names are resolved by the caller).
+    /// How a `%zone` that is a name becomes an interface index: installed by the I/O layer
+    /// (`if_nametoindex`), as the core makes no system calls. Without one, only numeric zones parse.
+    private static let zoneResolver = Mutex<(@Sendable (String) -> UInt32?)?>(nil)
+
+    public static func installZoneResolver(_ resolver: @escaping @Sendable (String) -> UInt32?) {
+        zoneResolver.withLock { $0 = resolver }
+    }
+
+    /// A zone's interface index: digits as they are, a name through the resolver; nil if neither.
+    static func scopeID(zone: Substring) -> UInt32? {
+        guard !zone.isEmpty, zone.utf8.count < 16 else { return nil }
+        if zone.allSatisfy({ $0.isASCII && $0.isNumber }) { return UInt32(zone) }
+        let resolver = zoneResolver.withLock { $0 }
+        return resolver?(String(zone)).flatMap { $0 == 0 ? nil : $0 }
+    }
+
+    /// Parses `a.b.c.d:port`, `[v6]:port` or `[v6%zone]:port` (zone: an interface name or index),
+    /// numeric only; host names are resolved by the caller.
     public init?(_ text: some StringProtocol) {
         let text = Substring(text)
         let hostPart: Substring
@@ -302,15 +325,24 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
             hostPart = text[..<colon]
             portPart = text[text.index(after: colon)...]
         }
+        var scopeID: UInt32 = 0
+        var addressPart = hostPart
+        if text.hasPrefix("["), let percent = hostPart.firstIndex(of: "%") {
+            guard let zone = Endpoint.scopeID(zone: hostPart[hostPart.index(after: percent)...]) else { return nil }
+            scopeID = zone
+            addressPart = hostPart[..<percent]
+        }
         guard !portPart.isEmpty, portPart.count <= 5, portPart.allSatisfy({ $0.isASCII && $0.isNumber }),
-            let port = UInt16(portPart), let address = IPAddress(hostPart)
+            let port = UInt16(portPart), let address = IPAddress(addressPart), !(address.isV4 && scopeID != 0)
         else { return nil }
-        self.init(address: address, port: port)
+        self.init(address: address, port: port, scopeID: scopeID)
     }
 
+    /// `[v6%index]:port` with a scope id: `wg` turns the index back into the interface's name.
     public var description: String {
         switch address {
         case .v4: return "\(address):\(port)"
+        case .v6 where scopeID != 0: return "[\(address)%\(scopeID)]:\(port)"
         case .v6: return "[\(address)]:\(port)"
         }
     }

@@ -132,6 +132,7 @@ public enum ConfigLoader {
     /// it names (relative paths are relative to the config's directory) and checks that no file
     /// holding a secret is open to group or others.
     public static func load(path: String) throws(ConfigLoadError) -> LoadedConfig {
+        Endpoint.installInterfaceNames()
         let interfaceName = try interfaceName(forConfigPath: path)
         let configFile = LoadedFile.config(path: path)
         var (text, mode) = try readText(configFile, limit: configSizeLimit)

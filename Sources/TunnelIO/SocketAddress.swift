@@ -6,13 +6,22 @@ import TunnelCore
 /// Both directions work on caller-provided memory (a `sockaddr_storage` slot in a batch, or one
 /// on the stack) and never allocate, so they can run once per datagram.
 extension Endpoint {
+    /// Lets `Endpoint("[fe80::1%eth0]:51820")` name the interface (the core cannot ask the
+    /// kernel). Idempotent; called before configs and UAPI requests are parsed.
+    public static func installInterfaceNames() {
+        installZoneResolver { name in
+            let index = if_nametoindex(name)
+            return index == 0 ? nil : index
+        }
+    }
+
     /// The IPv4-mapped prefix `::ffff:0:0/96` as the top 96 bits of a host-order address.
     static let v4MappedPrefix: UInt128 = 0xffff << 32
 
     /// Reads an AF_INET or AF_INET6 socket address of `length` bytes at `pointer`.
     ///
     /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, as a dual-stack socket reports IPv4 peers)
-    /// become `.v4`. The IPv6 scope id and flow label are dropped: `Endpoint` carries neither.
+    /// become `.v4`. The IPv6 scope id is kept (a link-local peer's); the flow label is dropped.
     /// Returns nil for another family or a length too short for the family's structure.
     public init?(socketAddress pointer: UnsafeRawPointer, length: Int) {
         // Sound: every load below is preceded by a check that `length` covers it; loads are unaligned.
@@ -36,7 +45,7 @@ extension Endpoint {
             if value >> 32 == Endpoint.v4MappedPrefix >> 32 {
                 self.init(address: .v4(UInt32(truncatingIfNeeded: value)), port: port)
             } else {
-                self.init(address: .v6(IPv6Bits(value)), port: port)
+                self.init(address: .v6(IPv6Bits(value)), port: port, scopeID: address.sin6_scope_id)
             }
         default:
             return nil
@@ -73,7 +82,7 @@ extension Endpoint {
         case .v4(let value):
             return Endpoint.encodeV6(Endpoint.v4MappedPrefix | UInt128(value), port: port, into: pointer)
         case .v6(let bits):
-            return Endpoint.encodeV6(bits.value, port: port, into: pointer)
+            return Endpoint.encodeV6(bits.value, port: port, scopeID: scopeID, into: pointer)
         }
     }
 
@@ -89,13 +98,14 @@ extension Endpoint {
     }
 
     private static func encodeV6(
-        _ value: UInt128, port: UInt16, into pointer: UnsafeMutableRawPointer
+        _ value: UInt128, port: UInt16, scopeID: UInt32 = 0, into pointer: UnsafeMutableRawPointer
     )
         -> socklen_t
     {
         var address = sockaddr_in6()
         address.sin6_family = sa_family_t(AF_INET6)
         address.sin6_port = port.bigEndian
+        address.sin6_scope_id = scopeID
         // Sound: in6_addr is exactly 16 bytes, the size of the UInt128 stored.
         withUnsafeMutableBytes(of: &address.sin6_addr) { bytes in
             bytes.storeBytes(of: value.bigEndian, as: UInt128.self)

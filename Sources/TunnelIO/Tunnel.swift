@@ -123,6 +123,8 @@ public final class Tunnel: @unchecked Sendable {
         self.name = name
         self.logger = logger
         self.configPath = configPath
+        // UAPI `endpoint=[fe80::1%eth0]:51820` names an interface.
+        Endpoint.installInterfaceNames()
         routing = config?.interface.table
         fullTunnelTable = routing == .auto ? (config?.interface.fwMark ?? Tunnel.defaultFullTunnelTable) : nil
         self.queue = DispatchQueue(label: "tunctl.\(name).control")

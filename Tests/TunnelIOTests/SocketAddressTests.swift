@@ -18,6 +18,28 @@ import TunnelCore
         return Array(buffer.prefix(family == AF_INET ? 4 : 16))
     }
 
+    /// `[fe80::1%lo]:51820` and `[fe80::1%1]:51820`: the zone becomes sin6_scope_id (lo is index
+    /// 1 in every namespace) and comes back from a kernel address; the text shows the index,
+    /// which `wg` turns back into the name. A zone on IPv4, an unknown name or an empty zone is
+    /// refused.
+    @Test func ipv6ScopeIdRoundTrip() throws {
+        Endpoint.installInterfaceNames()
+        let named = try #require(Endpoint("[fe80::1%lo]:51820"))
+        #expect(named.scopeID == 1)
+        #expect(named == Endpoint("[fe80::1%1]:51820"))
+        #expect(named.description == "[fe80::1%1]:51820")
+        #expect(named != Endpoint("[fe80::1]:51820"))
+        let (storage, length) = named.socketAddress(mapV4ToV6: true)
+        let v6 = withUnsafeBytes(of: storage) { $0.loadUnaligned(as: sockaddr_in6.self) }
+        #expect(v6.sin6_scope_id == 1)
+        #expect(Endpoint(storage, length: Int(length)) == named)
+        for bad in [
+            "[fe80::1%]:1", "[fe80::1%nosuchlink0]:1", "[fe80::1%4294967296]:1", "1.2.3.4%1:1", "[1.2.3.4%1]:1",
+        ] {
+            #expect(Endpoint(bad) == nil, "\(bad)")
+        }
+    }
+
     @Test func ipv4RoundTrip() {
         let original = endpoint("192.0.2.33:51820")
         let (storage, length) = original.socketAddress(mapV4ToV6: false)
