@@ -23,6 +23,8 @@
 #   allowed_ip=-PREFIX; `wg show dump` equal to wireguard-go's after the same writes where the
 #   installed wireguard-go (0.0.20220316) knows the key; allowed_ip=-PREFIX (wireguard-go
 #   0.0.20250522) and a scoped link-local endpoint are checked against what they must give.
+# - table-number-and-off: `Table = 1234` routes everything in table 1234 with no rule or mark;
+#   `Table = off` adds no route.
 # - link-local-endpoint: a tunnel whose peer is `[fe80::…%veA]:port` carries traffic.
 set -uo pipefail
 # shellcheck source=../lib/netns.sh
@@ -281,6 +283,35 @@ test_link_local_endpoint() {
     fail "B's view of A: $(nsx "$NS_B" wg show "$IF_B" endpoints)" || return 1
 }
 
+# `Table = 1234`: every route (the /0 too) in table 1234, no rule, no mark; `Table = off`: no
+# route at all but the kernel's own for the addresses. Rules and routes as before after exit.
+test_table_number_and_off() {
+  ft_setup || return 1
+  local before after routes
+  before=$(snapshot "$NS_C")
+  sed -i '/^\[Interface\]$/a Table = 1234' "$CONF_C"
+  sed -i 's|^AllowedIPs = .*|AllowedIPs = 0.0.0.0/0, ::/0, 198.18.9.0/24|' "$CONF_C"
+  start_tunctl "$NS_C" "$CONF_C" || return 1
+  routes=$(nsx "$NS_C" ip route show table 1234; nsx "$NS_C" ip -6 route show table 1234)
+  has "^default dev $IF_C" <<<"$routes" || fail "Table = 1234: no IPv4 default in table 1234: $routes" || return 1
+  has "^198.18.9.0/24 dev $IF_C" <<<"$routes" || fail "Table = 1234: 198.18.9.0/24 not in table 1234" || return 1
+  (($(grep -c "^default dev $IF_C" <<<"$routes") == 2)) || fail "Table = 1234: want both defaults: $routes" || return 1
+  nsx "$NS_C" ip route show table main | has "dev $IF_C proto boot" && { fail "Table = 1234: a route in main"; return 1; }
+  [[ $(snapshot "$NS_C" | grep -c "lookup 1234\|suppress") == 0 ]] || fail "Table = 1234 added rules" || return 1
+  nsx "$NS_C" wg show "$IF_C" fwmark | has -x off || fail "Table = 1234 set a fwmark" || return 1
+  kill -TERM "$TT_LAST_PID"
+  wait_exit "$TT_LAST_PID" 10 || fail "tunctl up did not exit" || return 1
+  sed -i 's|^Table = 1234|Table = off|' "$CONF_C"
+  start_tunctl "$NS_C" "$CONF_C" || return 1
+  routes=$(nsx "$NS_C" ip route show table all dev "$IF_C"; nsx "$NS_C" ip -6 route show table all dev "$IF_C")
+  has -v "proto kernel\|^multicast\|^local\|^fe80::/64\|^ff00::/8" <<<"$routes" &&
+    { fail "Table = off, yet routes on $IF_C:"$'\n'"$routes"; return 1; }
+  kill -TERM "$TT_LAST_PID"
+  wait_exit "$TT_LAST_PID" 10 || fail "tunctl up did not exit" || return 1
+  after=$(snapshot "$NS_C")
+  [[ "$after" == "$before" ]] || fail "rules/routes differ after exit:"$'\n'"$(diff <(echo "$before") <(echo "$after"))" || return 1
+}
+
 tt_require --tunctl wg wg-quick wireguard-go socat tcpdump python3 ping
 [[ -e /sys/module/wireguard ]] && tt_missing "the wireguard kernel module is loaded: wg-quick would not use tunctl"
 tt_init
@@ -289,4 +320,5 @@ run_test fulltunnel-wgquick test_fulltunnel_wgquick
 run_test fulltunnel-crash-restart test_fulltunnel_crash_restart
 run_test uapi-fwmark-allowedip-parity test_uapi_parity
 run_test link-local-endpoint test_link_local_endpoint
+run_test table-number-and-off test_table_number_and_off
 tt_summary
