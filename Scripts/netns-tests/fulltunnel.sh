@@ -312,7 +312,7 @@ test_table_number_and_off() {
   [[ "$after" == "$before" ]] || fail "rules/routes differ after exit:"$'\n'"$(diff <(echo "$before") <(echo "$after"))" || return 1
 }
 
-tt_require --tunctl wg wg-quick wireguard-go socat tcpdump python3 ping
+tt_require --tunctl wg wg-quick wireguard-go socat tcpdump python3 ping nft sysctl
 [[ -e /sys/module/wireguard ]] && tt_missing "the wireguard kernel module is loaded: wg-quick would not use tunctl"
 tt_init
 run_test fulltunnel-tunctl-up test_fulltunnel_tunctl_up
