@@ -70,10 +70,11 @@ snapshot() {
   } 2>&1 | grep -v "dev $IF_C "
 }
 
-# capture NS IFACE FILE: tcpdump on IFACE in the background (packet-buffered), registered for
+# capture NS IFACE FILE: tcpdump on IFACE in the background (immediate mode: without it packets
+# wait in the kernel ring for a block timeout and are lost when tcpdump is stopped), registered for
 # cleanup. Sets CAP_PID.
 capture() {
-  ip netns exec "$1" tcpdump -U -n -i "$2" -w "$3" >/dev/null 2>&1 &
+  ip netns exec "$1" tcpdump --immediate-mode -U -n -i "$2" -w "$3" >/dev/null 2>&1 &
   CAP_PID=$!
   tt_register_pid "$CAP_PID"
 }
@@ -89,7 +90,9 @@ reaches_only_through_tunnel() {
   capture "$NS_C" "$IF_C" "$tun_pcap"
   tun_cap=$CAP_PID
   capture "$NS_C" veA "$under_pcap"
-  sleep 1
+  # Capturing once each file has its header, plus a moment for the filters to attach.
+  wait_for 5 test -s "$tun_pcap" && wait_for 5 test -s "$under_pcap" || fail "$tag: tcpdump did not start" || return 1
+  sleep 0.3
   ping_until "$NS_C" "$REMOTE4" 10 || fail "$tag: no reply from $REMOTE4" || return 1
   ping_ok "$NS_C" "$REMOTE4" 3 || fail "$tag: $REMOTE4 lost replies" || return 1
   ping_ok "$NS_C" "$REMOTE6" 3 || fail "$tag: no reply from $REMOTE6" || return 1
@@ -174,7 +177,6 @@ test_fulltunnel_crash_restart() {
   kill -KILL "$TT_LAST_PID"
   wait_exit "$TT_LAST_PID" 5 || fail "tunctl up survived kill -9" || return 1
   wait_for 5 sh -c "! ip -n '$NS_C' link show '$IF_C' >/dev/null 2>&1" || fail "link left after kill -9" || return 1
-  rm -f "$TT_SOCK_DIR/$IF_C.sock"
   (($(rules_of -4 "lookup 51820") == 1)) || fail "expected the crashed run's rule left: $(nsx "$NS_C" ip -4 rule)" || return 1
   start_tunctl "$NS_C" "$CONF_C" || return 1
   local pid=$TT_LAST_PID
