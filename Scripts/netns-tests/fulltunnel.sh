@@ -262,6 +262,13 @@ test_uapi_parity() {
   [[ $r == errno=0 ]] || fail "allowed_ip=-PREFIX refused: $r" || return 1
   got=$(nsx "$NS_B" wg show "$ours" allowed-ips | cut -f2)
   [[ $got == "198.18.5.0/24" ]] || fail "allowed-ips after removals: '$got' (want 198.18.5.0/24)" || return 1
+  # A wireguard-go that knows the syntax (0.0.20250522 does) must agree; an older one refuses it.
+  r=$(uapi "$ref" "public_key=$a"$'\n'"allowed_ip=-198.18.6.0/24"$'\n'"allowed_ip=-198.18.99.0/24"$'\n'"allowed_ip=-2001:db8:5::/48")
+  if [[ $r == errno=0 ]]; then
+    [[ $(nsx "$NS_A" wg show "$ref" allowed-ips | cut -f2) == "$got" ]] || fail "allowed_ip=-: wireguard-go disagrees" || return 1
+  else
+    tt_log "the installed wireguard-go refuses allowed_ip=-PREFIX ($r): no comparison"
+  fi
   r=$(uapi "$ours" "public_key=$a"$'\n'"allowed_ip=-nonsense")
   [[ $r == errno=-22 ]] || fail "allowed_ip=-nonsense: $r (want errno=-22)" || return 1
 }
