@@ -43,16 +43,16 @@ public struct InterfaceConfig: Sendable {
     public let listenPort: UInt16?
     /// nil when absent (the caller applies the default of 1420).
     public let mtu: Int?
-    /// `FwMark`: nil when absent or `off` (0).
+    /// `FwMark =`: nil when absent, `off` or 0.
     public let fwMark: UInt32?
-    /// `Table`: where `tunctl up` puts the peers' routes (`.auto` when absent).
-    public let table: RoutingTable
+    /// `Table =`: where `tunctl up` puts the peers' routes; nil when absent (wg-quick's `auto`).
+    public let table: RoutingTable?
     /// The `[Interface]` header line.
     public let location: ConfigLocation
 
     public init(
         privateKey: KeySource<PrivateKey>, addresses: [IPPrefix], listenPort: UInt16?, mtu: Int?,
-        fwMark: UInt32? = nil, table: RoutingTable = .auto, location: ConfigLocation
+        fwMark: UInt32? = nil, table: RoutingTable? = nil, location: ConfigLocation
     ) {
         self.privateKey = privateKey
         self.addresses = addresses
@@ -67,10 +67,18 @@ public struct InterfaceConfig: Sendable {
 /// wg-quick's `Table =`: `auto` routes in the main table, except that a default route (0.0.0.0/0
 /// or ::/0) gets wg-quick's policy routing (its own table, fwmark and rules); `off` adds no
 /// routes; a number puts every route in that table and adds no rule.
-public enum RoutingTable: Hashable, Sendable {
-    case auto
+public enum RoutingTable: Hashable, Sendable, CustomStringConvertible {
     case off
+    case auto
     case number(UInt32)
+
+    public var description: String {
+        switch self {
+        case .off: return "off"
+        case .auto: return "auto"
+        case .number(let table): return String(table)
+        }
+    }
 }
 
 public struct PeerConfig: Sendable {
@@ -374,9 +382,9 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
                 "1420 suits most links"
             )
         case .notFwMark:
-            return ("is not a firewall mark", "use off, a decimal number or 0x and hex digits, up to 32 bits")
+            return ("is not a firewall mark", "use off, or a number from 1 to 4294967295 in decimal or 0x hex")
         case .notTable:
-            return ("is not a routing table", "use auto, off, or a table number from 1 to 4294967295")
+            return ("is not a routing table", "use off, auto or a table number from 1 to 4294967295")
         case .notKeepalive:
             return (
                 "is not a keepalive interval",
@@ -751,7 +759,7 @@ struct ConfigParser {
         let config = TunnelConfig(
             interface: InterfaceConfig(
                 privateKey: privateKey.source, addresses: addresses, listenPort: listenPort?.value,
-                mtu: mtu?.value, fwMark: fwMark?.value ?? nil, table: table?.value ?? .auto,
+                mtu: mtu?.value, fwMark: fwMark?.value ?? nil, table: table?.value,
                 location: at(interfaceLine)),
             peers: peers)
         try config.checkNoPeerIsSelf()

@@ -125,7 +125,8 @@ public final class Tunnel: @unchecked Sendable {
         self.configPath = configPath
         // UAPI `endpoint=[fe80::1%eth0]:51820` names an interface.
         Endpoint.installInterfaceNames()
-        routing = config?.interface.table
+        // No `Table` line is wg-quick's `auto`.
+        routing = config.map { $0.interface.table ?? .auto }
         fullTunnelTable = routing == .auto ? (config?.interface.fwMark ?? Tunnel.defaultFullTunnelTable) : nil
         self.queue = DispatchQueue(label: "tunctl.\(name).control")
         self.outboundQueue = DispatchQueue(label: "tunctl.\(name).outbound")

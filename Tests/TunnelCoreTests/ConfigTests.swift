@@ -243,7 +243,7 @@ private func prefix(_ text: String) -> IPPrefix {
         ),
         (
             Fixture.interface + "table = 0\n",
-            "wg0.conf:3: [Interface] Table: \"0\" is not a routing table (use auto, off, or a table number from 1 to 4294967295)"
+            "wg0.conf:3: [Interface] Table: \"0\" is not a routing table (use off, auto or a table number from 1 to 4294967295)"
         ),
         (
             Fixture.interface + "PostUp = iptables -A FORWARD -i %i -j ACCEPT\n",
@@ -255,11 +255,11 @@ private func prefix(_ text: String) -> IPPrefix {
         ),
         (
             Fixture.interface + "FwMark = 0x1g\n",
-            "wg0.conf:3: [Interface] FwMark: \"0x1g\" is not a firewall mark (use off, a decimal number or 0x and hex digits, up to 32 bits)"
+            "wg0.conf:3: [Interface] FwMark: \"0x1g\" is not a firewall mark (use off, or a number from 1 to 4294967295 in decimal or 0x hex)"
         ),
         (
             Fixture.interface + "Table = main\n",
-            "wg0.conf:3: [Interface] Table: \"main\" is not a routing table (use auto, off, or a table number from 1 to 4294967295)"
+            "wg0.conf:3: [Interface] Table: \"main\" is not a routing table (use off, auto or a table number from 1 to 4294967295)"
         ),
         (
             Fixture.interface + "ListenPort = 1\nListenPort = 2\n",
@@ -480,7 +480,7 @@ private func prefix(_ text: String) -> IPPrefix {
             #expect(
                 failure(Fixture.interface + "FwMark = \(bad)\n")?.description.contains("not a firewall mark") == true)
         }
-        #expect(try parse(Fixture.interface).interface.table == .auto)
+        #expect(try parse(Fixture.interface).interface.table == nil)
         #expect(try parse(Fixture.interface + "Table = off\n").interface.table == .off)
         #expect(try parse(Fixture.interface + "Table = Auto\n").interface.table == .auto)
         #expect(try parse(Fixture.interface + "Table = 1234\n").interface.table == .number(1234))
