@@ -1,3 +1,4 @@
+import CLinuxShim
 import Foundation
 import Glibc
 import TunnelCore
@@ -56,15 +57,15 @@ public enum ProcessRunner {
         throws(SystemError) -> Outcome
     {
         var errPipe: [Int32] = [-1, -1]
-        _ = try Syscall.check("pipe2") { pipe2(&errPipe, O_CLOEXEC) }
+        var result = tunctl_pipe_cloexec(&errPipe)
+        guard result == 0 else { throw SystemError(call: "pipe2", errno: -result) }
         defer { closeIfOpen(errPipe[0]) }
         var inPipe: [Int32] = [-1, -1]
         if input != nil {
-            do {
-                _ = try Syscall.check("pipe2") { pipe2(&inPipe, O_CLOEXEC) }
-            } catch {
+            result = tunctl_pipe_cloexec(&inPipe)
+            guard result == 0 else {
                 closeIfOpen(errPipe[1])
-                throw error
+                throw SystemError(call: "pipe2", errno: -result)
             }
         }
 
@@ -77,7 +78,7 @@ public enum ProcessRunner {
             posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
         }
         posix_spawn_file_actions_adddup2(&actions, errPipe[1], STDERR_FILENO)
-        posix_spawn_file_actions_addclosefrom_np(&actions, 3)
+        _ = tunctl_spawn_closefrom(&actions, 3)
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)

@@ -106,5 +106,6 @@ unsigned char *tunctl_cmsg_data(struct cmsghdr *header);
 #include "CLinuxNetlink.h"
 
 #include "CLinuxSanitizer.h"
+#include "CLinuxSpawn.h"
 
 #endif
