@@ -45,7 +45,9 @@ public enum ProcessRunner {
     }
 
     /// Runs `/bin/sh -c command`; `input` (if any) is written to its stdin.
-    public static func shell(_ command: String, input: String? = nil, timeout: Double = defaultTimeout)
+    public static func shell(
+        _ command: String, input: String? = nil, timeout: Double = defaultTimeout
+    )
         throws(SystemError) -> Outcome
     {
         try run("/bin/sh", ["sh", "-c", command], input: input, timeout: timeout)
@@ -53,7 +55,9 @@ public enum ProcessRunner {
 
     /// Runs `path` with `arguments` (argv[0] first); `input` (if any) goes to its stdin, which is
     /// /dev/null otherwise. stderr is copied to the daemon's stderr as it arrives and its tail kept.
-    public static func run(_ path: String, _ arguments: [String], input: String? = nil, timeout: Double)
+    public static func run(
+        _ path: String, _ arguments: [String], input: String? = nil, timeout: Double
+    )
         throws(SystemError) -> Outcome
     {
         var errPipe: [Int32] = [-1, -1]
@@ -179,7 +183,10 @@ public enum ProcessRunner {
     /// The first executable called `name` on `PATH` (or the usual system directories when PATH is
     /// unset), as a shell would find it; nil when there is none.
     public static func find(_ name: String, path: String? = nil) -> String? {
-        let search = path ?? (getenv("PATH").map { String(cString: $0) } ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        let search =
+            path
+            ?? (getenv("PATH").map { String(cString: $0) }
+                ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         for directory in search.split(separator: ":") where !directory.isEmpty {
             let candidate = "\(directory)/\(name)"
             var status = stat()
@@ -191,7 +198,7 @@ public enum ProcessRunner {
     }
 
     /// `text` with every run of 40 or more base64 characters replaced by "(hidden)".
-    static func hidingKeys(_ text: String) -> String {
+    public static func hidingKeys(_ text: String) -> String {
         var out = ""
         var run = ""
         func flush() {
@@ -278,7 +285,9 @@ extension Hook {
     }
 
     /// Runs the command through `/bin/sh -c`, `%i` replaced; throws unless it exits with 0.
-    public func run(_ kind: HookError.Kind, interface: String, timeout: Double = ProcessRunner.defaultTimeout)
+    public func run(
+        _ kind: HookError.Kind, interface: String, timeout: Double = ProcessRunner.defaultTimeout
+    )
         throws(HookError)
     {
         let outcome: ProcessRunner.Outcome

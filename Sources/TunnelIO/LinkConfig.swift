@@ -95,7 +95,8 @@ public final class LinkManager: @unchecked Sendable {
             }
             func address(_ change: Netlink.Change, _ prefix: IPPrefix) -> NetlinkRequest {
                 NetlinkRequest(
-                    message: Netlink.address(change, prefix, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
+                    message: Netlink.address(
+                        change, prefix, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
                     operation: "address \(change == .add ? "add" : "del") \(prefix) dev \(interfaceName)")
             }
             // Each request with the one that undoes it.
