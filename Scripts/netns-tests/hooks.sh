@@ -231,6 +231,7 @@ time.sleep(60)' &
   kill -HUP "$PID_A"
   wait_for 10 grep -q "$IF_A: reload failed" "$LOG_A" || fail "no 'reload failed' line within 10 s" || return 1
   tt_log "failed reload said: $(grep "$IF_A: reload failed" "$LOG_A" | sed 's/.*\] //')"
+  grep "$IF_A: reload failed" "$LOG_A" | has -F "ListenPort = 51840: bind failed" || fail "the failure does not say why" || return 1
   nsx "$NS_A" ip -o -4 addr show dev "$IF_A" | has "198.18.1.6/" && { fail "a failed reload added 198.18.1.6"; return 1; }
   nsx "$NS_A" ip -o -4 addr show dev "$IF_A" | has "198.18.1.5/24" || fail "a failed reload removed 198.18.1.5" || return 1
   nsx "$NS_A" ip -o link show dev "$IF_A" | has " mtu 1400 " || fail "a failed reload changed the MTU" || return 1

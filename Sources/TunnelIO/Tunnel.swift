@@ -657,7 +657,11 @@ public final class Tunnel: @unchecked Sendable {
 
             var listenPort: (old: UInt16, new: UInt16)?
             if let port = wanted.listenPort, port != 0, port != applied?.listenPort, port != socket.port {
-                replacement = try UDPSocket(port: port, offload: offload.udp ? [.segmentation, .coalescing] : [])
+                do {
+                    replacement = try UDPSocket(port: port, offload: offload.udp ? [.segmentation, .coalescing] : [])
+                } catch {
+                    throw ReloadError(step: "ListenPort = \(port)", error)
+                }
                 listenPort = (socket.port, port)
             }
             let endpoints = try loaded.config.peers.map { try $0.endpoint.map(resolve) }
@@ -670,7 +674,11 @@ public final class Tunnel: @unchecked Sendable {
             let currentSet = Set(addresses)
             let removing = addresses.filter { !wantedSet.contains($0) }
             let adding = wanted.addresses.filter { !currentSet.contains($0) }
-            try link.reconfigure(mtu: mtuChange, adding: adding, removing: removing)
+            do {
+                try link.reconfigure(mtu: mtuChange, adding: adding, removing: removing)
+            } catch {
+                throw ReloadError(step: "the link (MTU, Address)", error)
+            }
 
             // Nothing below can fail.
             addresses = wanted.addresses

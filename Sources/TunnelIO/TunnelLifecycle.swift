@@ -73,6 +73,8 @@ extension Tunnel {
 /// target (the target's symlink followed, as wg-quick's readlink -f does), fsync the directory.
 /// A reader sees the old file or the new one, never half of one.
 public enum ConfigFileWriter {
+    /// `text` holds keys: it is zeroed afterwards, so it must be a string made at run time and
+    /// held by the caller alone (e.g. `TunnelConfig.text`), never a literal.
     public static func write(_ text: inout String, to path: String) throws {
         defer { ConfigLoader.wipe(&text) }
         var target = path
@@ -115,4 +117,18 @@ public enum ConfigFileWriter {
             close(directoryFD)
         }
     }
+}
+
+/// Which step of a reload failed, and why (`reload failed, keeping the running configuration:
+/// ListenPort = 51840: bind failed: Address already in use (errno 98)`).
+struct ReloadError: Error, CustomStringConvertible {
+    let step: String
+    let underlying: any Error
+
+    init(step: String, _ underlying: any Error) {
+        self.step = step
+        self.underlying = underlying
+    }
+
+    var description: String { "\(step): \(underlying)" }
 }

@@ -31,6 +31,18 @@ private func failure(_ text: String, sourceLocation: SourceLocation = #_sourceLo
     }
 }
 
+extension Hooks {
+    /// The same commands with `other`'s locations (a written file has other line numbers).
+    fileprivate func relocated(like other: Hooks) -> Hooks {
+        func move(_ list: [Hook], _ to: [Hook]) -> [Hook] {
+            zip(list, to).map { Hook(command: $0.command, location: $1.location) }
+        }
+        return Hooks(
+            preUp: move(preUp, other.preUp), postUp: move(postUp, other.postUp), preDown: move(preDown, other.preDown),
+            postDown: move(postDown, other.postDown))
+    }
+}
+
 private func prefix(_ text: String) -> IPPrefix {
     guard let prefix = IPPrefix(text) else { preconditionFailure("bad test prefix \(text)") }
     return prefix
@@ -530,6 +542,46 @@ private func prefix(_ text: String) -> IPPrefix {
         #expect(
             failure(Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nPostUp = true\n")
                 == .keyInWrongSection(ConfigLocation(file: "wg0.conf", line: 5), .peer, key: .postUp))
+    }
+
+    @Test func writtenConfigParsesBackToTheSameConfig() throws {
+        let text =
+            Fixture.interface + """
+                Address = 198.18.1.1/24, 2001:db8:1::1/64
+                ListenPort = 51820
+                MTU = 1400
+                DNS = 192.0.2.53, example.com
+                Table = off
+                FwMark = 51820
+                SaveConfig = true
+                PreUp = echo a %i
+                PostUp = echo "b=c" %i
+                PreDown = echo d
+                PostDown = echo e
+                [Peer]
+                PublicKey = \(Fixture.peerA)
+                PresharedKey = \(Fixture.psk)
+                Endpoint = vpn.example.com:51820
+                AllowedIPs = 198.18.2.0/24, 2001:db8:2::/64
+                PersistentKeepalive = 25
+                [Peer]
+                PublicKey = \(Fixture.peerB)
+                Endpoint = [2001:db8::2]:51821
+                """
+        let config = try parse(text)
+        let written = config.text(header: ["saved"])
+        #expect(written.hasPrefix("# saved\n[Interface]\n"))
+        let again = try parse(written)
+        #expect(again.text(header: ["saved"]) == written)
+        #expect(again.interface.hooks == config.interface.hooks.relocated(like: again.interface.hooks))
+        #expect(again.interface.dns.servers == config.interface.dns.servers)
+        #expect(again.interface.fwMark == 51820 && again.interface.table == .off && again.interface.saveConfig)
+        #expect(again.interface.mtu == 1400 && again.interface.listenPort == 51820)
+        #expect(again.peers.map(\.publicKey) == config.peers.map(\.publicKey))
+        #expect(again.peers[0].endpoint == .hostName("vpn.example.com", port: 51820))
+        #expect(again.peers[0].presharedKey?.key == config.peers[0].presharedKey?.key)
+        #expect(again.peers[1].endpoint?.description == "[2001:db8::2]:51821")
+        #expect(again.peers[0].persistentKeepalive == 25)
     }
 
     @Test func aKeyPastedAsDNSIsNotEchoed() {
