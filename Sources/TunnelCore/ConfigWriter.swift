@@ -45,3 +45,22 @@ extension TunnelConfig {
         return lines.joined(separator: "\n") + "\n"
     }
 }
+
+extension TunnelConfig {
+    /// This config without its keys: no preshared keys, and the private key replaced by a
+    /// reference to a file named `(not kept)` that is never read. For code that keeps a config
+    /// for its other settings (hooks, DNS, the peers' order) and must not hold another copy of
+    /// a key in memory.
+    public var withoutSecrets: TunnelConfig {
+        let placeholder = KeyFileReference(
+            path: "(not kept)", location: interface.location, section: .interface, key: .privateKeyFile)
+        return TunnelConfig(
+            interface: interface.with(privateKey: .file(placeholder)),
+            peers: peers.map { peer in
+                PeerConfig(
+                    publicKey: peer.publicKey, presharedKey: nil, endpoint: peer.endpoint, allowedIPs: peer.allowedIPs,
+                    persistentKeepalive: peer.persistentKeepalive, location: peer.location,
+                    publicKeyLocation: peer.publicKeyLocation)
+            })
+    }
+}

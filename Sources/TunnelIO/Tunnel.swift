@@ -81,7 +81,7 @@ public final class Tunnel: @unchecked Sendable {
     /// The [Interface] as last applied (start-up or reload), owned by `queue`: a reload changes
     /// what the file changed since, so `ip link set mtu` or `wg set` at run time stays unless the
     /// file changes the same setting.
-    private var appliedInterface: InterfaceConfig?
+    private var appliedInterface: AppliedInterface?
 
     // `@exclusivity(unchecked)` on the three per-packet buffers below: each belongs to one serial
     // queue (see above), so the runtime's dynamic exclusivity check, a thread-local lookup on
@@ -181,7 +181,7 @@ public final class Tunnel: @unchecked Sendable {
             // The kernel's figure, not the config's, is what the TUN hands over.
             linkMTUDidChange(try tun.mtu())
             addresses = config?.interface.addresses ?? []
-            appliedInterface = config?.interface
+            appliedInterface = config.map { AppliedInterface($0.interface) }
             // Ready means routed: start-up waits for its routes.
             if let config { try apply(peers: config.peers, now: currentInstant(), waitForRoutes: true) }
         } catch {
@@ -692,7 +692,7 @@ public final class Tunnel: @unchecked Sendable {
                 swapSocket(socket)
                 changes.append("listen port \(listenPort.old)→\(listenPort.new)")
             }
-            if let key = loaded.config.privateKey, key.publicKey != applied?.privateKey.key?.publicKey,
+            if let key = loaded.config.privateKey, key.publicKey != applied?.publicKey,
                 withEngine({ $0.publicKey }) != key.publicKey
             {
                 // As `wg set private-key`: every session made under the old key is dropped.
@@ -700,7 +700,7 @@ public final class Tunnel: @unchecked Sendable {
                 changes.append("private key changed (sessions reset)")
             }
             try apply(peers: loaded.config.peers, now: currentInstant(), endpoints: endpoints)
-            appliedInterface = wanted
+            appliedInterface = AppliedInterface(wanted)
             _ = withEngine { $0.initiateHandshakes(now: currentInstant()) }
             changes.append("\(loaded.config.peers.count) peer\(loaded.config.peers.count == 1 ? "" : "s")")
             logger.info("\(name): reloaded \(configPath): \(changes.joined(separator: ", "))")

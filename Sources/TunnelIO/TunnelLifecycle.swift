@@ -60,7 +60,7 @@ extension Tunnel {
         let keepMTU = interface.mtu != nil || mtu != Protocol.defaultMTU
         return TunnelConfig(
             interface: InterfaceConfig(
-                privateKey: privateKey.map { .inline($0) } ?? interface.privateKey, addresses: addresses,
+                privateKey: privateKey.map { .inline($0) } ?? base.interface.privateKey, addresses: addresses,
                 listenPort: keepPort ? port : nil, mtu: keepMTU ? mtu : nil, location: interface.location,
                 dns: interface.dns, hooks: interface.hooks, saveConfig: interface.saveConfig, table: interface.table,
                 fwMark: interface.fwMark),
@@ -131,4 +131,18 @@ struct ReloadError: Error, CustomStringConvertible {
     }
 
     var description: String { "\(step): \(underlying)" }
+}
+
+/// What a reload compares the file with: the [Interface] settings as last applied, without the
+/// private key (its public key stands for it), so no extra copy of a key stays in memory.
+struct AppliedInterface {
+    let listenPort: UInt16?
+    let mtu: Int?
+    let publicKey: PublicKey?
+
+    init(_ interface: InterfaceConfig) {
+        listenPort = interface.listenPort
+        mtu = interface.mtu
+        publicKey = interface.privateKey.key?.publicKey
+    }
 }

@@ -21,7 +21,8 @@ final class QuickLifecycle: @unchecked Sendable {
     let interface: String
     let configPath: String
     let logger: Logger
-    /// The config as last loaded (start-up, then each reload): the hooks, DNS and SaveConfig in force.
+    /// The config as last loaded (start-up, then each reload), without its keys: the hooks, DNS
+    /// and SaveConfig in force, and the peers' order and host names for SaveConfig.
     private let state: Mutex<(config: TunnelConfig, startPort: UInt16)>
     /// resolvconf, found on PATH up front when the config has DNS.
     private let resolvconf: String?
@@ -38,7 +39,8 @@ final class QuickLifecycle: @unchecked Sendable {
         self.interface = interface
         self.configPath = configPath
         self.logger = logger
-        state = Mutex((config, 0))
+        // Without its keys: the engine holds the one copy; SaveConfig takes them from there.
+        state = Mutex((config.withoutSecrets, 0))
         if config.interface.dns.isEmpty {
             resolvconf = nil
         } else {
@@ -101,6 +103,10 @@ final class QuickLifecycle: @unchecked Sendable {
     private func save(_ tunnel: Tunnel) -> Bool {
         let (base, startPort) = state.withLock { ($0.config, $0.startPort) }
         let running = tunnel.runningConfig(base: base, startPort: startPort)
+        guard running.privateKey != nil else {
+            logger.error("\(interface): SaveConfig: the interface has no private key now; \(configPath) left as it was")
+            return false
+        }
         var text = running.text(header: [
             "Written by tunctl at exit (SaveConfig = true): the running configuration; comments are not kept."
         ])
@@ -118,7 +124,7 @@ final class QuickLifecycle: @unchecked Sendable {
 
     private func reloaded(_ new: TunnelConfig) {
         let old = state.withLock { state -> TunnelConfig in
-            defer { state.config = new }
+            defer { state.config = new.withoutSecrets }
             return state.config
         }
         guard old.interface.dns != new.interface.dns else { return }
