@@ -56,6 +56,8 @@ test_hook_order() {
   t1=$(date +%s%N)
   tt_log "tunctl up with 3 start-up hooks ready after $(((t1 - t0) / 1000000)) ms"
   PID_A=$TT_LAST_PID
+  # Ready for `wg` before PostUp ends; a stop before then undoes the start without down hooks.
+  wait_for 5 grep -q "$IF_A: started; PreDown" "$TT_LAST_LOG" || fail "PostUp did not finish" || return 1
   kill -TERM "$PID_A"
   wait_exit "$PID_A" 15 || fail "still running 15 s after SIGTERM" || return 1
   [[ "$TT_EXIT_CODE" == 0 ]] || fail "exit status $TT_EXIT_CODE after SIGTERM, expected 0" || return 1
@@ -99,8 +101,11 @@ test_save_config() {
   # A random link-local address on new links in this namespace: the kernel's own, never saved.
   nsx "$NS_A" sysctl -qw net.ipv6.conf.default.addr_gen_mode=3 || fail "cannot set addr_gen_mode" || return 1
   server_conf "$CONF_A" "SaveConfig = true" "PostUp = true %i" || return 1
+  # The key from a file, by a path relative to the config: SaveConfig keeps the reference.
+  sed -i 's|^PrivateKey = .*|PrivateKeyFile = keys/a.key|' "$CONF_A"
   start_tunctl "$NS_A" "$CONF_A" || return 1
   PID_A=$TT_LAST_PID
+  wait_for 5 grep -q "$IF_A: started; PreDown" "$TT_LAST_LOG" || fail "PostUp did not finish" || return 1
   wait_for 5 bash -c "ip -n $NS_A -6 addr show dev $IF_A scope link | grep -q fe80" ||
     fail "the link never got a kernel fe80:: address (the test could not tell)" || return 1
   nsx "$NS_A" wg set "$IF_A" peer "$(cat "$KEYS/c.pub")" allowed-ips 198.18.3.0/24,2001:db8:3::/64 \
@@ -123,6 +128,8 @@ test_save_config() {
   has -F "Endpoint = 198.18.0.9:51999" <<<"$text" || fail "peer c's endpoint not saved" || return 1
   has -F "PersistentKeepalive = 15" <<<"$text" || fail "peer c's keepalive not saved" || return 1
   has -F "PublicKey = $(cat "$KEYS/b.pub")" <<<"$text" || fail "peer b lost" || return 1
+  has -Fx "PrivateKeyFile = keys/a.key" <<<"$text" || fail "PrivateKeyFile not kept" || return 1
+  has -F "$(cat "$KEYS/a.key")" <<<"$text" && { fail "the private key was copied into the file"; return 1; }
   has -F "Address = 198.18.1.1/24" <<<"$text" && has -F "Address = 2001:db8:1::1/64" <<<"$text" ||
     fail "addresses not saved" || return 1
   has -F "SaveConfig = true" <<<"$text" && has -F "PostUp = true %i" <<<"$text" ||
@@ -167,6 +174,7 @@ EOF
   chmod 755 "$bin/resolvconf"
   PATH="$bin:$PATH" start_tunctl "$NS_A" "$CONF_A" || return 1
   PID_A=$TT_LAST_PID
+  wait_for 5 grep -q "$IF_A: started; PreDown" "$TT_LAST_LOG" || fail "PostUp did not finish" || return 1
   kill -TERM "$PID_A"
   wait_exit "$PID_A" 15 || fail "still running 15 s after SIGTERM" || return 1
   local name want got

@@ -76,7 +76,7 @@ public struct InterfaceConfig: Sendable {
     }
 
     /// This interface with another private key (the rest unchanged).
-    func with(privateKey: KeySource<PrivateKey>) -> InterfaceConfig {
+    public func with(privateKey: KeySource<PrivateKey>) -> InterfaceConfig {
         InterfaceConfig(
             privateKey: privateKey, addresses: addresses, listenPort: listenPort, mtu: mtu, location: location,
             dns: dns, hooks: hooks, saveConfig: saveConfig, table: table, fwMark: fwMark)

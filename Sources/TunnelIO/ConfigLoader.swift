@@ -28,6 +28,9 @@ public struct LoadedConfig: Sendable {
     public let path: String
     /// Resolved: `config.isResolved` is true.
     public let config: TunnelConfig
+    /// The `PrivateKeyFile` the private key came from, if it did (SaveConfig writes the reference
+    /// back rather than the key while the key is unchanged).
+    public var privateKeyFile: KeyFileReference? = nil
 }
 
 /// Which file a load error is about: the config itself, or a key file it names.
@@ -160,7 +163,9 @@ public enum ConfigLoader {
         }
         do {
             let resolved = try parsed.resolvingKeyFiles(contents)
-            return LoadedConfig(interfaceName: interfaceName, path: path, config: resolved)
+            var loaded = LoadedConfig(interfaceName: interfaceName, path: path, config: resolved)
+            if case .file(let reference) = parsed.interface.privateKey { loaded.privateKeyFile = reference }
+            return loaded
         } catch {
             throw .invalid(error)
         }

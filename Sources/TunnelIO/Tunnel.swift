@@ -77,7 +77,7 @@ public final class Tunnel: @unchecked Sendable {
     /// nil: tear down at once. Owned by `queue`.
     private var shutdownSteps: ShutdownSteps?
     /// Told (on `queue`) of each config a reload applied, so `tunctl up` keeps its hooks current.
-    private var reloadObserver: (@Sendable (TunnelConfig) -> Void)?
+    private var reloadObserver: (@Sendable (LoadedConfig) -> Void)?
     /// The [Interface] as last applied (start-up or reload), owned by `queue`: a reload changes
     /// what the file changed since, so `ip link set mtu` or `wg set` at run time stays unless the
     /// file changes the same setting.
@@ -704,7 +704,7 @@ public final class Tunnel: @unchecked Sendable {
             _ = withEngine { $0.initiateHandshakes(now: currentInstant()) }
             changes.append("\(loaded.config.peers.count) peer\(loaded.config.peers.count == 1 ? "" : "s")")
             logger.info("\(name): reloaded \(configPath): \(changes.joined(separator: ", "))")
-            reloadObserver?(loaded.config)
+            reloadObserver?(loaded)
         } catch {
             try? replacement?.close()
             logger.error("\(name): reload failed, keeping the running configuration: \(error)")
@@ -729,7 +729,7 @@ public final class Tunnel: @unchecked Sendable {
     }
 
     /// Installs what runs around the shutdown (`ShutdownSteps`) and who hears of reloads.
-    public func setLifecycle(steps: ShutdownSteps?, onReload: (@Sendable (TunnelConfig) -> Void)?) {
+    public func setLifecycle(steps: ShutdownSteps?, onReload: (@Sendable (LoadedConfig) -> Void)?) {
         queue.sync {
             shutdownSteps = steps
             reloadObserver = onReload

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Synchronization
 import TunnelCore
+import TunnelCrypto
 import TunnelIO
 
 /// wg-quick's additions around a tunnel's life under `tunctl up`, in wg-quick's order:
@@ -23,7 +24,21 @@ final class QuickLifecycle: @unchecked Sendable {
     let logger: Logger
     /// The config as last loaded (start-up, then each reload), without its keys: the hooks, DNS
     /// and SaveConfig in force, and the peers' order and host names for SaveConfig.
-    private let state: Mutex<(config: TunnelConfig, startPort: UInt16)>
+    private let state: Mutex<State>
+
+    private struct State {
+        var config: TunnelConfig
+        var startPort: UInt16 = 0
+        /// The `PrivateKeyFile` of the config and the public key of the key it held: SaveConfig
+        /// writes the reference back while the running key is still that one.
+        var keyFile: (reference: KeyFileReference, publicKey: PublicKey)?
+
+        init(_ config: TunnelConfig, keyFile: KeyFileReference?) {
+            // Without its keys: the engine holds the one copy; SaveConfig takes them from there.
+            self.config = config.withoutSecrets
+            if let keyFile, let publicKey = config.privateKey?.publicKey { self.keyFile = (keyFile, publicKey) }
+        }
+    }
     /// resolvconf, found on PATH up front when the config has DNS.
     private let resolvconf: String?
     /// resolvconf -a succeeded: remove the record at exit.
@@ -35,12 +50,14 @@ final class QuickLifecycle: @unchecked Sendable {
 
     /// Checks up front what the start will need, before anything is created: resolvconf when the
     /// config has DNS (wg-quick would find out only after PreUp and the link).
-    init(interface: String, config: TunnelConfig, configPath: String, logger: Logger) throws {
+    init(
+        interface: String, config: TunnelConfig, privateKeyFile: KeyFileReference?, configPath: String,
+        logger: Logger
+    ) throws {
         self.interface = interface
         self.configPath = configPath
         self.logger = logger
-        // Without its keys: the engine holds the one copy; SaveConfig takes them from there.
-        state = Mutex((config.withoutSecrets, 0))
+        state = Mutex(State(config, keyFile: privateKeyFile))
         if config.interface.dns.isEmpty {
             resolvconf = nil
         } else {
@@ -70,7 +87,7 @@ final class QuickLifecycle: @unchecked Sendable {
         tunnel.setLifecycle(
             steps: ShutdownSteps(
                 beforeTeardown: { [self] in beforeTeardown(tunnel) }, afterTeardown: { [self] in afterTeardown() }),
-            onReload: { [self] config in reloaded(config) })
+            onReload: { [self] loaded in reloaded(loaded) })
     }
 
     /// DNS, then PostUp; throws the first failure (the caller undoes the start).
@@ -78,6 +95,10 @@ final class QuickLifecycle: @unchecked Sendable {
         try setDNS(config.interface.dns)
         try run(config.interface.hooks.postUp, .postUp)
         started.store(true, ordering: .releasing)
+        // Until here a stop undoes the start without down hooks, as wg-quick's trap does.
+        if !config.interface.hooks.isEmpty || !config.interface.dns.isEmpty {
+            logger.info("\(interface): started; PreDown and PostDown will run at exit")
+        }
     }
 
     /// After a failed start: the DNS record goes (the caller deletes the link).
@@ -101,11 +122,15 @@ final class QuickLifecycle: @unchecked Sendable {
 
     /// Writes the running configuration over the config file (SaveConfig = true).
     private func save(_ tunnel: Tunnel) -> Bool {
-        let (base, startPort) = state.withLock { ($0.config, $0.startPort) }
-        let running = tunnel.runningConfig(base: base, startPort: startPort)
-        guard running.privateKey != nil else {
+        let (base, startPort, keyFile) = state.withLock { ($0.config, $0.startPort, $0.keyFile) }
+        var running = tunnel.runningConfig(base: base, startPort: startPort)
+        guard let key = running.privateKey else {
             logger.error("\(interface): SaveConfig: the interface has no private key now; \(configPath) left as it was")
             return false
+        }
+        if let keyFile, key.publicKey == keyFile.publicKey {
+            running = TunnelConfig(
+                interface: running.interface.with(privateKey: .file(keyFile.reference)), peers: running.peers)
         }
         var text = running.text(header: [
             "Written by tunctl at exit (SaveConfig = true): the running configuration; comments are not kept."
@@ -122,10 +147,14 @@ final class QuickLifecycle: @unchecked Sendable {
 
     // MARK: Reload (tunnel queue → dnsQueue)
 
-    private func reloaded(_ new: TunnelConfig) {
+    private func reloaded(_ loaded: LoadedConfig) {
+        let new = loaded.config
         let old = state.withLock { state -> TunnelConfig in
-            defer { state.config = new.withoutSecrets }
-            return state.config
+            let old = state.config
+            let startPort = state.startPort
+            state = State(new, keyFile: loaded.privateKeyFile)
+            state.startPort = startPort
+            return old
         }
         guard old.interface.dns != new.interface.dns else { return }
         dnsQueue.async { [self] in

@@ -27,14 +27,16 @@ let previousDaemonWait = 3.0
 /// Runs a tunnel in this process until it stops; never returns. Every failure is thrown, so it is
 /// printed (one line, by ArgumentParser) before the process exits.
 func runTunnel(
-    name: String, config: TunnelConfig?, configPath: String?, verbose: Bool, ready: (() -> Void)? = nil
+    name: String, config: TunnelConfig?, configPath: String?, privateKeyFile: KeyFileReference? = nil, verbose: Bool,
+    ready: (() -> Void)? = nil
 ) throws -> Never {
     let logger = Logger(label: "tunctl.\(name)")
     let socketPath = controlSocketPath(name)
     // wg-quick's keys (hooks, DNS, SaveConfig) belong to a config file; `tunctl userspace` has none.
     var lifecycle: QuickLifecycle?
     if let config, let configPath {
-        lifecycle = try QuickLifecycle(interface: name, config: config, configPath: configPath, logger: logger)
+        lifecycle = try QuickLifecycle(
+            interface: name, config: config, privateKeyFile: privateKeyFile, configPath: configPath, logger: logger)
     }
     try checkControlDirectory(interface: name)
     try waitForPreviousDaemon(interface: name, socketPath: socketPath)
@@ -115,7 +117,8 @@ struct Up: ParsableCommand {
         let loaded = try loadConfig(config)
         bootstrapLogging(verbose: verbose)
         try runTunnel(
-            name: loaded.interfaceName.rawValue, config: loaded.config, configPath: loaded.path, verbose: verbose)
+            name: loaded.interfaceName.rawValue, config: loaded.config, configPath: loaded.path,
+            privateKeyFile: loaded.privateKeyFile, verbose: verbose)
     }
 }
 
