@@ -40,7 +40,9 @@ one_ns() {
 
 link_state() { if nsx "$NS_A" ip link show "$IF_A" >/dev/null 2>&1; then echo link; else echo nolink; fi; }
 
-# (a) The four hooks, in order, with %i, each seeing the link as wg-quick's order says.
+# (a) The four hooks, in order, with %i, each seeing the link as wg-quick's order says. PostUp
+# and PreDown ask the daemon itself (`wg show`): a hook run on the queue that serves the control
+# socket would wait for its own answer.
 test_hook_order() {
   one_ns || return 1
   local m="$TT_TEST_DIR/markers" t0 t1
@@ -49,7 +51,7 @@ test_hook_order() {
     "PreUp = echo \"preup %i \$($here)\" >> $m" \
     "PostUp = echo \"postup %i \$($here) \$(ip -o addr show dev %i | grep -c 198.18.1.1/24) \$(wg show %i listen-port)\" >> $m" \
     "PostUp = echo postup2 %i >> $m" \
-    "PreDown = echo \"predown %i \$($here)\" >> $m" \
+    "PreDown = echo \"predown %i \$($here) \$(timeout 5 wg show %i listen-port)\" >> $m" \
     "PostDown = echo \"postdown %i \$($here)\" >> $m" || return 1
   t0=$(date +%s%N)
   start_tunctl "$NS_A" "$CONF_A" || return 1
@@ -62,7 +64,7 @@ test_hook_order() {
   wait_exit "$PID_A" 15 || fail "still running 15 s after SIGTERM" || return 1
   [[ "$TT_EXIT_CODE" == 0 ]] || fail "exit status $TT_EXIT_CODE after SIGTERM, expected 0" || return 1
   local want got
-  want=$(printf '%s\n' "preup $IF_A nolink" "postup $IF_A link 1 51820" "postup2 $IF_A" "predown $IF_A link" \
+  want=$(printf '%s\n' "preup $IF_A nolink" "postup $IF_A link 1 51820" "postup2 $IF_A" "predown $IF_A link 51820" \
     "postdown $IF_A nolink")
   got=$(cat "$m" 2>/dev/null)
   [[ "$got" == "$want" ]] || fail "hook markers, expected: $(echo "$want" | tr '\n' '|') got: $(echo "$got" | tr '\n' '|')" ||
@@ -152,7 +154,8 @@ resolvconf_name() {
 }
 
 # (c) DNS: without resolvconf one line names it and nothing is made; with a stub resolvconf on
-# PATH, it is called as wg-quick calls it, before PostUp, and the record removed at exit.
+# PATH, it is called as wg-quick calls it, before PostUp, again for a reload that changes DNS,
+# and the record is removed at exit.
 test_dns() {
   one_ns || return 1
   local log="$TT_TEST_DIR/resolvconf.log" err="$TT_TEST_DIR/up.err" rc=0 bin="$TT_TEST_DIR/bin" empty="$TT_TEST_DIR/empty"
@@ -175,12 +178,16 @@ EOF
   PATH="$bin:$PATH" start_tunctl "$NS_A" "$CONF_A" || return 1
   PID_A=$TT_LAST_PID
   wait_for 5 grep -q "$IF_A: started; PreDown" "$TT_LAST_LOG" || fail "PostUp did not finish" || return 1
+  # A reload with other DNS servers hands resolvconf the new record.
+  sed -i 's/^DNS = .*/DNS = 198.51.100.53/' "$CONF_A"
+  kill -HUP "$PID_A"
+  wait_for 5 grep -q "stdin: nameserver 198.51.100.53" "$log" || fail "the reloaded DNS did not reach resolvconf" || return 1
   kill -TERM "$PID_A"
   wait_exit "$PID_A" 15 || fail "still running 15 s after SIGTERM" || return 1
   local name want got
   name=$(resolvconf_name "$IF_A")
   want=$(printf '%s\n' "args: -a $name -m 0 -x" "stdin: nameserver 192.0.2.53" "stdin: nameserver 2001:db8::53" \
-    "stdin: search example.com" "postup" "args: -d $name -f")
+    "stdin: search example.com" "postup" "args: -a $name -m 0 -x" "stdin: nameserver 198.51.100.53" "args: -d $name -f")
   got=$(cat "$log")
   [[ "$got" == "$want" ]] || fail "resolvconf calls, expected: $(echo "$want" | tr '\n' '|') got: $(echo "$got" | tr '\n' '|')" ||
     return 1
