@@ -71,6 +71,9 @@ public enum ConfigLoadError: Error, Hashable, Sendable, CustomStringConvertible 
     /// A file holding a secret (a key file, or a config with an inline key) has group or other
     /// permission bits set.
     case openToOthers(LoadedFile, mode: UInt32)
+    /// A config with PreUp/PostUp/PreDown/PostDown commands (run as root) that group or others
+    /// may write: anyone who can edit it could run commands as root.
+    case hooksWritableByOthers(path: String, mode: UInt32)
     case invalid(ConfigError)
 
     public var description: String {
@@ -117,6 +120,9 @@ public enum ConfigLoadError: Error, Hashable, Sendable, CustomStringConvertible 
             }
             return "\(file.lead): \(what) is open to group or others "
                 + "(mode \(octal(mode)); run chmod 600 \(shellQuoted(file.path)))"
+        case .hooksWritableByOthers(let path, let mode):
+            return "\(shellQuoted(path)): holds PreUp/PostUp/PreDown/PostDown commands, which run as root, but "
+                + "group or others may write it (mode \(octal(mode)); run chmod go-w \(shellQuoted(path)))"
         case .invalid(let error):
             return error.description
         }
@@ -149,6 +155,9 @@ public enum ConfigLoader {
         }
         if parsed.hasInlineSecret && mode & 0o077 != 0 {
             throw .openToOthers(configFile, mode: mode)
+        }
+        if !parsed.interface.hooks.isEmpty && mode & 0o022 != 0 {
+            throw .hooksWritableByOthers(path: path, mode: mode)
         }
         var contents: [KeyFileReference: String] = [:]
         defer {
