@@ -73,7 +73,7 @@ test_hook_order() {
 }
 
 # (a) A failing PostUp: tunctl up exits with the hook's status, one line naming the hook's line,
-# its status and its stderr; no link, socket or down hook is left.
+# its status and its stderr; no link, socket or down hook is left. A failing PreUp: no link.
 test_failing_postup() {
   one_ns || return 1
   local m="$TT_TEST_DIR/markers" err="$TT_TEST_DIR/up.err" rc=0
@@ -93,6 +93,15 @@ test_failing_postup() {
   [[ ! -e "$TT_SOCK_DIR/$IF_A.sock" ]] || fail "a failed PostUp left the control socket behind" || return 1
   [[ $(cat "$m") == "postup $IF_A" ]] || fail "markers after a failed start: $(tr '\n' '|' <"$m") (PostDown must not run)" ||
     return 1
+  # A failing PreUp: nothing is made at all.
+  server_conf "$CONF_A" "PreUp = exit 3" "PostUp = echo postup %i >> $m" || return 1
+  rc=0
+  nsx "$NS_A" timeout 30 "$TUNCTL" up "$CONF_A" >/dev/null 2>"$err" || rc=$?
+  ((rc == 3)) || fail "failing PreUp: exit status $rc, expected 3" || return 1
+  has -F "$IF_A.conf:5: [Interface] PreUp: the command failed with exit status 3" "$err" ||
+    fail "failing PreUp: $(cat "$err")" || return 1
+  [[ $(link_state) == nolink ]] || fail "a failed PreUp left a link" || return 1
+  [[ $(wc -l <"$m") == 1 ]] || fail "PostUp ran after a failed PreUp" || return 1
 }
 
 # (b) SaveConfig: a peer added with `wg set` while up is in the file after exit, the file is 0600,
