@@ -39,8 +39,8 @@ final class QuickLifecycle: @unchecked Sendable {
             if let keyFile, let publicKey = config.privateKey?.publicKey { self.keyFile = (keyFile, publicKey) }
         }
     }
-    /// resolvconf, found on PATH up front when the config has DNS.
-    private let resolvconf: String?
+    /// resolvconf, found on PATH up front when the config has DNS (or when a reload adds DNS).
+    private let resolvconf: Mutex<String?>
     /// resolvconf -a succeeded: remove the record at exit.
     private let dnsSet = Atomic<Bool>(false)
     /// PostUp finished: the down hooks and SaveConfig run at exit.
@@ -58,16 +58,8 @@ final class QuickLifecycle: @unchecked Sendable {
         self.configPath = configPath
         self.logger = logger
         state = Mutex(State(config, keyFile: privateKeyFile))
-        if config.interface.dns.isEmpty {
-            resolvconf = nil
-        } else {
-            guard let path = ProcessRunner.find("resolvconf") else {
-                throw CLIError.missingTool(
-                    interface: interface, location: config.interface.dns.location, key: "DNS", tool: "resolvconf",
-                    advice: "install resolvconf or openresolv, or remove the DNS line and set DNS another way")
-            }
-            resolvconf = path
-        }
+        resolvconf = Mutex(nil)
+        if !config.interface.dns.isEmpty { _ = try findResolvconf(for: config.interface.dns) }
         if config.interface.table != nil || config.interface.fwMark != nil {
             logger.warning(
                 "\(interface): Table and FwMark are read but not applied yet by tunctl up (routes go to the main table, packets are not marked)"
@@ -208,29 +200,34 @@ final class QuickLifecycle: @unchecked Sendable {
         return interface
     }
 
+    /// resolvconf's path, looked up once; throws naming it and the DNS line when it is missing.
+    private func findResolvconf(for dns: DNSSettings) throws(DNSError) -> String {
+        let found = resolvconf.withLock { path -> String? in
+            if path == nil { path = ProcessRunner.find("resolvconf") }
+            return path
+        }
+        guard let found else { throw .resolvconfMissing(location: dns.location) }
+        return found
+    }
+
     private func setDNS(_ dns: DNSSettings) throws {
         guard !dns.isEmpty else { return }
-        guard let resolvconf else {
-            throw CLIError.missingTool(
-                interface: interface, location: dns.location, key: "DNS", tool: "resolvconf",
-                advice: "install resolvconf or openresolv, or remove the DNS line and set DNS another way")
-        }
+        let resolvconf = try findResolvconf(for: dns)
         let name = resolvconfName
         logger.info("\(interface): DNS: resolvconf -a \(name) -m 0 -x")
         let outcome = try ProcessRunner.run(
             resolvconf, ["resolvconf", "-a", name, "-m", "0", "-x"], input: dns.resolvConfText,
             timeout: ProcessRunner.defaultTimeout)
         guard outcome.status == 0, !outcome.timedOut else {
-            throw CLIError.toolFailed(
-                interface: interface, location: dns.location, key: "DNS", command: "resolvconf -a \(name)",
-                outcome: outcome)
+            throw DNSError.resolvconfFailed(location: dns.location, command: "resolvconf -a \(name)", outcome: outcome)
         }
         dnsSet.store(true, ordering: .releasing)
     }
 
     /// `resolvconf -d NAME -f` if a record was added; true unless that failed.
     private func unsetDNS() -> Bool {
-        guard dnsSet.exchange(false, ordering: .acquiringAndReleasing), let resolvconf else { return true }
+        guard dnsSet.exchange(false, ordering: .acquiringAndReleasing), let resolvconf = resolvconf.withLock({ $0 })
+        else { return true }
         let name = resolvconfName
         logger.info("\(interface): DNS: resolvconf -d \(name) -f")
         do {
@@ -247,5 +244,31 @@ final class QuickLifecycle: @unchecked Sendable {
             logger.error("\(interface): resolvconf -d \(name) -f: \(error)")
             return false
         }
+    }
+}
+
+/// Why DNS could not be set, one line from the config's DNS line on (the caller says whether it
+/// was a start or a reload).
+enum DNSError: Error, CustomStringConvertible {
+    case resolvconfMissing(location: ConfigLocation?)
+    case resolvconfFailed(location: ConfigLocation?, command: String, outcome: ProcessRunner.Outcome)
+
+    var description: String {
+        switch self {
+        case .resolvconfMissing(let location):
+            return "\(DNSError.lead(location)): resolvconf is not installed or not on PATH "
+                + "(install resolvconf or openresolv, or remove the DNS line and set DNS another way)"
+        case .resolvconfFailed(let location, let command, let outcome):
+            let how =
+                outcome.timedOut
+                ? "did not finish within \(Int(ProcessRunner.defaultTimeout)) s and was killed"
+                : "failed with exit status \(outcome.status)"
+            let said = outcome.stderrLine
+            return "\(DNSError.lead(location)): \(command) \(how)" + (said.isEmpty ? "" : ": \(said)")
+        }
+    }
+
+    private static func lead(_ location: ConfigLocation?) -> String {
+        location.map { "\($0): [Interface] DNS" } ?? "DNS"
     }
 }

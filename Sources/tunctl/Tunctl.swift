@@ -49,11 +49,6 @@ enum CLIError: Error, CustomStringConvertible {
     /// The control socket itself cannot be made (e.g. no inode left on that file system).
     case controlSocket(interface: String, path: String, errno: Int32)
     case hardeningFailed(SystemError)
-    /// A config key needs a program that is not installed (DNS: resolvconf).
-    case missingTool(interface: String, location: ConfigLocation?, key: String, tool: String, advice: String)
-    /// Such a program failed.
-    case toolFailed(
-        interface: String, location: ConfigLocation?, key: String, command: String, outcome: ProcessRunner.Outcome)
 
     var description: String {
         switch self {
@@ -88,17 +83,6 @@ enum CLIError: Error, CustomStringConvertible {
         case .controlSocket(let name, let path, let code):
             return "cannot bring up \(name): cannot create \(shellQuoted(path)): \(errorText(code)) "
                 + "(\(CLIError.advice(forControlDirectory: controlDirectory, code)))"
-        case .missingTool(let name, let location, let key, let tool, let advice):
-            let lead = location.map { "\($0): [Interface] \(key)" } ?? key
-            return "cannot bring up \(name): \(lead): \(tool) is not installed or not on PATH (\(advice))"
-        case .toolFailed(let name, let location, let key, let command, let outcome):
-            let lead = location.map { "\($0): [Interface] \(key)" } ?? key
-            let how =
-                outcome.timedOut
-                ? "did not finish within \(Int(ProcessRunner.defaultTimeout)) s and was killed"
-                : "failed with exit status \(outcome.status)"
-            let said = outcome.stderrLine
-            return "cannot bring up \(name): \(lead): \(command) \(how)" + (said.isEmpty ? "" : ": \(said)")
         case .hardeningFailed(let error):
             return
                 "cannot turn off core dumps: \(error) (a core dump would hold the keys; run on Linux 2.6.13 or later)"

@@ -35,8 +35,12 @@ func runTunnel(
     // wg-quick's keys (hooks, DNS, SaveConfig) belong to a config file; `tunctl userspace` has none.
     var lifecycle: QuickLifecycle?
     if let config, let configPath {
-        lifecycle = try QuickLifecycle(
-            interface: name, config: config, privateKeyFile: privateKeyFile, configPath: configPath, logger: logger)
+        do {
+            lifecycle = try QuickLifecycle(
+                interface: name, config: config, privateKeyFile: privateKeyFile, configPath: configPath, logger: logger)
+        } catch {
+            throw CLIError.startFailed(interface: name, reason: "\(error)")
+        }
     }
     try checkControlDirectory(interface: name)
     try waitForPreviousDaemon(interface: name, socketPath: socketPath)
@@ -84,9 +88,9 @@ func runTunnel(
 }
 
 /// A failed PreUp/PostUp: its one line, and the command's own exit status as ours, as wg-quick
-/// (whose `set -e` passes it on) does. Other failures (resolvconf) stay CLIErrors (exit 1).
+/// (whose `set -e` passes it on) does. Other failures (resolvconf) exit 1.
 func hookFailure(interface: String, _ error: any Error) -> any Error {
-    guard let hook = error as? HookError else { return error }
+    guard let hook = error as? HookError else { return CLIError.startFailed(interface: interface, reason: "\(error)") }
     let message = CLIError.startFailed(interface: interface, reason: "\(hook)").description
     FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
     if case .exited(let outcome) = hook.failure, outcome.status != 0 { return ExitCode(outcome.status) }
