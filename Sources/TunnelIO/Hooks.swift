@@ -54,7 +54,8 @@ public enum ProcessRunner {
     }
 
     /// Runs `path` with `arguments` (argv[0] first); `input` (if any) goes to its stdin, which is
-    /// /dev/null otherwise. stderr is copied to the daemon's stderr as it arrives and its tail kept.
+    /// /dev/null otherwise (at most the pipe's 64 KiB of it). stderr is copied to the daemon's stderr as
+    /// it arrives and its tail kept.
     public static func run(
         _ path: String, _ arguments: [String], input: String? = nil, timeout: Double
     )
@@ -109,7 +110,12 @@ public enum ProcessRunner {
             throw SystemError(call: "posix_spawn \(path)", errno: spawned)
         }
         if let input {
-            // Small (a resolv.conf fragment): fits the pipe's buffer, so this never blocks long.
+            // A child that exits without reading its stdin must not kill the daemon: SIGPIPE is
+            // ignored process-wide (as the control server also does), so the write fails instead.
+            signal(SIGPIPE, SIG_IGN)
+            // Small (a resolv.conf fragment): fits the pipe's 64 KiB buffer. Non-blocking, so a
+            // child that neither reads nor exits is still bounded by the time-out below.
+            _ = fcntl(inPipe[1], F_SETFL, O_NONBLOCK)
             var bytes = Array(input.utf8)
             bytes.withUnsafeMutableBytes { raw in
                 var offset = 0

@@ -74,6 +74,13 @@ private func temporaryDirectory() -> String {
         #expect(outcome.stderrTail == "nameserver 192.0.2.53\n")
     }
 
+    @Test func aChildThatIgnoresItsInputDoesNotKillUs() throws {
+        // 256 KiB: more than a pipe holds, so the write meets a closed pipe (EPIPE, not SIGPIPE).
+        let outcome = try ProcessRunner.run(
+            "/bin/sh", ["sh", "-c", "exit 0"], input: String(repeating: "x", count: 256 << 10), timeout: 5)
+        #expect(outcome.status == 0)
+    }
+
     @Test func percentIIsTheInterfaceEverywhere() {
         let hook = Hook(
             command: "iptables -A FORWARD -i %i -j ACCEPT; echo %i%i %", location: ConfigLocation(file: "x", line: 1))
