@@ -1,6 +1,5 @@
 import ArgumentParser
 import Glibc
-import TunnelCore
 import TunnelIO
 
 /// The command tree. Each subcommand parses its arguments, calls into TunnelIO/TunnelCore, and
