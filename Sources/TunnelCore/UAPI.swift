@@ -11,6 +11,8 @@ import TunnelCrypto
 /// Secrets: the `get` reply is the one place the private and preshared keys are written, by
 /// design of the protocol. `UAPIError` never holds a value, only a line number and a key name.
 public enum UAPI {
+    static let newline = UInt8(ascii: "\n")
+
     /// Linux errno values, negated on the wire as the protocol wants (`errno=-22`). Named here
     /// because the core imports no C library.
     public enum Errno {
@@ -20,38 +22,59 @@ public enum UAPI {
         public static let protocolError: Int32 = -71
     }
 
-    /// The full reply to `get=1`, ending in `errno=0` and the blank line. Peers are listed in the
-    /// order of their public keys (wireguard-go's order is its map's, i.e. arbitrary).
-    public static func get(device: Device, listenPort: UInt16) -> String {
-        var lines: [String] = []
-        if let privateKey = device.local?.privateKey { lines.append("private_key=\(privateKey.hex)") }
-        // wireguard-go omits a zero port (not bound yet) and a zero fwmark; tunctl never sets one.
-        if listenPort != 0 { lines.append("listen_port=\(listenPort)") }
-        let peers = device.peers.map { ($0.publicKey.hex, $0) }.sorted { $0.0 < $1.0 }
-        for (publicHex, peer) in peers {
-            let status = device.status(of: peer)
-            lines.append("public_key=\(publicHex)")
-            // 64 zeros when there is none: the all-zero key is the protocol's "no PSK".
-            lines.append("preshared_key=\(device.presharedKey(of: peer).hex)")
-            lines.append("protocol_version=1")
-            if let endpoint = status.endpoint { lines.append("endpoint=\(endpoint)") }
-            let nanosecondsPerSecond = Protocol.nanosecondsPerSecond
-            lines.append("last_handshake_time_sec=\(status.lastHandshakeUnixNanoseconds / nanosecondsPerSecond)")
-            lines.append("last_handshake_time_nsec=\(status.lastHandshakeUnixNanoseconds % nanosecondsPerSecond)")
-            lines.append("tx_bytes=\(status.txBytes)")
-            lines.append("rx_bytes=\(status.rxBytes)")
-            lines.append("persistent_keepalive_interval=\(status.persistentKeepalive)")
-            for prefix in status.allowedIPs { lines.append("allowed_ip=\(prefix)") }
+    /// Writes the full reply to `get=1` into `reply`, ending in `errno=0` and the blank line.
+    /// Peers are listed in the order of their public keys (wireguard-go's order is its map's,
+    /// i.e. arbitrary). The private and preshared keys go into `reply` as hex straight from their
+    /// `SecretKey`s: no `String` of them is made, and `reply` zeroes them when it is cleared.
+    public static func get(device: Device, listenPort: UInt16, into reply: SecretBuffer) {
+        if let privateKey = device.local?.privateKey {
+            reply.append("private_key=")
+            privateKey.secret.withUnsafeBytes { reply.appendHex($0) }
+            reply.append(byte: newline)
         }
-        lines.append("errno=0")
-        return lines.joined(separator: "\n") + "\n\n"
+        // wireguard-go omits a zero port (not bound yet) and a zero fwmark; tunctl never sets one.
+        if listenPort != 0 { reply.append("listen_port=\(listenPort)\n") }
+        let peers = device.peers.sorted { lhs, rhs in
+            lhs.publicKey.withUnsafeBytes { left in
+                rhs.publicKey.withUnsafeBytes { right in left.lexicographicallyPrecedes(right) }
+            }
+        }
+        let nanosecondsPerSecond = Protocol.nanosecondsPerSecond
+        for peer in peers {
+            let status = device.status(of: peer)
+            reply.append("public_key=")
+            peer.publicKey.withUnsafeBytes { reply.appendHex($0) }
+            // 64 zeros when there is none: the all-zero key is the protocol's "no PSK".
+            reply.append("\npreshared_key=")
+            device.presharedKey(of: peer).secret.withUnsafeBytes { reply.appendHex($0) }
+            reply.append("\nprotocol_version=1\n")
+            if let endpoint = status.endpoint { reply.append("endpoint=\(endpoint)\n") }
+            reply.append(
+                "last_handshake_time_sec=\(status.lastHandshakeUnixNanoseconds / nanosecondsPerSecond)\n"
+                    + "last_handshake_time_nsec=\(status.lastHandshakeUnixNanoseconds % nanosecondsPerSecond)\n"
+                    + "tx_bytes=\(status.txBytes)\nrx_bytes=\(status.rxBytes)\n"
+                    + "persistent_keepalive_interval=\(status.persistentKeepalive)\n")
+            for prefix in status.allowedIPs { reply.append("allowed_ip=\(prefix)\n") }
+        }
+        reply.append("errno=0\n\n")
+    }
+
+    /// `get(device:listenPort:into:)` as a `String`, for tests and tools. The daemon does not use
+    /// it: the string holds the keys as hex and is freed without being zeroed.
+    public static func get(device: Device, listenPort: UInt16) -> String {
+        let reply = SecretBuffer()
+        get(device: device, listenPort: listenPort, into: reply)
+        return String(decoding: reply.bytes, as: UTF8.self)
     }
 
     /// Applies the body of a `set=1` request: the lines after `set=1`, without the terminating
-    /// blank line (a trailing newline is fine). Returns 0, or a negative errno with the device
-    /// untouched. A new listen port is handed to `setListenPort` (the I/O layer rebinds); `now`
-    /// arms a persistent keepalive that was just turned on.
-    public static func set(_ body: String, device: Device, now: Instant, setListenPort: (UInt16) -> Void) -> Int32 {
+    /// blank line (a trailing newline is fine), as bytes. Returns 0, or a negative errno with the
+    /// device untouched. A new listen port is handed to `setListenPort` (the I/O layer rebinds);
+    /// `now` arms a persistent keepalive that was just turned on. Keys are decoded from `body`
+    /// into their `SecretKey`s directly; no text copy of them is made.
+    public static func set(
+        _ body: UnsafeRawBufferPointer, device: Device, now: Instant, setListenPort: (UInt16) -> Void
+    ) -> Int32 {
         let request: SetRequest
         do {
             request = try SetRequest(parsing: body)
@@ -62,14 +85,23 @@ public enum UAPI {
         return 0
     }
 
+    /// `set` for a body given as text (tests, tools).
+    public static func set(_ body: String, device: Device, now: Instant, setListenPort: (UInt16) -> Void) -> Int32 {
+        var body = body
+        return body.withUTF8 { set(UnsafeRawBufferPointer($0), device: device, now: now, setListenPort: setListenPort) }
+    }
+
     /// Why `body` would be refused by `set`, or nil when it is well-formed. For the daemon's log:
     /// the error names a line and a key, never a value.
     public static func validate(_ body: String) -> UAPIError? {
-        do {
-            _ = try SetRequest(parsing: body)
-            return nil
-        } catch {
-            return error
+        var body = body
+        return body.withUTF8 { bytes -> UAPIError? in
+            do throws(UAPIError) {
+                _ = try SetRequest(parsing: UnsafeRawBufferPointer(bytes))
+                return nil
+            } catch {
+                return error
+            }
         }
     }
 }
@@ -149,19 +181,30 @@ struct SetRequest {
         "replace_allowed_ips", "allowed_ip", "protocol_version",
     ]
 
-    init(parsing body: String) throws(UAPIError) {
-        // Split on scalars, not Characters: "\r\n" is one Character and would never match "\n".
-        var lines = body.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false)
-        if lines.last?.isEmpty == true { lines.removeLast() }
-        for (index, rawLine) in lines.enumerated() {
-            let number = index + 1
+    /// Parses from the request's bytes. Key names and values that are not secret become short
+    /// strings; private and preshared keys are decoded from the bytes into `SecretKey`s.
+    init(parsing body: UnsafeRawBufferPointer) throws(UAPIError) {
+        var start = 0
+        var number = 0
+        while start < body.count {
+            number += 1
+            let newline = body[start...].firstIndex(of: UAPI.newline) ?? body.count
             // As Go's bufio.ScanLines, which wireguard-go reads with: one trailing CR is dropped.
-            let line = rawLine.last == "\r" ? rawLine.dropLast() : rawLine
-            guard let equals = line.firstIndex(of: "=") else { throw .notKeyValue(line: number) }
-            let key = Substring(line[..<equals])
-            let value = Substring(line[line.index(after: equals)...])
+            var end = newline
+            if end > start, body[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+            let line = UnsafeRawBufferPointer(rebasing: body[start..<end])
+            start = newline + 1
+            guard let equals = line.firstIndex(of: UInt8(ascii: "=")) else { throw .notKeyValue(line: number) }
+            let value = UnsafeRawBufferPointer(rebasing: line[(equals + 1)...])
+            // No key name is longer; a longer one (a pasted secret?) is never turned into text.
+            guard equals <= Self.longestKeyName else {
+                throw .unknownKey(line: number, key: "(a \(equals)-character name)", inPeerSection: !peers.isEmpty)
+            }
+            let key = Substring(decoding: UnsafeRawBufferPointer(rebasing: line[..<equals]), as: UTF8.self)
             if key == "public_key" {
-                guard let publicKey = PublicKey(hex: value) else { throw .badValue(line: number, key: "public_key") }
+                var ok = false
+                let publicKey = PublicKey(Bytes32 { ok = Encoding.decodeHex(bytes: value, into: $0) })
+                guard ok else { throw .badValue(line: number, key: "public_key") }
                 peers.append(PeerSection(publicKey: publicKey))
             } else if peers.isEmpty {
                 if let operation = try Self.deviceOperation(key, value, line: number) {
@@ -175,9 +218,12 @@ struct SetRequest {
         }
     }
 
+    /// "persistent_keepalive_interval", with room to spare.
+    static let longestKeyName = 32
+
     /// nil for a key that is valid but changes nothing (`fwmark=0`).
     private static func deviceOperation(
-        _ key: Substring, _ value: Substring, line: Int
+        _ key: Substring, _ value: UnsafeRawBufferPointer, line: Int
     ) throws(UAPIError) -> DeviceOperation? {
         switch key {
         case "private_key":
@@ -191,7 +237,7 @@ struct SetRequest {
             guard mark == 0 else { throw .fwmarkUnsupported(line: line) }
             return nil
         case "replace_peers":
-            guard value == "true" else { throw .badValue(line: line, key: "replace_peers") }
+            guard isTrue(value) else { throw .badValue(line: line, key: "replace_peers") }
             return .replacePeers
         default:
             if peerKeys.contains(key) { throw .peerKeyBeforePublicKey(line: line, key: quotedKey(key)) }
@@ -201,62 +247,78 @@ struct SetRequest {
 
     /// nil for a key that is valid but changes nothing (`protocol_version=1`).
     private static func peerOperation(
-        _ key: Substring, _ value: Substring, line: Int
+        _ key: Substring, _ value: UnsafeRawBufferPointer, line: Int
     ) throws(UAPIError) -> PeerOperation? {
         let name = String(key)
         switch key {
         case "remove":
-            guard value == "true" else { throw .badValue(line: line, key: name) }
+            guard isTrue(value) else { throw .badValue(line: line, key: name) }
             return .remove
         case "update_only":
-            guard value == "true" else { throw .badValue(line: line, key: name) }
+            guard isTrue(value) else { throw .badValue(line: line, key: name) }
             return .updateOnly
         case "preshared_key":
-            guard let psk = PresharedKey(hex: value) else { throw .badValue(line: line, key: name) }
-            return .presharedKey(psk)
+            guard let secret = secretKey(hex: value) else { throw .badValue(line: line, key: name) }
+            return .presharedKey(PresharedKey(secret: secret))
         case "endpoint":
-            guard let endpoint = Endpoint(value) else { throw .badValue(line: line, key: name) }
+            guard let endpoint = Endpoint(text(value)) else { throw .badValue(line: line, key: name) }
             return .endpoint(endpoint)
         case "persistent_keepalive_interval":
             guard let seconds: UInt16 = decimal(value) else { throw .badValue(line: line, key: name) }
             return .persistentKeepalive(seconds)
         case "replace_allowed_ips":
-            guard value == "true" else { throw .badValue(line: line, key: name) }
+            guard isTrue(value) else { throw .badValue(line: line, key: name) }
             return .replaceAllowedIPs
         case "allowed_ip":
             // Go's netip.ParsePrefix wants the length; IPPrefix would take a bare address.
-            guard value.contains("/"), let prefix = IPPrefix(value) else { throw .badValue(line: line, key: name) }
+            let prefixText = text(value)
+            guard prefixText.contains("/"), let prefix = IPPrefix(prefixText) else {
+                throw .badValue(line: line, key: name)
+            }
             return .allowedIP(prefix)
         case "protocol_version":
-            guard value == "1" else { throw .badValue(line: line, key: name) }
+            guard value.elementsEqual("1".utf8) else { throw .badValue(line: line, key: name) }
             return nil
         default:
             throw .unknownKey(line: line, key: quotedKey(key), inPeerSection: true)
         }
     }
 
+    /// A value that is not secret (an endpoint, a prefix) as text for its parser.
+    private static func text(_ value: UnsafeRawBufferPointer) -> Substring {
+        Substring(decoding: value, as: UTF8.self)
+    }
+
+    private static func isTrue(_ value: UnsafeRawBufferPointer) -> Bool { value.elementsEqual("true".utf8) }
+
     /// 64 hex digits into a secret (all zero allowed: it means "remove the key").
-    private static func secretKey(hex: Substring) -> SecretKey? {
+    private static func secretKey(hex: UnsafeRawBufferPointer) -> SecretKey? {
         var ok = false
-        let secret = SecretKey { ok = Encoding.decodeHex(hex, into: $0) }
+        let secret = SecretKey { ok = Encoding.decodeHex(bytes: hex, into: $0) }
         return ok ? secret : nil
     }
 
     /// Plain decimal digits only (Swift's integer parsing would also take a sign), in range.
-    private static func decimal<T: FixedWidthInteger & UnsignedInteger>(_ text: Substring) -> T? {
-        guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
-            return nil
+    private static func decimal<T: FixedWidthInteger & UnsignedInteger>(_ digits: UnsafeRawBufferPointer) -> T? {
+        guard !digits.isEmpty else { return nil }
+        var value: T = 0
+        for digit in digits {
+            guard digit >= UInt8(ascii: "0"), digit <= UInt8(ascii: "9") else { return nil }
+            let (shifted, overflowA) = value.multipliedReportingOverflow(by: 10)
+            let (sum, overflowB) = shifted.addingReportingOverflow(T(digit - UInt8(ascii: "0")))
+            guard !overflowA, !overflowB else { return nil }
+            value = sum
         }
-        return T(text, radix: 10)
+        return value
     }
 
-    /// A key name as sent, shortened and printable, for an error message (key names are not secret,
-    /// but the line could be anything).
+    /// A key name as sent, printable, for an error message (only names up to `longestKeyName`
+    /// characters get here; key names are not secret, but the line could be anything).
     private static func quotedKey(_ key: Substring) -> String {
-        let printable = key.prefix(40).unicodeScalars.map { scalar in
+        let printable = key.unicodeScalars.map { scalar in
             scalar.isASCII && scalar.value >= 0x20 && scalar.value < 0x7f ? String(scalar) : "?"
         }
-        return "\"" + printable.joined() + (key.count > 40 ? "…" : "") + "\""
+        return "\"" + printable.joined() + "\""
     }
 
     // MARK: - Applying

@@ -168,6 +168,21 @@ public enum Encoding {
         }
     }
 
+    /// `decodeHex` for text given as bytes (a control request read into a `SecretBuffer`):
+    /// decodes straight from them, with no intermediate copy.
+    public static func decodeHex(bytes: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> Bool {
+        guard bytes.count == out.count * 2 else { return false }
+        var decodedLength = 0
+        let status = bytes.withMemoryRebound(to: CChar.self) { chars in
+            sodium_hex2bin(out.cBytes, out.count, chars.baseAddress, chars.count, nil, &decodedLength, nil)
+        }
+        guard status == 0, decodedLength == out.count else {
+            sodium_memzero(out.baseAddress, out.count)
+            return false
+        }
+        return true
+    }
+
     /// Decodes hex of exactly `out.count` bytes (either case); false on anything else.
     public static func decodeHex(_ text: some StringProtocol, into out: UnsafeMutableRawBufferPointer) -> Bool {
         var utf8 = Array(text.utf8)

@@ -94,8 +94,11 @@ public enum ControlClient {
             try wait(fd, for: Int16(POLLOUT), path: path, deadline: deadline, timeout: timeout)
             let result: IOResult<Int>
             do {
-                result = try Syscall.io("write(\(path))") {
-                    bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+                // MSG_NOSIGNAL: a daemon that closes early is an error here, not SIGPIPE.
+                result = try Syscall.io("send(\(path))") {
+                    bytes.withUnsafeBytes {
+                        Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL))
+                    }
                 }
             } catch {
                 throw .system(error)

@@ -28,7 +28,7 @@ public final class LinkMonitor: @unchecked Sendable {
     /// The last state seen, to tell what changed (on `queue`).
     private var state: LinkState
     /// The sequence number of an outstanding re-query, whose ENODEV answer means "deleted".
-    private var querySequence: UInt32?
+    private(set) var querySequence: UInt32?
     private var source: DispatchSourceRead?
     private var deliveredDeletion = false
     private let handler: @Sendable (LinkEvent) -> Void
@@ -129,7 +129,7 @@ public final class LinkMonitor: @unchecked Sendable {
     }
 
     /// Asks for the link's state; the answer arrives through the read source like a notification.
-    private func requery() {
+    func requery() {
         let sequence = socket.sequence()
         querySequence = sequence
         do {

@@ -206,8 +206,9 @@ public final class Tunnel: @unchecked Sendable {
     /// once the tunnel has shut down and cleaned up.
     public func run(controlSocketPath: String, onStop: @escaping @Sendable (Int32) -> Void) throws {
         self.onStop = onStop
-        control = try ControlServer(path: controlSocketPath, queue: queue, logger: logger) { [unowned self] request in
-            self.handleControl(request)
+        control = try ControlServer(path: controlSocketPath, queue: queue, logger: logger) {
+            [unowned self] request, reply in
+            self.handleControl(request, reply: reply)
         }
         let monitor = try LinkMonitor(name: tun.name, queue: queue, logger: logger) { [unowned self] event in
             self.linkEvent(event)
@@ -674,26 +675,28 @@ public final class Tunnel: @unchecked Sendable {
         wakeup.lower()
     }
 
-    private func handleControl(_ request: ControlRequest) -> String {
+    /// Answers one control request into `reply` (a buffer the server zeroes after sending: the
+    /// `get` reply holds the keys).
+    private func handleControl(_ request: ControlRequest, reply: SecretBuffer) {
         switch request {
         case .get:
             let port = socket.port
-            return withEngine { UAPI.get(device: $0, listenPort: port) }
+            withEngine { UAPI.get(device: $0, listenPort: port, into: reply) }
         case .set(let body):
             var listenPort: UInt16?
             let errno = withEngine { UAPI.set(body, device: $0, now: currentInstant()) { listenPort = $0 } }
             if errno == 0, let port = listenPort {
-                do { try rebind(port: port) } catch { return "errno=-\(EADDRINUSE)\n\n" }
+                do { try rebind(port: port) } catch { return reply.append("errno=-\(EADDRINUSE)\n\n") }
             }
             // Routes are ours only when we own the config (`tunctl up`); under wg-quick
             // (`tunctl userspace`) they are wg-quick's, as with wireguard-go.
             if errno == 0, configPath != nil { syncRoutes() }
-            return "errno=\(errno)\n\n"
+            reply.append("errno=\(errno)\n\n")
         case .show:
-            return withEngine { _ in ShowReport(tunnel: self).json } + "\n\n"
+            reply.append(withEngine { _ in ShowReport(tunnel: self).json } + "\n\n")
         case .down:
             queue.async { [unowned self] in self.shutdown(status: 0, linkGone: false) }
-            return "errno=0\n\n"
+            reply.append("errno=0\n\n")
         }
     }
 

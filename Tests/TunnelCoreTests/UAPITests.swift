@@ -88,6 +88,18 @@ private func configuredDevice() -> Device {
     }
 
     /// wireguard-go omits the private key when there is none, and the port while it is 0.
+    /// The daemon's form: the reply made in a `SecretBuffer`, which clears to zeros.
+    @Test func getIntoABufferWritesTheSameTextAndClearsToZeros() {
+        let buffer = SecretBuffer(capacity: 64)
+        UAPI.get(device: configuredDevice(), listenPort: 51820, into: buffer)
+        let text = String(decoding: buffer.bytes, as: UTF8.self)
+        #expect(text == UAPI.get(device: configuredDevice(), listenPort: 51820))
+        #expect(text.contains("private_key=\(Keys.ourPrivate)\n"))
+        let memory = UnsafeRawBufferPointer(start: buffer.bytes.baseAddress, count: buffer.capacity)
+        buffer.removeAll()
+        #expect(memory.allSatisfy { $0 == 0 })
+    }
+
     @Test func emptyDeviceIsJustErrno() {
         #expect(UAPI.get(device: Device(privateKey: nil), listenPort: 0) == "errno=0\n\n")
     }
@@ -346,8 +358,9 @@ private func configuredDevice() -> Device {
             UAPI.validate("public_key=\(Keys.peerA)\nfoo=1")
                 == .unknownKey(line: 2, key: "\"foo\"", inPeerSection: true))
         #expect(UAPI.validate("private_key=\(Keys.ourPrivate)") == nil)
-        // A secret pasted as a key name is cut short, not echoed whole.
+        // A secret pasted as a key name is not echoed at all: only its length is told.
         let pasted = UAPI.validate(Keys.psk + "=1")?.description ?? ""
-        #expect(!pasted.contains(Keys.psk))
+        #expect(!pasted.contains(Keys.psk.prefix(8)))
+        #expect(pasted == "UAPI set, line 1: unknown device key (a 64-character name)")
     }
 }

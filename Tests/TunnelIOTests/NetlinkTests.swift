@@ -1,4 +1,6 @@
+import Dispatch
 import Glibc
+import Logging
 import Testing
 import TunnelCore
 
@@ -212,5 +214,56 @@ import TunnelCore
         let error = #expect(throws: NetlinkError.self) { _ = try socket.queryLink(index: 0, name: "tunctl-none0") }
         #expect(error?.errno == ENODEV)
         #expect(error?.description.hasPrefix("link show tunctl-none0 failed: ") == true)
+    }
+}
+
+/// LinkMonitor's decisions, fed by hand (a monitor on `lo`, which needs no privilege; its read
+/// source is never started, so only the messages given here reach it).
+@Suite struct LinkMonitorTests {
+    final class Events: @unchecked Sendable {
+        // Sound: the tests call `handle` on their own thread, and the handler runs there.
+        var list: [LinkEvent] = []
+    }
+
+    private func monitor() throws -> (LinkMonitor, Events, LinkState) {
+        let events = Events()
+        let queue = DispatchQueue(label: "test.linkmonitor")
+        let monitor = try LinkMonitor(name: "lo", queue: queue, logger: Logger(label: "test")) {
+            events.list.append($0)
+        }
+        let state = try NetlinkSocket().queryLink(index: 0, name: "lo")
+        return (monitor, events, state)
+    }
+
+    @Test func reportsChangesOfItsOwnLinkOnly() throws {
+        let (monitor, events, lo) = try monitor()
+        var changed = lo
+        changed.mtu = (lo.mtu ?? 0) - 1
+        monitor.handle(.link(sequence: 0, changed))
+        var other = changed
+        other.index = lo.index + 1000
+        other.mtu = 1280
+        monitor.handle(.link(sequence: 0, other))
+        #expect(events.list == [.mtuChanged((lo.mtu ?? 0) - 1)])
+        var gone = changed
+        gone.deleted = true
+        monitor.handle(.link(sequence: 0, gone))
+        monitor.handle(.link(sequence: 0, gone))
+        #expect(events.list == [.mtuChanged((lo.mtu ?? 0) - 1), .deleted])
+    }
+
+    /// After lost notifications the monitor asks again; ENODEV for that question means deleted,
+    /// any other answer (or an ENODEV for some other question) does not.
+    @Test func requeryAnsweredWithENODEVIsDeletion() throws {
+        let (monitor, events, _) = try monitor()
+        monitor.requery()
+        let sequence = try #require(monitor.querySequence)
+        monitor.handle(.ack(sequence: sequence &+ 1, errno: ENODEV, message: nil))
+        monitor.handle(.ack(sequence: sequence, errno: EMFILE, message: nil))
+        #expect(events.list.isEmpty)
+        monitor.requery()
+        let second = try #require(monitor.querySequence)
+        monitor.handle(.ack(sequence: second, errno: ENODEV, message: nil))
+        #expect(events.list == [.deleted])
     }
 }
