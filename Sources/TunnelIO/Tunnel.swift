@@ -199,7 +199,19 @@ public final class Tunnel: @unchecked Sendable {
             let token = UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque())
             SanitizerAnnotations.acquired(token)
             defer { SanitizerAnnotations.releasing(token) }
+            if socket.hasVanishedSources { forgetVanishedSources() }
             return try body(device)
+        }
+    }
+
+    /// Inside `withEngine`: the peers whose sticky source the kernel refused (the address went
+    /// away) fall back to the kernel's choice until their next datagram (issue 15).
+    private func forgetVanishedSources() {
+        socket.takeVanishedSources { address in
+            let peers = device.forgetStickySource(address)
+            logger.debug(
+                "\(name): source address \(address) is gone (\(socket.stickySourceResends) datagram(s) resent without it so far); \(peers) peer(s) now reply from the kernel's choice"
+            )
         }
     }
 
