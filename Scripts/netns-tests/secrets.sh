@@ -122,7 +122,6 @@ test_key_on_wrong_line() {
     "ListenPort|Interface|ListenPort = $key"
     "MTU|Interface|MTU = $psk"
     "FwMark|Interface|FwMark = $key"
-    "PostUp|Interface|PostUp = echo $key"
     "SaveConfig|Interface|SaveConfig = $key"
     "Adress|Interface|Adress = $key"
     "Endpoint|Peer|Endpoint = $key"

@@ -11,6 +11,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <linux/if_tun.h>
@@ -36,6 +37,20 @@ _Static_assert(offsetof(struct tunctl_mmsghdr, msg_hdr) == offsetof(struct mmsgh
                "tunctl_mmsghdr must mirror struct mmsghdr");
 _Static_assert(offsetof(struct tunctl_mmsghdr, msg_len) == offsetof(struct mmsghdr, msg_len),
                "tunctl_mmsghdr must mirror struct mmsghdr");
+_Static_assert(sizeof(struct tunctl_in_pktinfo) == sizeof(struct in_pktinfo),
+               "tunctl_in_pktinfo must mirror struct in_pktinfo");
+_Static_assert(offsetof(struct tunctl_in_pktinfo, ipi_ifindex) == offsetof(struct in_pktinfo, ipi_ifindex),
+               "tunctl_in_pktinfo must mirror struct in_pktinfo");
+_Static_assert(offsetof(struct tunctl_in_pktinfo, ipi_spec_dst) == offsetof(struct in_pktinfo, ipi_spec_dst),
+               "tunctl_in_pktinfo must mirror struct in_pktinfo");
+_Static_assert(offsetof(struct tunctl_in_pktinfo, ipi_addr) == offsetof(struct in_pktinfo, ipi_addr),
+               "tunctl_in_pktinfo must mirror struct in_pktinfo");
+_Static_assert(sizeof(struct tunctl_in6_pktinfo) == sizeof(struct in6_pktinfo),
+               "tunctl_in6_pktinfo must mirror struct in6_pktinfo");
+_Static_assert(offsetof(struct tunctl_in6_pktinfo, ipi6_addr) == offsetof(struct in6_pktinfo, ipi6_addr),
+               "tunctl_in6_pktinfo must mirror struct in6_pktinfo");
+_Static_assert(offsetof(struct tunctl_in6_pktinfo, ipi6_ifindex) == offsetof(struct in6_pktinfo, ipi6_ifindex),
+               "tunctl_in6_pktinfo must mirror struct in6_pktinfo");
 _Static_assert(TUNCTL_IFNAMSIZ == IFNAMSIZ, "TUNCTL_IFNAMSIZ must equal IFNAMSIZ");
 
 const unsigned int tunctl_tun_f_csum = TUN_F_CSUM;
@@ -49,6 +64,12 @@ const int tunctl_virtio_net_hdr_size = (int)sizeof(struct virtio_net_hdr);
 const int tunctl_sol_udp = SOL_UDP;
 const int tunctl_udp_segment = UDP_SEGMENT;
 const int tunctl_udp_gro = UDP_GRO;
+
+const int tunctl_sol_ip = SOL_IP;
+const int tunctl_ip_pktinfo = IP_PKTINFO;
+const int tunctl_sol_ipv6 = SOL_IPV6;
+const int tunctl_ipv6_pktinfo = IPV6_PKTINFO;
+const int tunctl_ipv6_recvpktinfo = IPV6_RECVPKTINFO;
 
 // Why C: TUNSETIFF is an _IOW ioctl number and `struct ifreq` is a union of unions; both are only
 // defined correctly by the kernel headers.

@@ -43,30 +43,100 @@ public struct InterfaceConfig: Sendable {
     public let listenPort: UInt16?
     /// nil when absent (the caller applies the default of 1420).
     public let mtu: Int?
-    /// `FwMark =`: nil when absent, `off` or 0.
-    public let fwMark: UInt32?
-    /// `Table =`: where `tunctl up` puts the peers' routes; nil when absent (wg-quick's `auto`).
-    public let table: RoutingTable?
     /// The `[Interface]` header line.
     public let location: ConfigLocation
+    /// `DNS =`: name servers and search domains, for resolvconf while the interface is up.
+    public let dns: DNSSettings
+    /// `PreUp`, `PostUp`, `PreDown`, `PostDown`: shell commands, each kind in file order.
+    public let hooks: Hooks
+    /// `SaveConfig = true`: the running configuration is written back to the file on exit.
+    public let saveConfig: Bool
+    /// `Table =`; nil when absent (wg-quick's `auto`). Parsed and kept here; its routing effect is
+    /// the policy-routing code's.
+    public let table: RoutingTable?
+    /// `FwMark =`; nil when absent, `off` or 0. Parsed and kept here; the socket mark is applied
+    /// by the policy-routing code.
+    public let fwMark: UInt32?
 
     public init(
         privateKey: KeySource<PrivateKey>, addresses: [IPPrefix], listenPort: UInt16?, mtu: Int?,
-        fwMark: UInt32? = nil, table: RoutingTable? = nil, location: ConfigLocation
+        location: ConfigLocation, dns: DNSSettings = DNSSettings(), hooks: Hooks = Hooks(), saveConfig: Bool = false,
+        table: RoutingTable? = nil, fwMark: UInt32? = nil
     ) {
         self.privateKey = privateKey
         self.addresses = addresses
         self.listenPort = listenPort
         self.mtu = mtu
-        self.fwMark = fwMark
+        self.location = location
+        self.dns = dns
+        self.hooks = hooks
+        self.saveConfig = saveConfig
         self.table = table
+        self.fwMark = fwMark
+    }
+
+    /// This interface with another private key (the rest unchanged).
+    public func with(privateKey: KeySource<PrivateKey>) -> InterfaceConfig {
+        InterfaceConfig(
+            privateKey: privateKey, addresses: addresses, listenPort: listenPort, mtu: mtu, location: location,
+            dns: dns, hooks: hooks, saveConfig: saveConfig, table: table, fwMark: fwMark)
+    }
+}
+
+/// What `DNS =` lines give, as wg-quick splits them: IP addresses are name servers, anything
+/// else a search domain.
+public struct DNSSettings: Hashable, Sendable {
+    public var servers: [IPAddress]
+    public var searchDomains: [String]
+    /// The first `DNS` line (errors about DNS, e.g. resolvconf missing, point there); nil when none.
+    public var location: ConfigLocation?
+
+    public init(servers: [IPAddress] = [], searchDomains: [String] = [], location: ConfigLocation? = nil) {
+        self.servers = servers
+        self.searchDomains = searchDomains
+        self.location = location
+    }
+
+    public var isEmpty: Bool { servers.isEmpty && searchDomains.isEmpty }
+
+    /// What wg-quick pipes into `resolvconf -a`: one `nameserver` line per server, then one
+    /// `search` line when there are search domains.
+    public var resolvConfText: String {
+        var text = servers.map { "nameserver \($0)\n" }.joined()
+        if !searchDomains.isEmpty { text += "search \(searchDomains.joined(separator: " "))\n" }
+        return text
+    }
+}
+
+/// One `PreUp`/`PostUp`/`PreDown`/`PostDown` line: the command as written (`%i` not yet replaced).
+public struct Hook: Hashable, Sendable {
+    public let command: String
+    public let location: ConfigLocation
+
+    public init(command: String, location: ConfigLocation) {
+        self.command = command
         self.location = location
     }
 }
 
-/// wg-quick's `Table =`: `auto` routes in the main table, except that a default route (0.0.0.0/0
-/// or ::/0) gets wg-quick's policy routing (its own table, fwmark and rules); `off` adds no
-/// routes; a number puts every route in that table and adds no rule.
+/// The four hook lists, each in file order.
+public struct Hooks: Hashable, Sendable {
+    public var preUp: [Hook] = []
+    public var postUp: [Hook] = []
+    public var preDown: [Hook] = []
+    public var postDown: [Hook] = []
+
+    public init(preUp: [Hook] = [], postUp: [Hook] = [], preDown: [Hook] = [], postDown: [Hook] = []) {
+        self.preUp = preUp
+        self.postUp = postUp
+        self.preDown = preDown
+        self.postDown = postDown
+    }
+
+    public var isEmpty: Bool { preUp.isEmpty && postUp.isEmpty && preDown.isEmpty && postDown.isEmpty }
+}
+
+/// `Table =`: `off` (no routes), `auto` (the main table), or a table number.
 public enum RoutingTable: Hashable, Sendable, CustomStringConvertible {
     case off
     case auto
@@ -185,12 +255,20 @@ public enum ConfigKey: String, Hashable, Sendable, CaseIterable {
     case endpoint = "Endpoint"
     case allowedIPs = "AllowedIPs"
     case persistentKeepalive = "PersistentKeepalive"
-    case fwMark = "FwMark"
+    case dns = "DNS"
     case table = "Table"
+    case fwMark = "FwMark"
+    case preUp = "PreUp"
+    case postUp = "PostUp"
+    case preDown = "PreDown"
+    case postDown = "PostDown"
+    case saveConfig = "SaveConfig"
 
     public var section: ConfigSection {
         switch self {
-        case .privateKey, .privateKeyFile, .address, .listenPort, .mtu, .fwMark, .table: return .interface
+        case .privateKey, .privateKeyFile, .address, .listenPort, .mtu, .dns, .table, .fwMark, .preUp, .postUp,
+            .preDown, .postDown, .saveConfig:
+            return .interface
         case .publicKey, .presharedKey, .presharedKeyFile, .endpoint, .allowedIPs, .persistentKeepalive:
             return .peer
         }
@@ -200,33 +278,14 @@ public enum ConfigKey: String, Hashable, Sendable, CaseIterable {
     public var isSecret: Bool { self == .privateKey || self == .presharedKey }
 
     /// Keys that may appear more than once in a section (values accumulate).
-    var mayRepeat: Bool { self == .address || self == .allowedIPs }
-
-    static func named(_ text: Substring) -> ConfigKey? {
-        allCases.first { $0.rawValue.lowercased() == text.lowercased() }
-    }
-}
-
-/// Keys wg-quick understands that tunctl deliberately does not; each gets its own advice.
-enum UnsupportedKey: String, CaseIterable {
-    case dns = "DNS"
-    case preUp = "PreUp"
-    case postUp = "PostUp"
-    case preDown = "PreDown"
-    case postDown = "PostDown"
-    case saveConfig = "SaveConfig"
-
-    var advice: String {
+    var mayRepeat: Bool {
         switch self {
-        case .dns: return "remove the line and configure DNS outside tunctl, e.g. with resolvectl"
-        case .preUp, .postUp, .preDown, .postDown:
-            return
-                "remove the line and run the command from your service manager, e.g. ExecStartPost= in systemd"
-        case .saveConfig: return "remove the line; tunctl never writes the config file"
+        case .address, .allowedIPs, .dns, .preUp, .postUp, .preDown, .postDown: return true
+        default: return false
         }
     }
 
-    static func named(_ text: Substring) -> UnsupportedKey? {
+    static func named(_ text: Substring) -> ConfigKey? {
         allCases.first { $0.rawValue.lowercased() == text.lowercased() }
     }
 }
@@ -245,8 +304,10 @@ public enum ValueProblem: Hashable, Sendable {
     case notPort
     case mtuOutOfRange
     case notKeepalive
-    case notFwMark
+    case notDNS
+    case notBool
     case notTable
+    case notFwMark
 }
 
 /// Everything that can be wrong with a config's text, each naming the file, line, section and key
@@ -262,7 +323,6 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
     case unknownKey(ConfigLocation, ConfigSection, key: String)
     /// A key that belongs to the other section (e.g. `AllowedIPs` under `[Interface]`).
     case keyInWrongSection(ConfigLocation, ConfigSection, key: ConfigKey)
-    case unsupportedKey(ConfigLocation, ConfigSection, key: String)
     case repeatedKey(ConfigLocation, ConfigSection, key: ConfigKey, firstLine: Int)
     /// Two keys that exclude each other, e.g. `PrivateKey` and `PrivateKeyFile`.
     case conflictingKeys(ConfigLocation, ConfigSection, key: ConfigKey, other: ConfigKey, otherLine: Int)
@@ -302,10 +362,6 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
         case .keyInWrongSection(let at, let section, let key):
             return "\(at): [\(section.rawValue)] \(key.rawValue): belongs in [\(key.section.rawValue)] "
                 + "(move the line there)"
-        case .unsupportedKey(let at, let section, let key):
-            let advice = UnsupportedKey.named(Substring(key))?.advice ?? "remove the line"
-            return
-                "\(at): [\(section.rawValue)] \(key): wg-quick's \(key) is not supported by tunctl (\(advice))"
         case .repeatedKey(let at, let section, let key, let first):
             return "\(at): [\(section.rawValue)] \(key.rawValue): given twice in this section "
                 + "(keep one; the other is on line \(first))"
@@ -381,15 +437,22 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
                 "is not an MTU between \(Protocol.minimumMTU) and \(Protocol.maximumMTU)",
                 "1420 suits most links"
             )
-        case .notFwMark:
-            return ("is not a firewall mark", "use off, or a number from 1 to 4294967295 in decimal or 0x hex")
-        case .notTable:
-            return ("is not a routing table", "use off, auto or a table number from 1 to 4294967295")
         case .notKeepalive:
             return (
                 "is not a keepalive interval",
                 "use 1-65535 seconds, or 0 or off to disable; 25 suits most NATs"
             )
+        case .notDNS:
+            return (
+                "is neither an IP address nor a search domain",
+                "use name servers and search domains separated by commas, e.g. 192.0.2.53, example.com"
+            )
+        case .notBool:
+            return ("is neither true nor false", "use true or false")
+        case .notTable:
+            return ("is not a routing table", "use off, auto or a table number from 1 to 4294967295")
+        case .notFwMark:
+            return ("is not a firewall mark", "use off, or a number from 1 to 4294967295 in decimal or 0x hex")
         }
     }
 
@@ -492,11 +555,7 @@ extension TunnelConfig {
                     location: peer.location, publicKeyLocation: peer.publicKeyLocation))
         }
         let resolved = TunnelConfig(
-            interface: InterfaceConfig(
-                privateKey: privateKey, addresses: interface.addresses, listenPort: interface.listenPort,
-                mtu: interface.mtu, fwMark: interface.fwMark, table: interface.table,
-                location: interface.location),
-            peers: resolvedPeers)
+            interface: interface.with(privateKey: privateKey), peers: resolvedPeers)
         try resolved.checkNoPeerIsSelf()
         return resolved
     }
@@ -537,8 +596,11 @@ struct ConfigParser {
     private var addressSet: Set<IPPrefix> = []
     private var listenPort: (value: UInt16, line: Int)?
     private var mtu: (value: Int, line: Int)?
-    private var fwMark: (value: UInt32?, line: Int)?
+    private var dns = DNSSettings()
+    private var hooks = Hooks()
+    private var saveConfig: (value: Bool, line: Int)?
     private var table: (value: RoutingTable, line: Int)?
+    private var fwMark: (value: UInt32?, line: Int)?
 
     // The [Peer] being read.
     private var peer = PeerDraft(line: 0)
@@ -610,12 +672,7 @@ struct ConfigParser {
         case .interface: section = .interface
         case .peer: section = .peer
         }
-        guard let key = ConfigKey.named(keyText) else {
-            if UnsupportedKey.named(keyText) != nil {
-                throw .unsupportedKey(at(line), section, key: String(keyText))
-            }
-            throw .unknownKey(at(line), section, key: String(keyText))
-        }
+        guard let key = ConfigKey.named(keyText) else { throw .unknownKey(at(line), section, key: String(keyText)) }
         guard key.section == section else { throw .keyInWrongSection(at(line), section, key: key) }
         if value.isEmpty && key != .allowedIPs && key != .address {
             throw .invalidValue(at(line), section, key: key, value: key.isSecret ? nil : "", problem: .empty)
@@ -664,18 +721,6 @@ struct ConfigParser {
                 throw invalid(.mtuOutOfRange)
             }
             mtu = (parsed, line)
-        case .fwMark:
-            if let previous = fwMark {
-                throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
-            }
-            guard let mark = ConfigParser.fwMark(value) else { throw invalid(.notFwMark) }
-            fwMark = (mark == 0 ? nil : mark, line)
-        case .table:
-            if let previous = table {
-                throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
-            }
-            guard let parsed = ConfigParser.routingTable(value) else { throw invalid(.notTable) }
-            table = (parsed, line)
         case .publicKey:
             if let previous = peer.publicKey {
                 throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
@@ -713,6 +758,47 @@ struct ConfigParser {
                 let masked = prefix.masked
                 if peer.allowedIPSet.insert(masked).inserted { peer.allowedIPs.append(masked) }
             }
+        case .dns:
+            if dns.location == nil { dns.location = at(line) }
+            for item in ConfigParser.listItems(value) {
+                if let address = IPAddress(item) {
+                    if !dns.servers.contains(address) { dns.servers.append(address) }
+                } else if ConfigParser.isHostName(item) {
+                    if !dns.searchDomains.contains(String(item)) { dns.searchDomains.append(String(item)) }
+                } else {
+                    throw invalid(.notDNS, item)
+                }
+            }
+        case .preUp, .postUp, .preDown, .postDown:
+            let hook = Hook(command: String(value), location: at(line))
+            switch key {
+            case .preUp: hooks.preUp.append(hook)
+            case .postUp: hooks.postUp.append(hook)
+            case .preDown: hooks.preDown.append(hook)
+            default: hooks.postDown.append(hook)
+            }
+        case .saveConfig:
+            if let previous = saveConfig {
+                throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
+            }
+            // As wg-quick reads it (case-insensitively): true or false, nothing else.
+            switch value.utf8.count <= 5 ? value.lowercased() : "" {
+            case "true": saveConfig = (true, line)
+            case "false": saveConfig = (false, line)
+            default: throw invalid(.notBool)
+            }
+        case .table:
+            if let previous = table {
+                throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
+            }
+            guard let parsed = ConfigParser.parseTable(value) else { throw invalid(.notTable) }
+            table = (parsed, line)
+        case .fwMark:
+            if let previous = fwMark {
+                throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
+            }
+            guard let parsed = ConfigParser.parseFwMark(value) else { throw invalid(.notFwMark) }
+            fwMark = (parsed == 0 ? nil : parsed, line)
         case .persistentKeepalive:
             if let previous = peer.keepalive {
                 throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
@@ -759,8 +845,8 @@ struct ConfigParser {
         let config = TunnelConfig(
             interface: InterfaceConfig(
                 privateKey: privateKey.source, addresses: addresses, listenPort: listenPort?.value,
-                mtu: mtu?.value, fwMark: fwMark?.value ?? nil, table: table?.value,
-                location: at(interfaceLine)),
+                mtu: mtu?.value, location: at(interfaceLine), dns: dns, hooks: hooks,
+                saveConfig: saveConfig?.value ?? false, table: table?.value, fwMark: fwMark?.value ?? nil),
             peers: peers)
         try config.checkNoPeerIsSelf()
         return config
@@ -774,35 +860,39 @@ struct ConfigParser {
     }
 
     /// Plain ASCII decimal in `range` (no sign, no spaces, at most 5 digits).
-    /// wg's fwmark syntax: `off`, decimal, or `0x` and hex digits, fitting 32 bits (0 is off).
-    static func fwMark(_ text: Substring) -> UInt32? {
-        if text.utf8.count == 3, text.lowercased() == "off" { return 0 }
-        let hex = text.hasPrefix("0x") || text.hasPrefix("0X")
-        let digits = hex ? text.dropFirst(2) : text
-        guard !digits.isEmpty, digits.count <= 10, digits.allSatisfy({ $0.isASCII && $0.isHexDigit }),
-            hex || digits.allSatisfy({ $0.isNumber })
-        else { return nil }
-        return UInt32(digits, radix: hex ? 16 : 10)
-    }
-
-    /// wg-quick's `Table`: `auto`, `off`, or a table number (1 to 2^32-1; ip's names are not read).
-    static func routingTable(_ text: Substring) -> RoutingTable? {
-        switch text.lowercased() {
-        case "auto": return .auto
-        case "off": return .off
-        default:
-            guard text.count <= 10, text.allSatisfy({ $0.isASCII && $0.isNumber }), let number = UInt32(text),
-                number != 0
-            else { return nil }
-            return .number(number)
-        }
-    }
-
     static func decimal(_ text: Substring, in range: ClosedRange<Int>) -> Int? {
         guard !text.isEmpty, text.count <= 5, text.allSatisfy({ $0.isASCII && $0.isNumber }),
             let value = Int(text), range.contains(value)
         else { return nil }
         return value
+    }
+
+    /// `off`, `auto` or a table number 1–4294967295 (0 is not a table `ip route` takes).
+    static func parseTable(_ text: Substring) -> RoutingTable? {
+        guard text.utf8.count <= 10 else { return nil }
+        switch text.lowercased() {
+        case "off": return .off
+        case "auto": return .auto
+        default:
+            guard text.allSatisfy({ $0.isASCII && $0.isNumber }), let table = UInt32(text), table != 0 else {
+                return nil
+            }
+            return .number(table)
+        }
+    }
+
+    /// `off` (0), or a 32-bit mark in decimal or `0x` hex, as `wg set fwmark` takes it.
+    static func parseFwMark(_ text: Substring) -> UInt32? {
+        guard text.utf8.count <= 10 else { return nil }
+        let lower = text.lowercased()
+        if lower == "off" { return 0 }
+        if lower.hasPrefix("0x") {
+            let digits = lower.dropFirst(2)
+            guard !digits.isEmpty, digits.allSatisfy({ $0.isHexDigit }) else { return nil }
+            return UInt32(digits, radix: 16)
+        }
+        guard text.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+        return UInt32(text)
     }
 
     /// A numeric endpoint, or a host name kept for the I/O layer to resolve.

@@ -164,6 +164,20 @@ public final class Device {
         peer.endpoint = endpoint
     }
 
+    /// Our local `address` is gone (the kernel refused it as a source): every peer whose endpoint
+    /// uses it as its sticky source falls back to the kernel's choice until the peer's next
+    /// datagram says where it talks to now. Returns how many peers that changed. One pass over
+    /// the peers per vanished address, not per datagram.
+    @discardableResult
+    public func forgetStickySource(_ address: IPAddress) -> Int {
+        var changed = 0
+        for peer in peersByKey.values where peer.endpoint?.stickySource?.address == address {
+            peer.endpoint?.stickySource = nil
+            changed += 1
+        }
+        return changed
+    }
+
     /// Sets the persistent keepalive interval; a nonzero one takes effect at once (a keepalive,
     /// which brings up a session if there is none), as wireguard-go does.
     public func setPersistentKeepalive(_ seconds: UInt16, for peer: Peer, now: Instant) {

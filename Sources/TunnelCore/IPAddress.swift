@@ -277,20 +277,48 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+/// The local end of a path to a peer, learned from a datagram the peer sent: the address it
+/// was sent to and the interface it arrived on. Replies leave from it (a "sticky" source), so
+/// that on a host with several addresses the peer hears back from the address it talks to.
+public struct StickySource: Hashable, Sendable, CustomStringConvertible {
+    /// Our address the peer's datagram was addressed to.
+    public var address: IPAddress
+    /// The interface it arrived on (0: any; the kernel then routes as usual).
+    public var interfaceIndex: UInt32
+
+    public init(address: IPAddress, interfaceIndex: UInt32) {
+        self.address = address
+        self.interfaceIndex = interfaceIndex
+    }
+
+    public var description: String { "\(address)%\(interfaceIndex)" }
+}
+
 /// A UDP endpoint: where a peer's datagrams come from and go to. IPv4-mapped IPv6 addresses
 /// (`::ffff:a.b.c.d`, as a dual-stack socket reports them) are folded to `.v4` by the I/O layer.
+///
+/// `stickySource` travels with the endpoint: the I/O layer sets it on every received datagram,
+/// so a peer's endpoint, which follows authenticated packets (roaming), carries the local address
+/// of the peer's latest one, and sends to it name that address as their source. Endpoints from a
+/// config or UAPI have none (the kernel picks the source). Equality includes it, so a batch groups
+/// datagrams by destination and source; `description` shows only the remote end.
 public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     public var address: IPAddress
     public var port: UInt16
     /// IPv6 scope id (`sin6_scope_id`, an interface index) for a link-local address such as
-    /// `[fe80::1%eth0]:51820`; 0 for none (and always for IPv4).
+    /// `[fe80::1%eth0]:51820`; 0 for none (and always for IPv4). Part of the remote end.
     public var scopeID: UInt32
+    public var stickySource: StickySource?
 
-    public init(address: IPAddress, port: UInt16, scopeID: UInt32 = 0) {
+    public init(address: IPAddress, port: UInt16, scopeID: UInt32 = 0, stickySource: StickySource? = nil) {
         self.address = address
         self.port = port
         self.scopeID = address.isV4 ? 0 : scopeID
+        self.stickySource = stickySource
     }
+
+    /// The same remote end (scope id included) without a sticky source.
+    public var withoutStickySource: Endpoint { Endpoint(address: address, port: port, scopeID: scopeID) }
 
     /// How a `%zone` that is a name becomes an interface index: installed by the I/O layer
     /// (`if_nametoindex`), as the core makes no system calls. Without one, only numeric zones parse.

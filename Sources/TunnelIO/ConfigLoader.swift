@@ -28,6 +28,9 @@ public struct LoadedConfig: Sendable {
     public let path: String
     /// Resolved: `config.isResolved` is true.
     public let config: TunnelConfig
+    /// The `PrivateKeyFile` the private key came from, if it did (SaveConfig writes the reference
+    /// back rather than the key while the key is unchanged).
+    public var privateKeyFile: KeyFileReference? = nil
 }
 
 /// Which file a load error is about: the config itself, or a key file it names.
@@ -68,6 +71,9 @@ public enum ConfigLoadError: Error, Hashable, Sendable, CustomStringConvertible 
     /// A file holding a secret (a key file, or a config with an inline key) has group or other
     /// permission bits set.
     case openToOthers(LoadedFile, mode: UInt32)
+    /// A config with PreUp/PostUp/PreDown/PostDown commands (run as root) that group or others
+    /// may write: anyone who can edit it could run commands as root.
+    case hooksWritableByOthers(path: String, mode: UInt32)
     case invalid(ConfigError)
 
     public var description: String {
@@ -114,6 +120,9 @@ public enum ConfigLoadError: Error, Hashable, Sendable, CustomStringConvertible 
             }
             return "\(file.lead): \(what) is open to group or others "
                 + "(mode \(octal(mode)); run chmod 600 \(shellQuoted(file.path)))"
+        case .hooksWritableByOthers(let path, let mode):
+            return "\(shellQuoted(path)): holds PreUp/PostUp/PreDown/PostDown commands, which run as root, but "
+                + "group or others may write it (mode \(octal(mode)); run chmod go-w \(shellQuoted(path)))"
         case .invalid(let error):
             return error.description
         }
@@ -148,6 +157,9 @@ public enum ConfigLoader {
         if parsed.hasInlineSecret && mode & 0o077 != 0 {
             throw .openToOthers(configFile, mode: mode)
         }
+        if !parsed.interface.hooks.isEmpty && mode & 0o022 != 0 {
+            throw .hooksWritableByOthers(path: path, mode: mode)
+        }
         var contents: [KeyFileReference: String] = [:]
         defer {
             for reference in contents.keys { wipe(&contents[reference]!) }
@@ -161,7 +173,9 @@ public enum ConfigLoader {
         }
         do {
             let resolved = try parsed.resolvingKeyFiles(contents)
-            return LoadedConfig(interfaceName: interfaceName, path: path, config: resolved)
+            var loaded = LoadedConfig(interfaceName: interfaceName, path: path, config: resolved)
+            if case .file(let reference) = parsed.interface.privateKey { loaded.privateKeyFile = reference }
+            return loaded
         } catch {
             throw .invalid(error)
         }

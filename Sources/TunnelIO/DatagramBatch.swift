@@ -25,16 +25,18 @@ public struct ReceiveBatch: ~Copyable {
     let vectors: UnsafeMutablePointer<iovec>
     let messages: UnsafeMutablePointer<tunctl_mmsghdr>
     let addresses: UnsafeMutablePointer<sockaddr_storage>
-    /// `controlSpace` bytes of ancillary data per slot, where the kernel puts the `UDP_GRO` size.
+    /// `controlSpace` bytes of ancillary data per slot, where the kernel puts the `UDP_GRO` size
+    /// and the packet info (the datagram's destination: a sticky source for replies).
     let control: UnsafeMutableRawPointer
 
     /// Slot size a socket with `UDPOffload.coalescing` needs: the kernel hands over a coalesced
     /// message whole (up to 64 KiB less headers) and would cut a shorter slot short.
     public static let coalescingBufferSize = 65535
 
-    /// Ancillary bytes per slot: the `UDP_GRO` message (`CMSG_SPACE(sizeof(int))`, 24 bytes) with
-    /// room to spare for one more, such as IPV6_PKTINFO (40), should the socket ever ask for it.
-    static let controlSpace = 64
+    /// Ancillary bytes per slot: the `UDP_GRO` message (`CMSG_SPACE(sizeof(int))`, 24 bytes) and
+    /// `IPV6_PKTINFO` (40) or `IP_PKTINFO` (32), with room to spare: a control area that overflows
+    /// marks the slot MSG_CTRUNC, and such a slot is dropped (`isTruncated(at:)`).
+    static let controlSpace = 128
 
     /// - Parameters:
     ///   - capacity: datagrams per `recvmmsg` (wireguard-go uses 128).
@@ -99,14 +101,33 @@ public struct ReceiveBatch: ~Copyable {
         return messages[index].msg_hdr.msg_flags & Int32(MSG_TRUNC | MSG_CTRUNC) != 0
     }
 
-    /// Where the datagram in slot `index` came from; IPv4-mapped sources are `.v4`.
-    /// Nil only if the kernel reported no AF_INET/AF_INET6 address, which a UDP socket does not do.
+    /// Where the datagram in slot `index` came from; IPv4-mapped sources are `.v4`. Its
+    /// `stickySource` is where it was sent to (our address and the interface it arrived on), when
+    /// the kernel said so. Nil only if the kernel reported no AF_INET/AF_INET6 address, which a
+    /// UDP socket does not do.
     public func source(at index: Int) -> Endpoint? {
+        source(at: index, control: controlMessages(at: index))
+    }
+
+    private func source(at index: Int, control: ControlMessages.Received) -> Endpoint? {
         precondition(index >= 0 && index < count, "ReceiveBatch slot out of range")
         // Sound: the index is checked, and msg_namelen never exceeds the storage's 128 bytes.
-        return Endpoint(
-            socketAddress: UnsafeRawPointer(addresses + index),
-            length: Int(messages[index].msg_hdr.msg_namelen))
+        guard
+            var endpoint = Endpoint(
+                socketAddress: UnsafeRawPointer(addresses + index),
+                length: Int(messages[index].msg_hdr.msg_namelen))
+        else { return nil }
+        endpoint.stickySource = control.stickySource
+        return endpoint
+    }
+
+    /// The control messages the kernel attached to slot `index`.
+    func controlMessages(at index: Int) -> ControlMessages.Received {
+        precondition(index >= 0 && index < count, "ReceiveBatch slot out of range")
+        // Sound: the index is checked; the header's control pointer and the kernel-set length
+        // describe this slot's control area, which `parse` never reads outside of.
+        guard let header = (messages + index).pointer(to: \.msg_hdr) else { return ControlMessages.Received() }
+        return ControlMessages.parse(header)
     }
 
     /// Reads the datagram in slot `index`. The buffer must not escape `body`.
@@ -153,8 +174,12 @@ extension ReceiveBatch {
     /// Size of each datagram in slot `index`: the kernel's `UDP_GRO` segment size when it joined
     /// several, otherwise the slot's whole `length(at:)`.
     public func segmentSize(at index: Int) -> Int {
+        segmentSize(at: index, control: controlMessages(at: index))
+    }
+
+    private func segmentSize(at index: Int, control: ControlMessages.Received) -> Int {
         let length = self.length(at: index)
-        guard let size = coalescedSegmentSize(at: index), size < length else { return length }
+        guard let size = control.segmentSize, size < length else { return length }
         return size
     }
 
@@ -211,9 +236,12 @@ extension ReceiveBatch {
     private func forEachDatagramRange<E: Error>(
         inSlot index: Int, _ body: (_ datagram: Range<Int>, _ source: Endpoint) throws(E) -> Void
     ) throws(E) {
-        guard !isTruncated(at: index), let source = source(at: index) else { return }
+        guard !isTruncated(at: index) else { return }
+        // One walk over the slot's control messages for both the source and the segment size.
+        let control = controlMessages(at: index)
+        guard let source = source(at: index, control: control) else { return }
         let length = self.length(at: index)
-        let size = segmentSize(at: index)
+        let size = segmentSize(at: index, control: control)
         let slot = leadingRoom + index * bufferSize
         var offset = 0
         repeat {
@@ -227,22 +255,7 @@ extension ReceiveBatch {
     /// The `UDP_GRO` segment size the kernel attached to slot `index`, or nil when it attached none
     /// (the slot then holds one datagram) or an unusable one.
     func coalescedSegmentSize(at index: Int) -> Int? {
-        precondition(index >= 0 && index < count, "ReceiveBatch slot out of range")
-        // Sound: the index is checked; the header's control pointer and the kernel-set length
-        // describe this slot's control area, and the CMSG helpers never step outside that length.
-        guard let header = (messages + index).pointer(to: \.msg_hdr) else { return nil }
-        var next = tunctl_cmsg_firsthdr(header)
-        while let message = next {
-            if message.pointee.cmsg_level == tunctl_sol_udp, message.pointee.cmsg_type == tunctl_udp_gro,
-                message.pointee.cmsg_len >= tunctl_cmsg_len(MemoryLayout<Int32>.size),
-                let data = tunctl_cmsg_data(message)
-            {
-                let size = Int(UnsafeRawPointer(data).loadUnaligned(as: Int32.self))
-                return size > 0 ? size : nil
-            }
-            next = tunctl_cmsg_nxthdr(header, message)
-        }
-        return nil
+        controlMessages(at: index).segmentSize
     }
 }
 
@@ -273,20 +286,24 @@ public struct SendBatch: ~Copyable {
     let messages: UnsafeMutablePointer<tunctl_mmsghdr>
     let addresses: UnsafeMutablePointer<sockaddr_storage>
     let destinations: UnsafeMutablePointer<Endpoint>
+    /// `ControlMessages.packetInfoSpace` bytes per slot: the packet info naming a destination's
+    /// sticky source, written by `prepareForSend` for the slots whose destination has one.
+    let slotControl: UnsafeMutableRawPointer
 
     // UDP GSO: pending slots grouped into runs, one message per run (see `planRuns`). A run's
     // message names the run's iovecs, which point at the slots themselves, so nothing is copied.
     /// One header per possible run (at most one per slot).
     let runMessages: UnsafeMutablePointer<tunctl_mmsghdr>
-    /// `runControlSpace` bytes per run: a `UDP_SEGMENT` cmsg, header written once in `init`.
+    /// `runControlSpace` bytes per run: the run's packet info, if its destination has a sticky
+    /// source, then its `UDP_SEGMENT` cmsg, if it has more than one datagram (`planRuns`).
     let runControl: UnsafeMutableRawPointer
     /// First slot of each planned run.
     let runStarts: UnsafeMutablePointer<Int>
     /// Runs planned by the last `planRuns`.
     var runCount = 0
 
-    /// `CMSG_SPACE(sizeof(uint16_t))`: the `UDP_SEGMENT` value is a u16 segment size.
-    static let runControlSpace = tunctl_cmsg_space(MemoryLayout<UInt16>.size)
+    /// Packet info (40 bytes at most) and `UDP_SEGMENT` (a u16 segment size, 24 bytes).
+    static let runControlSpace = ControlMessages.packetInfoSpace + ControlMessages.segmentSpace
 
     /// - Parameters:
     ///   - capacity: datagrams per `sendmmsg`.
@@ -311,6 +328,9 @@ public struct SendBatch: ~Copyable {
         addresses.initialize(repeating: sockaddr_storage(), count: capacity)
         destinations = .allocate(capacity: capacity)
         destinations.initialize(repeating: Endpoint(address: .v4(0), port: 0), count: capacity)
+        // Aligned for cmsghdr; packetInfoSpace is a multiple of it, so every slot's part is too.
+        slotControl = .allocate(byteCount: capacity * ControlMessages.packetInfoSpace, alignment: 16)
+        slotControl.initializeMemory(as: UInt8.self, repeating: 0, count: capacity * ControlMessages.packetInfoSpace)
         runMessages = .allocate(capacity: capacity)
         runMessages.initialize(repeating: tunctl_mmsghdr(msg_hdr: msghdr(), msg_len: 0), count: capacity)
         runControl = .allocate(byteCount: capacity * Int(SendBatch.runControlSpace), alignment: 16)
@@ -325,19 +345,6 @@ public struct SendBatch: ~Copyable {
             messages[slot].msg_hdr.msg_iovlen = 1
             messages[slot].msg_hdr.msg_name = UnsafeMutableRawPointer(addresses + slot)
         }
-        // The cmsg header of every run's control area never changes; only its u16 value does.
-        // Sound: the header is pointed at run `run`'s own `runControlSpace` bytes, which hold one
-        // cmsghdr plus the aligned value, so CMSG_FIRSTHDR/CMSG_DATA stay inside them.
-        for run in 0..<capacity {
-            runMessages[run].msg_hdr.msg_control = runControl + run * Int(SendBatch.runControlSpace)
-            runMessages[run].msg_hdr.msg_controllen = Int(SendBatch.runControlSpace)
-            guard let header = (runMessages + run).pointer(to: \.msg_hdr),
-                let cmsg = tunctl_cmsg_firsthdr(header)
-            else { preconditionFailure("UDP_SEGMENT control area too small") }
-            cmsg.pointee.cmsg_level = tunctl_sol_udp
-            cmsg.pointee.cmsg_type = tunctl_udp_segment
-            cmsg.pointee.cmsg_len = tunctl_cmsg_len(MemoryLayout<UInt16>.size)
-        }
     }
 
     deinit {
@@ -346,6 +353,7 @@ public struct SendBatch: ~Copyable {
         messages.deallocate()
         addresses.deallocate()
         destinations.deallocate()
+        slotControl.deallocate()
         runMessages.deallocate()
         runControl.deallocate()
         runStarts.deallocate()
@@ -419,14 +427,38 @@ public struct SendBatch: ~Copyable {
         firstPending = 0
     }
 
-    /// Encodes the destinations of the pending slots for a socket of the given kind.
+    /// Encodes the destinations of the pending slots for a socket of the given kind, and the
+    /// packet info of those with a sticky source.
     mutating func prepareForSend(mapV4ToV6: Bool) {
-        // Sound: each slot's sockaddr_storage has room for either sockaddr the encoder writes.
+        // Sound: each slot's sockaddr_storage has room for either sockaddr the encoder writes, and
+        // its control part has packetInfoSpace bytes, the most writePacketInfo uses.
         for slot in firstPending..<count {
             messages[slot].msg_hdr.msg_namelen = destinations[slot].encode(
                 into: UnsafeMutableRawPointer(addresses + slot), mapV4ToV6: mapV4ToV6)
             messages[slot].msg_len = 0
+            if let source = destinations[slot].stickySource {
+                let area = slotControl + slot * ControlMessages.packetInfoSpace
+                messages[slot].msg_hdr.msg_control = area
+                messages[slot].msg_hdr.msg_controllen = ControlMessages.writePacketInfo(source, at: area)
+            } else {
+                messages[slot].msg_hdr.msg_control = nil
+                messages[slot].msg_hdr.msg_controllen = 0
+            }
         }
+    }
+
+    /// `address` is no longer ours (the kernel refused it as a source): the pending datagrams
+    /// that named it go without a source, the kernel choosing one. Returns whether any did. Call
+    /// `planRuns` again before sending runs; slot messages are updated here.
+    mutating func dropStickySource(_ address: IPAddress) -> Bool {
+        var dropped = false
+        for slot in firstPending..<count where destinations[slot].stickySource?.address == address {
+            destinations[slot].stickySource = nil
+            messages[slot].msg_hdr.msg_control = nil
+            messages[slot].msg_hdr.msg_controllen = 0
+            dropped = true
+        }
+        return dropped
     }
 
     /// Marks `sent` more datagrams as gone; empties the batch once all are.
@@ -441,7 +473,8 @@ public struct SendBatch: ~Copyable {
     /// Groups the pending slots into runs and writes one message per run into `runMessages`;
     /// returns the number of runs (also `runCount`). Call after `prepareForSend`.
     ///
-    /// A run is consecutive slots with the same destination whose lengths equal the first's,
+    /// A run is consecutive slots with the same destination (sticky source included: one GSO
+    /// message has one source address) whose lengths equal the first's,
     /// except that the last may be shorter (and not empty): exactly what the kernel splits back
     /// into datagrams every `segmentSize` bytes. It holds at most `maxSegments` datagrams and
     /// `maxBytes` bytes. A run of one is sent as a plain message, without the cmsg.
@@ -473,21 +506,20 @@ public struct SendBatch: ~Copyable {
             runMessages[run].msg_hdr.msg_iov = vectors + start
             runMessages[run].msg_hdr.msg_iovlen = slot - start
             runMessages[run].msg_len = 0
+            // Sound: this run's control area is runControlSpace bytes, room for both messages;
+            // every datagram of the run has the same destination, so the same sticky source.
             let control = runControl + run * Int(SendBatch.runControlSpace)
+            var used = 0
+            if let source = destinations[start].stickySource {
+                used += ControlMessages.writePacketInfo(source, at: control)
+            }
             if slot - start > 1 {
                 // Two or more segments fit in maxBytes, so the size is below 32 KiB and fits a u16.
                 precondition(segmentSize <= Int(UInt16.max), "UDP_SEGMENT size exceeds 16 bits")
-                runMessages[run].msg_hdr.msg_control = control
-                runMessages[run].msg_hdr.msg_controllen = Int(SendBatch.runControlSpace)
-                // Sound: the header was pointed at this run's control area in `init`.
-                guard let header = (runMessages + run).pointer(to: \.msg_hdr),
-                    let cmsg = tunctl_cmsg_firsthdr(header), let data = tunctl_cmsg_data(cmsg)
-                else { preconditionFailure("UDP_SEGMENT control area lost its header") }
-                UnsafeMutableRawPointer(data).storeBytes(of: UInt16(segmentSize), as: UInt16.self)
-            } else {
-                runMessages[run].msg_hdr.msg_control = nil
-                runMessages[run].msg_hdr.msg_controllen = 0
+                used += ControlMessages.writeSegmentSize(UInt16(segmentSize), at: control + used)
             }
+            runMessages[run].msg_hdr.msg_control = used > 0 ? control : nil
+            runMessages[run].msg_hdr.msg_controllen = used
             runCount += 1
         }
         return runCount

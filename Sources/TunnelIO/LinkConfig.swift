@@ -114,6 +114,41 @@ public final class LinkManager: @unchecked Sendable {
         return routeTable
     }
 
+    /// A reload's link changes in one batch: the MTU (nil: unchanged), then addresses removed and
+    /// added. All or nothing: when a request fails, the ones that took effect are undone (the old
+    /// MTU back, removed addresses re-added, added ones deleted) and the first failure is thrown.
+    public func reconfigure(mtu: (old: Int, new: Int)?, adding: [IPPrefix], removing: [IPPrefix]) throws {
+        try queue.sync {
+            let socket = self.socket
+            func setMTU(_ value: Int) -> NetlinkRequest {
+                NetlinkRequest(
+                    message: Netlink.setLink(
+                        interfaceIndex: interfaceIndex, mtu: value, up: false, sequence: socket.sequence()),
+                    operation: "link set dev \(interfaceName) mtu \(value)")
+            }
+            func address(_ change: Netlink.Change, _ prefix: IPPrefix) -> NetlinkRequest {
+                NetlinkRequest(
+                    message: Netlink.address(
+                        change, prefix, interfaceIndex: interfaceIndex, sequence: socket.sequence()),
+                    operation: "address \(change == .add ? "add" : "del") \(prefix) dev \(interfaceName)")
+            }
+            // Each request with the one that undoes it.
+            var steps: [(request: NetlinkRequest, undo: NetlinkRequest)] = []
+            if let mtu { steps.append((setMTU(mtu.new), setMTU(mtu.old))) }
+            for prefix in removing { steps.append((address(.delete, prefix), address(.add, prefix))) }
+            for prefix in adding { steps.append((address(.add, prefix), address(.delete, prefix))) }
+            guard !steps.isEmpty else { return }
+            let failures = try socket.perform(steps.map(\.request))
+            guard let first = failures.first else { return }
+            let failed = Set(failures.map(\.index))
+            let undo = steps.indices.reversed().filter { !failed.contains($0) }.map { steps[$0].undo }
+            for failure in (try? socket.perform(undo)) ?? [] {
+                logger.warning("\(interfaceName): undoing a failed reload: \(failure.error)")
+            }
+            throw first.error
+        }
+    }
+
     /// Makes the kernel's routes through the link match `wanted` (host bits ignored): adds the
     /// missing, deletes the stale. `wait` false returns at once (the work runs on `queue`); true
     /// returns when it is done (start-up: `tunctl up` is ready once its routes are in place).

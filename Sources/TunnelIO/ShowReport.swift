@@ -86,8 +86,9 @@ public struct ShowReport: Sendable, Equatable {
         self.interface = interface
     }
 
-    /// A snapshot of `tunnel`. Call it on the tunnel's queue, which owns the engine.
-    init(tunnel: Tunnel) {
+    /// A snapshot of `tunnel`, with the link's MTU as the kernel has it (not the config's). Call
+    /// it on the tunnel's queue, holding the engine.
+    init(tunnel: Tunnel, linkMTU: Int) {
         let device = tunnel.engine
         let peers = device.peers.map { device.status(of: $0) }.map { status in
             PeerReport(
@@ -99,7 +100,7 @@ public struct ShowReport: Sendable, Equatable {
         }
         interface = Interface(
             name: tunnel.name, publicKey: device.publicKey?.base64, listenPort: tunnel.listenPort,
-            mtu: device.mtu, addresses: tunnel.interfaceAddresses.map(\.description),
+            mtu: linkMTU, addresses: tunnel.interfaceAddresses.map(\.description),
             drops: ShowReport.dictionary(device.drops.nonzero),
             peers: peers.sorted { ($0.latestHandshake, $1.publicKey) > ($1.latestHandshake, $0.publicKey) })
     }

@@ -79,6 +79,18 @@ public final class Tunnel: @unchecked Sendable {
     private var signalSources: [DispatchSourceSignal] = []
     private var stopping = false
     private var onStop: (@Sendable (Int32) -> Void)?
+    /// Set by the first request to stop (on `queue`): later ones (a second signal, the link
+    /// going while PreDown runs) are ignored.
+    private var shutdownStarted = false
+    /// What may block around a shutdown (hooks, resolvconf, SaveConfig), run on `stepsQueue`;
+    /// nil: tear down at once. Owned by `queue`.
+    private var shutdownSteps: ShutdownSteps?
+    /// Told (on `queue`) of each config a reload applied, so `tunctl up` keeps its hooks current.
+    private var reloadObserver: (@Sendable (LoadedConfig) -> Void)?
+    /// The [Interface] as last applied (start-up or reload), owned by `queue`: a reload changes
+    /// what the file changed since, so `ip link set mtu` or `wg set` at run time stays unless the
+    /// file changes the same setting.
+    private var appliedInterface: AppliedInterface?
 
     // `@exclusivity(unchecked)` on the three per-packet buffers below: each belongs to one serial
     // queue (see above), so the runtime's dynamic exclusivity check, a thread-local lookup on
@@ -190,6 +202,7 @@ public final class Tunnel: @unchecked Sendable {
             // The kernel's figure, not the config's, is what the TUN hands over.
             linkMTUDidChange(try tun.mtu())
             addresses = config?.interface.addresses ?? []
+            appliedInterface = config.map { AppliedInterface($0.interface) }
             // Ready means routed: start-up waits for its routes.
             if let config { try apply(peers: config.peers, now: currentInstant(), waitForRoutes: true) }
         } catch {
@@ -207,7 +220,19 @@ public final class Tunnel: @unchecked Sendable {
             let token = UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque())
             SanitizerAnnotations.acquired(token)
             defer { SanitizerAnnotations.releasing(token) }
+            if socket.hasVanishedSources { forgetVanishedSources() }
             return try body(device)
+        }
+    }
+
+    /// Inside `withEngine`: the peers whose sticky source the kernel refused (the address went
+    /// away) fall back to the kernel's choice until their next datagram (issue 15).
+    private func forgetVanishedSources() {
+        socket.takeVanishedSources { address in
+            let peers = device.forgetStickySource(address)
+            logger.debug(
+                "\(name): source address \(address) is gone (\(socket.stickySourceResends) datagram(s) resent without it so far); \(peers) peer(s) now reply from the kernel's choice"
+            )
         }
     }
 
@@ -573,9 +598,11 @@ public final class Tunnel: @unchecked Sendable {
     /// Makes the engine's peers match `peers`, keeping the sessions of peers that stay, and the
     /// kernel routes match their AllowedIPs (on the link manager's queue; `waitForRoutes`: return
     /// once they do).
-    func apply(peers: [PeerConfig], now: Instant, waitForRoutes: Bool = false) throws {
+    func apply(
+        peers: [PeerConfig], now: Instant, waitForRoutes: Bool = false, endpoints resolved: [Endpoint?]? = nil
+    ) throws {
         // Name resolution may block: done before taking the engine, and all of it before any change.
-        let endpoints = try peers.map { try $0.endpoint.map(resolve) }
+        let endpoints = try resolved ?? peers.map { try $0.endpoint.map(resolve) }
         let wanted = Set(peers.map(\.publicKey))
         withEngine { device in
             for existing in device.peers where !wanted.contains(existing.publicKey) {
@@ -665,15 +692,73 @@ public final class Tunnel: @unchecked Sendable {
         }
     }
 
-    /// Applies a config `reload` loaded (on `queue`).
+    /// Applies a config `reload` loaded (on `queue`): the interface's changes (addresses, MTU,
+    /// ListenPort, private key) and the peers, all or nothing. Everything that can fail (binding
+    /// the new port, resolving endpoints, the link's changes, which are undone together) happens
+    /// before anything is swapped in; a failure is logged and the running configuration kept.
+    /// One line says what changed.
     private func finishReload(_ outcome: Result<LoadedConfig, ConfigLoadError>, from configPath: String) {
-        guard !stopping else { return }
+        guard !shutdownStarted else { return }
+        var replacement: UDPSocket?
         do {
             let loaded = try outcome.get()
-            try apply(peers: loaded.config.peers, now: currentInstant())
+            let wanted = loaded.config.interface
+            let applied = appliedInterface
+            var changes: [String] = []
+
+            var listenPort: (old: UInt16, new: UInt16)?
+            if let port = wanted.listenPort, port != 0, port != applied?.listenPort, port != socket.port {
+                do {
+                    replacement = try UDPSocket(port: port, offload: offload.udp ? [.segmentation, .coalescing] : [])
+                    if fwmark != 0 { try replacement?.setMark(fwmark) }
+                } catch {
+                    throw ReloadError(step: "ListenPort = \(port)", error)
+                }
+                listenPort = (socket.port, port)
+            }
+            let endpoints = try loaded.config.peers.map { try $0.endpoint.map(resolve) }
+
+            let oldMTU = linkMTU.load(ordering: .relaxed)
+            let newMTU = wanted.mtu ?? Protocol.defaultMTU
+            let mtuChange: (old: Int, new: Int)? =
+                newMTU != (applied?.mtu ?? Protocol.defaultMTU) && newMTU != oldMTU ? (oldMTU, newMTU) : nil
+            let wantedSet = Set(wanted.addresses)
+            let currentSet = Set(addresses)
+            let removing = addresses.filter { !wantedSet.contains($0) }
+            let adding = wanted.addresses.filter { !currentSet.contains($0) }
+            do {
+                try link.reconfigure(mtu: mtuChange, adding: adding, removing: removing)
+            } catch {
+                throw ReloadError(step: "the link (MTU, Address)", error)
+            }
+
+            // Nothing below can fail.
+            addresses = wanted.addresses
+            changes += adding.map { "address +\($0)" } + removing.map { "address -\($0)" }
+            if let mtuChange {
+                linkMTUDidChange(mtuChange.new)
+                changes.append("mtu \(mtuChange.old)→\(mtuChange.new)")
+            }
+            if let listenPort, let socket = replacement {
+                replacement = nil
+                swapSocket(socket)
+                changes.append("listen port \(listenPort.old)→\(listenPort.new)")
+            }
+            if let key = loaded.config.privateKey, key.publicKey != applied?.publicKey,
+                withEngine({ $0.publicKey }) != key.publicKey
+            {
+                // As `wg set private-key`: every session made under the old key is dropped.
+                withEngine { $0.setPrivateKey(key) }
+                changes.append("private key changed (sessions reset)")
+            }
+            try apply(peers: loaded.config.peers, now: currentInstant(), endpoints: endpoints)
+            appliedInterface = AppliedInterface(wanted)
             _ = withEngine { $0.initiateHandshakes(now: currentInstant()) }
-            logger.info("\(name): reloaded \(loaded.config.peers.count) peer(s) from \(configPath)")
+            changes.append("\(loaded.config.peers.count) peer\(loaded.config.peers.count == 1 ? "" : "s")")
+            logger.info("\(name): reloaded \(configPath): \(changes.joined(separator: ", "))")
+            reloadObserver?(loaded)
         } catch {
+            try? replacement?.close()
             logger.error("\(name): reload failed, keeping the running configuration: \(error)")
         }
     }
@@ -683,6 +768,11 @@ public final class Tunnel: @unchecked Sendable {
         guard port != socket.port || port == 0 else { return }
         let replacement = try UDPSocket(port: port)
         if fwmark != 0 { try replacement.setMark(fwmark) }
+        swapSocket(replacement)
+    }
+
+    /// Puts `replacement` in the old socket's place and closes the old one.
+    private func swapSocket(_ replacement: UDPSocket) {
         // Both data queues are held while the socket changes, so neither sees it half-replaced.
         holdingDataQueues {
             udpSource?.cancel()
@@ -690,6 +780,14 @@ public final class Tunnel: @unchecked Sendable {
             socket = replacement
         }
         startSocketSource()
+    }
+
+    /// Installs what runs around the shutdown (`ShutdownSteps`) and who hears of reloads.
+    public func setLifecycle(steps: ShutdownSteps?, onReload: (@Sendable (LoadedConfig) -> Void)?) {
+        queue.sync {
+            shutdownSteps = steps
+            reloadObserver = onReload
+        }
     }
 
     // MARK: - Control and shutdown (on `queue`)
@@ -728,25 +826,50 @@ public final class Tunnel: @unchecked Sendable {
             if errno == 0, configPath != nil { syncRoutes() }
             reply.append("errno=\(errno)\n\n")
         case .show:
-            reply.append(withEngine { _ in ShowReport(tunnel: self).json } + "\n\n")
+            // The kernel's MTU now (`ip link set mtu` may not have reached us yet), read outside the lock.
+            let mtu = (try? tun.mtu()) ?? linkMTU.load(ordering: .relaxed)
+            reply.append(withEngine { _ in ShowReport(tunnel: self, linkMTU: mtu).json } + "\n\n")
         case .down:
             queue.async { [unowned self] in self.shutdown(status: 0, linkGone: false) }
             reply.append("errno=0\n\n")
         }
     }
 
-    /// Shuts down from any thread (used when start-up fails after `run`).
+    /// Shuts down from any thread but `queue`, at once and without the shutdown steps (used when
+    /// start-up fails after `run`).
     public func stop(status: Int32) {
-        queue.sync { shutdown(status: status, linkGone: false) }
+        queue.sync {
+            shutdownStarted = true
+            teardown(status: status, report: true)
+        }
     }
 
     var interfaceAddresses: [IPPrefix] { addresses }
     /// The engine without the lock: only for code already inside `withEngine` (ShowReport).
     var engine: Device { device }
 
-    /// Removes the link (its routes and addresses go with it) and the control socket, then
-    /// reports `status`.
+    /// Stops the tunnel (on `queue`): with shutdown steps, their first part (PreDown, SaveConfig,
+    /// DNS) runs on `stepsQueue` while the tunnel still runs, then the teardown on `queue`, then
+    /// the second part (PostDown); a failed step makes the exit status 1. Without, tears down now.
     func shutdown(status: Int32, linkGone: Bool) {
+        guard !shutdownStarted else { return }
+        shutdownStarted = true
+        guard let steps = shutdownSteps else { return teardown(status: status, report: true) }
+        Tunnel.stepsQueue.async { [self] in
+            let before = steps.beforeTeardown()
+            queue.sync { teardown(status: status, report: false) }
+            let after = steps.afterTeardown()
+            let final = before && after ? status : max(status, 1)
+            queue.async { self.onStop?(final) }
+        }
+    }
+
+    /// Where shutdown steps run: never `queue` or a data queue, which must not wait on a hook.
+    static let stepsQueue = DispatchQueue(label: "tunctl.steps")
+
+    /// Removes the link (its routes and addresses go with it) and the control socket, then
+    /// reports `status` when `report`.
+    private func teardown(status: Int32, report: Bool) {
         guard !stopping else { return }
         stopping = true
         tunSource?.cancel()
@@ -766,6 +889,6 @@ public final class Tunnel: @unchecked Sendable {
         }
         // Last: a vanished socket file tells `tunctl down` that everything above is done.
         control?.close()
-        onStop?(status)
+        if report { onStop?(status) }
     }
 }

@@ -29,6 +29,13 @@ public struct UDPOffload: OptionSet, Hashable, Sendable, CustomStringConvertible
 /// Dual-stack (AF_INET6 with `IPV6_V6ONLY` off) when the kernel has IPv6, IPv4-only otherwise.
 /// IPv4 peers appear as `.v4` endpoints either way. Every method may be called from any thread,
 /// but `close()` must not race with another call: the descriptor number could be reused.
+///
+/// Sticky sources: a received datagram's endpoint carries the address it was sent to
+/// (`Endpoint.stickySource`, from the packet info the socket asks for), and a send to an
+/// endpoint with one names it as the source, so that a multi-homed host answers from the
+/// address a peer talks to. When the kernel refuses that source (the address went away), the
+/// datagram is sent again without it, and the address is kept for `takeVanishedSources`, so the
+/// owner of the endpoints can forget it.
 public final class UDPSocket: Sendable {
     public enum Family: Sendable, Equatable {
         /// AF_INET6 socket that also carries IPv4 as mapped addresses.
@@ -51,6 +58,15 @@ public final class UDPSocket: Sendable {
     private let descriptor: Atomic<Int32>
     /// `UDPOffload` bits in use; segmentation may be dropped at run time (see `send(_:)`).
     private let activeOffload: Atomic<UInt8>
+    /// Sticky source addresses the kernel refused since the last `takeVanishedSources`, at most
+    /// `vanishedLimit` (room reserved in `init`: nothing allocates on the error path either).
+    /// Any thread appends; the owner of the endpoints takes them.
+    private let vanished: Mutex<[IPAddress]>
+    /// Whether `vanished` holds anything: one relaxed load tells the owner there is work.
+    private let hasVanished = Atomic<Bool>(false)
+    /// Datagrams sent again without their sticky source, since the socket was made.
+    private let vanishedResends = Atomic<UInt64>(0)
+    static let vanishedLimit = 8
 
     /// Most datagrams in one GSO message: the kernel's UDP_MAX_SEGMENTS, 64 since 4.18 (raised
     /// later), so 64 is accepted by every kernel that has UDP_SEGMENT.
@@ -93,6 +109,11 @@ public final class UDPSocket: Sendable {
         do throws(SystemError) {
             if family == .dualStack {
                 try UDPSocket.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, Int32(0), "setsockopt(IPV6_V6ONLY)")
+                // IPV6_PKTINFO for both families: the kernel reports an IPv4 destination mapped.
+                try UDPSocket.setOption(
+                    fd, tunctl_sol_ipv6, tunctl_ipv6_recvpktinfo, Int32(1), "setsockopt(IPV6_RECVPKTINFO)")
+            } else {
+                try UDPSocket.setOption(fd, tunctl_sol_ip, tunctl_ip_pktinfo, Int32(1), "setsockopt(IP_PKTINFO)")
             }
             receiveBufferSize = try UDPSocket.setBuffer(
                 fd, forced: SO_RCVBUFFORCE, fallback: SO_RCVBUF, size: bufferSize, name: "SO_RCVBUF")
@@ -128,6 +149,9 @@ public final class UDPSocket: Sendable {
         }
         self.family = family
         self.descriptor = Atomic(fd)
+        var vanished: [IPAddress] = []
+        vanished.reserveCapacity(UDPSocket.vanishedLimit)
+        self.vanished = Mutex(vanished)
         self.activeOffload = Atomic(UDPSocket.probeOffload(fd, offload).rawValue)
     }
 
@@ -176,8 +200,49 @@ public final class UDPSocket: Sendable {
         try UDPSocket.setOption(fileDescriptor, SOL_SOCKET, SO_MARK, mark, "setsockopt(SO_MARK)")
     }
 
-    /// Sends one datagram. Returns false when the socket buffer is full (nothing was sent).
+    // MARK: Vanished sticky sources
+
+    /// Whether a sticky source was refused since the last `takeVanishedSources` (a relaxed load,
+    /// cheap enough to check whenever the endpoints' owner is entered).
+    public var hasVanishedSources: Bool { hasVanished.load(ordering: .relaxed) }
+
+    /// Calls `body` with each sticky source address the kernel refused since the last call, and
+    /// forgets them. Endpoints that still name one cost a failed send and a resend each.
+    public func takeVanishedSources(_ body: (IPAddress) -> Void) {
+        guard hasVanished.exchange(false, ordering: .acquiring) else { return }
+        // Taken out under the lock, handed out after it: `body` may take other locks. (The copy
+        // allocates; this runs once per vanished address, never per datagram.)
+        let taken = vanished.withLock { list -> [IPAddress] in
+            let copy = list
+            list.removeAll(keepingCapacity: true)
+            return copy
+        }
+        for address in taken { body(address) }
+    }
+
+    /// Datagrams sent again without their sticky source since the socket was made.
+    public var stickySourceResends: UInt64 { vanishedResends.load(ordering: .relaxed) }
+
+    /// Notes that the kernel refused `address` as a source.
+    private func noteVanished(_ address: IPAddress) {
+        vanishedResends.add(1, ordering: .relaxed)
+        vanished.withLock { list in
+            if !list.contains(address), list.count < UDPSocket.vanishedLimit { list.append(address) }
+        }
+        hasVanished.store(true, ordering: .releasing)
+    }
+
+    /// Sends one datagram. Returns false when the socket buffer is full (nothing was sent). An
+    /// endpoint's sticky source goes with it as packet info (`sendmsg`); if the kernel refuses
+    /// that source, the datagram goes again without it (see `takeVanishedSources`).
     public func send(_ bytes: UnsafeRawBufferPointer, to endpoint: Endpoint) throws(SystemError) -> Bool {
+        if let source = endpoint.stickySource {
+            do throws(SystemError) {
+                return try send(bytes, to: endpoint, from: source)
+            } catch  where ControlMessages.isVanishedSourceError(error.errno) {
+                noteVanished(source.address)
+            }
+        }
         let fd = fileDescriptor
         let (address, length) = endpoint.socketAddress(mapV4ToV6: family == .dualStack)
         let result = try Syscall.io("sendto") {
@@ -185,6 +250,37 @@ public final class UDPSocket: Sendable {
             withUnsafePointer(to: address) { storage in
                 storage.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                     sendto(fd, bytes.baseAddress, bytes.count, 0, $0, length)
+                }
+            }
+        }
+        return result.value != nil
+    }
+
+    /// `send(_:to:)` with packet info naming `source`: one `sendmsg`, control area on the stack.
+    private func send(
+        _ bytes: UnsafeRawBufferPointer, to endpoint: Endpoint, from source: StickySource
+    ) throws(SystemError) -> Bool {
+        let fd = fileDescriptor
+        let (storage, length) = endpoint.socketAddress(mapV4ToV6: family == .dualStack)
+        var address = storage
+        var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+        // Sound: every pointer in the header (address, vector, control area) outlives the call;
+        // the control area has packetInfoSpace bytes, cmsghdr-aligned, the most writePacketInfo uses.
+        let result = try withUnsafeTemporaryAllocation(
+            byteCount: ControlMessages.packetInfoSpace, alignment: MemoryLayout<cmsghdr>.alignment
+        ) { (control) throws(SystemError) -> IOResult<Int> in
+            guard let area = control.baseAddress else { preconditionFailure("empty control area") }
+            let used = ControlMessages.writePacketInfo(source, at: area)
+            return try withUnsafeMutablePointer(to: &address) { (name) throws(SystemError) -> IOResult<Int> in
+                try withUnsafeMutablePointer(to: &vector) { (vectorPointer) throws(SystemError) -> IOResult<Int> in
+                    var message = msghdr()
+                    message.msg_name = UnsafeMutableRawPointer(name)
+                    message.msg_namelen = length
+                    message.msg_iov = vectorPointer
+                    message.msg_iovlen = 1
+                    message.msg_control = area
+                    message.msg_controllen = used
+                    return try Syscall.io("sendmsg") { sendmsg(fd, &message, 0) }
                 }
             }
         }
@@ -278,6 +374,7 @@ public final class UDPSocket: Sendable {
             do throws(SystemError) {
                 result = try Syscall.shimIO("sendmmsg") { tunctl_sendmmsg(fd, first, pending, 0) }
             } catch {
+                if retryWithoutVanishedSource(&batch, error) { continue }
                 // Report it on the next call, when it is the first thing that happens.
                 if total > 0 { return false }
                 batch.advance(by: 1)
@@ -298,7 +395,7 @@ public final class UDPSocket: Sendable {
     /// false when the socket would block or a refusal is left for the next call.
     private func sendRuns(_ batch: inout SendBatch, total: inout Int) throws(SystemError) -> Bool {
         let fd = fileDescriptor
-        let runCount = batch.planRuns(
+        var runCount = batch.planRuns(
             maxSegments: UDPSocket.maximumSegments, maxBytes: UDPSocket.maximumSegmentedBytes)
         var run = 0
         while run < runCount {
@@ -309,7 +406,15 @@ public final class UDPSocket: Sendable {
             do throws(SystemError) {
                 result = try Syscall.shimIO("sendmmsg(UDP_SEGMENT)") { tunctl_sendmmsg(fd, first, pending, 0) }
             } catch {
-                // The kernel refused run `run`, the first message of that call.
+                // The kernel refused run `run`, the first message of that call; its first
+                // datagram is the batch's first pending one.
+                if retryWithoutVanishedSource(&batch, error) {
+                    // Runs never mix sources, so the ones left are planned again without it.
+                    runCount = batch.planRuns(
+                        maxSegments: UDPSocket.maximumSegments, maxBytes: UDPSocket.maximumSegmentedBytes)
+                    run = 0
+                    continue
+                }
                 let length = batch.runLength(run)
                 if length == 1 {
                     if total > 0 { return false }
@@ -330,6 +435,19 @@ public final class UDPSocket: Sendable {
             total += datagrams
         }
         return true
+    }
+
+    /// After the kernel refused the batch's first pending datagram with `error`: when that
+    /// datagram named a sticky source and the error says the source is not ours any more, every
+    /// pending datagram with that source loses it, the address is noted for
+    /// `takeVanishedSources`, and the caller sends again (true). Each retry removes one source
+    /// address from the batch, so retries end.
+    private func retryWithoutVanishedSource(_ batch: inout SendBatch, _ error: SystemError) -> Bool {
+        guard ControlMessages.isVanishedSourceError(error.errno), !batch.isEmpty,
+            let source = batch.destination(at: batch.firstPending).stickySource
+        else { return false }
+        noteVanished(source.address)
+        return batch.dropStickySource(source.address)
     }
 
     // MARK: Socket options

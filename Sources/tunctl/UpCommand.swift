@@ -27,14 +27,30 @@ let previousDaemonWait = 3.0
 /// Runs a tunnel in this process until it stops; never returns. Every failure is thrown, so it is
 /// printed (one line, by ArgumentParser) before the process exits.
 func runTunnel(
-    name: String, config: TunnelConfig?, configPath: String?, verbose: Bool, ready: (() -> Void)? = nil
+    name: String, config: TunnelConfig?, configPath: String?, privateKeyFile: KeyFileReference? = nil, verbose: Bool,
+    ready: (() -> Void)? = nil
 ) throws -> Never {
     let logger = Logger(label: "tunctl.\(name)")
     let socketPath = controlSocketPath(name)
+    // wg-quick's keys (hooks, DNS, SaveConfig) belong to a config file; `tunctl userspace` has none.
+    var lifecycle: QuickLifecycle?
+    if let config, let configPath {
+        do {
+            lifecycle = try QuickLifecycle(
+                interface: name, config: config, privateKeyFile: privateKeyFile, configPath: configPath, logger: logger)
+        } catch {
+            throw CLIError.startFailed(interface: name, reason: "\(error)")
+        }
+    }
     try checkControlDirectory(interface: name)
     try waitForPreviousDaemon(interface: name, socketPath: socketPath)
     if LinkConfig.linkExists(name: name) {
         throw CLIError.interfaceExists(name)
+    }
+    do {
+        try lifecycle?.runPreUp()
+    } catch {
+        throw hookFailure(interface: name, error)
     }
     let tunnel: Tunnel
     do {
@@ -42,6 +58,7 @@ func runTunnel(
     } catch {
         throw CLIError.startFailed(interface: name, reason: "\(error)")
     }
+    lifecycle?.attach(to: tunnel)
     // Set when start-up fails after `run`: the clean-up then returns here, so the error is thrown
     // (and printed) instead of the process exiting from `onStop` first, with nothing said.
     let failedToStart = Atomic<Bool>(false)
@@ -56,9 +73,28 @@ func runTunnel(
         tunnel.stop(status: 1)
         throw startFailure(interface: name, socketPath: socketPath, error)
     }
+    // After the control socket: PostUp may call `wg set %i ...`, as under wg-quick.
+    do {
+        try lifecycle?.finishStart()
+    } catch {
+        failedToStart.store(true, ordering: .releasing)
+        lifecycle?.undoStart()
+        tunnel.stop(status: 1)
+        throw hookFailure(interface: name, error)
+    }
     SystemdNotify.send("READY=1")
     ready?()
     dispatchMain()
+}
+
+/// A failed PreUp/PostUp: its one line, and the command's own exit status as ours, as wg-quick
+/// (whose `set -e` passes it on) does. Other failures (resolvconf) exit 1.
+func hookFailure(interface: String, _ error: any Error) -> any Error {
+    guard let hook = error as? HookError else { return CLIError.startFailed(interface: interface, reason: "\(error)") }
+    let message = CLIError.startFailed(interface: interface, reason: "\(hook)").description
+    FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
+    if case .exited(let outcome) = hook.failure, outcome.status != 0 { return ExitCode(outcome.status) }
+    return ExitCode(1)
 }
 
 struct Up: ParsableCommand {
@@ -67,8 +103,10 @@ struct Up: ParsableCommand {
         discussion: """
             The interface is named after the file (wg0.conf → wg0). Assigns the Addresses and MTU, \
             adds a route for every peer's AllowedIPs, and serves /var/run/wireguard/NAME.sock \
-            (so `wg show NAME` and `tunctl show NAME` work). SIGTERM/SIGINT: clean up and exit; \
-            SIGHUP: reload peers from the file, keeping established sessions.
+            (so `wg show NAME` and `tunctl show NAME` work). wg-quick's PreUp/PostUp/PreDown/PostDown, \
+            DNS (through resolvconf) and SaveConfig work as under wg-quick. SIGTERM/SIGINT: clean up \
+            and exit; SIGHUP: apply the file again (addresses, MTU, ListenPort, private key, peers), \
+            keeping established sessions.
             """
     )
 
@@ -83,7 +121,8 @@ struct Up: ParsableCommand {
         let loaded = try loadConfig(config)
         bootstrapLogging(verbose: verbose)
         try runTunnel(
-            name: loaded.interfaceName.rawValue, config: loaded.config, configPath: loaded.path, verbose: verbose)
+            name: loaded.interfaceName.rawValue, config: loaded.config, configPath: loaded.path,
+            privateKeyFile: loaded.privateKeyFile, verbose: verbose)
     }
 }
 

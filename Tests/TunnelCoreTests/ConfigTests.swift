@@ -31,6 +31,18 @@ private func failure(_ text: String, sourceLocation: SourceLocation = #_sourceLo
     }
 }
 
+extension Hooks {
+    /// The same commands with `other`'s locations (a written file has other line numbers).
+    fileprivate func relocated(like other: Hooks) -> Hooks {
+        func move(_ list: [Hook], _ to: [Hook]) -> [Hook] {
+            zip(list, to).map { Hook(command: $0.command, location: $1.location) }
+        }
+        return Hooks(
+            preUp: move(preUp, other.preUp), postUp: move(postUp, other.postUp), preDown: move(preDown, other.preDown),
+            postDown: move(postDown, other.postDown))
+    }
+}
+
 private func prefix(_ text: String) -> IPPrefix {
     guard let prefix = IPPrefix(text) else { preconditionFailure("bad test prefix \(text)") }
     return prefix
@@ -231,35 +243,27 @@ private func prefix(_ text: String) -> IPPrefix {
         ),
         (
             Fixture.interface + "Colour = blue\n",
-            "wg0.conf:3: [Interface] Colour: unknown key (valid keys in [Interface]: PrivateKey, PrivateKeyFile, Address, ListenPort, MTU, FwMark, Table)"
+            "wg0.conf:3: [Interface] Colour: unknown key (valid keys in [Interface]: PrivateKey, PrivateKeyFile, Address, ListenPort, MTU, DNS, Table, FwMark, PreUp, PostUp, PreDown, PostDown, SaveConfig)"
         ),
         (
             Fixture.interface + "AllowedIPs = 10.0.0.0/8\n",
             "wg0.conf:3: [Interface] AllowedIPs: belongs in [Peer] (move the line there)"
         ),
         (
-            Fixture.interface + "DNS = 192.0.2.53\n",
-            "wg0.conf:3: [Interface] DNS: wg-quick's DNS is not supported by tunctl (remove the line and configure DNS outside tunctl, e.g. with resolvectl)"
+            Fixture.interface + "DNS = 192.0.2.53, 192.0.2.999\n",
+            "wg0.conf:3: [Interface] DNS: \"192.0.2.999\" is neither an IP address nor a search domain (use name servers and search domains separated by commas, e.g. 192.0.2.53, example.com)"
         ),
         (
-            Fixture.interface + "table = 0\n",
-            "wg0.conf:3: [Interface] Table: \"0\" is not a routing table (use off, auto or a table number from 1 to 4294967295)"
-        ),
-        (
-            Fixture.interface + "PostUp = iptables -A FORWARD -i %i -j ACCEPT\n",
-            "wg0.conf:3: [Interface] PostUp: wg-quick's PostUp is not supported by tunctl (remove the line and run the command from your service manager, e.g. ExecStartPost= in systemd)"
-        ),
-        (
-            Fixture.interface + "SaveConfig = true\n",
-            "wg0.conf:3: [Interface] SaveConfig: wg-quick's SaveConfig is not supported by tunctl (remove the line; tunctl never writes the config file)"
-        ),
-        (
-            Fixture.interface + "FwMark = 0x1g\n",
-            "wg0.conf:3: [Interface] FwMark: \"0x1g\" is not a firewall mark (use off, or a number from 1 to 4294967295 in decimal or 0x hex)"
-        ),
-        (
-            Fixture.interface + "Table = main\n",
+            Fixture.interface + "table = main\n",
             "wg0.conf:3: [Interface] Table: \"main\" is not a routing table (use off, auto or a table number from 1 to 4294967295)"
+        ),
+        (
+            Fixture.interface + "SaveConfig = yes\n",
+            "wg0.conf:3: [Interface] SaveConfig: \"yes\" is neither true nor false (use true or false)"
+        ),
+        (
+            Fixture.interface + "FwMark = 0xg\n",
+            "wg0.conf:3: [Interface] FwMark: \"0xg\" is not a firewall mark (use off, or a number from 1 to 4294967295 in decimal or 0x hex)"
         ),
         (
             Fixture.interface + "ListenPort = 1\nListenPort = 2\n",
@@ -460,35 +464,133 @@ private func prefix(_ text: String) -> IPPrefix {
         #expect(error?.description.contains("already belongs to the [Peer] on line \(3 + 7 * 3 + 1)") == true)
     }
 
-    @Test func everyUnsupportedWgQuickKeyIsNamedAsSuch() {
-        for key in ["DNS", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig"] {
-            let error = failure(Fixture.interface + "\(key) = x\n")
-            #expect(error == .unsupportedKey(ConfigLocation(file: "wg0.conf", line: 3), .interface, key: key))
-            #expect(error?.description.contains("wg-quick's \(key) is not supported by tunctl") == true)
-        }
+    // MARK: wg-quick's own keys
+
+    @Test func wgQuickKeysAreParsedInOrder() throws {
+        let text =
+            Fixture.interface + """
+                DNS = 192.0.2.53, 2001:db8::53
+                dns = example.com,198.51.100.53
+                PreUp = echo pre %i > /tmp/x
+                PostUp = iptables -A FORWARD -i %i -j ACCEPT; echo "a=b"
+                PostUp = echo second
+                PreDown = echo down
+                PostDown = echo post-down
+                PostDown = echo post-down-2
+                SaveConfig = True
+                Table = 1234
+                FwMark = 0xca6c
+                """
+        let config = try parse(text)
+        let interface = config.interface
+        #expect(interface.dns.servers.map(\.description) == ["192.0.2.53", "2001:db8::53", "198.51.100.53"])
+        #expect(interface.dns.searchDomains == ["example.com"])
+        #expect(interface.dns.location == ConfigLocation(file: "wg0.conf", line: 3))
+        #expect(
+            interface.dns.resolvConfText
+                == "nameserver 192.0.2.53\nnameserver 2001:db8::53\nnameserver 198.51.100.53\nsearch example.com\n")
+        #expect(interface.hooks.preUp.map(\.command) == ["echo pre %i > /tmp/x"])
+        // Everything after the first "=" is the command, "=" and quotes included.
+        #expect(
+            interface.hooks.postUp.map(\.command) == [
+                "iptables -A FORWARD -i %i -j ACCEPT; echo \"a=b\"", "echo second",
+            ])
+        #expect(interface.hooks.postUp.map(\.location.line) == [6, 7])
+        #expect(interface.hooks.preDown.map(\.command) == ["echo down"])
+        #expect(interface.hooks.postDown.map(\.command) == ["echo post-down", "echo post-down-2"])
+        #expect(interface.saveConfig)
+        #expect(interface.table == .number(1234))
+        #expect(interface.fwMark == 0xca6c)
     }
 
-    @Test func fwMarkAndTableParseAsWgQuickWritesThem() throws {
-        let cases: [(String, UInt32?)] = [
-            ("off", nil), ("0", nil), ("51820", 51820), ("0xca6c", 0xca6c), ("0XFFFFFFFF", 0xffff_ffff),
-        ]
-        for (text, mark) in cases {
-            let config = try parse(Fixture.interface + "FwMark = \(text)\n")
-            #expect(config.interface.fwMark == mark, "FwMark = \(text)")
-        }
-        for bad in ["-1", "4294967296", "0x100000000", "0x", "12a", "mark"] {
-            #expect(
-                failure(Fixture.interface + "FwMark = \(bad)\n")?.description.contains("not a firewall mark") == true)
-        }
-        #expect(try parse(Fixture.interface).interface.table == nil)
+    @Test func wgQuickKeysDefaultToOff() throws {
+        let interface = try parse(Fixture.interface).interface
+        #expect(interface.dns.isEmpty && interface.hooks.isEmpty)
+        #expect(!interface.saveConfig && interface.table == nil && interface.fwMark == nil)
+        #expect(try parse(Fixture.interface + "SaveConfig = false\n").interface.saveConfig == false)
         #expect(try parse(Fixture.interface + "Table = off\n").interface.table == .off)
         #expect(try parse(Fixture.interface + "Table = Auto\n").interface.table == .auto)
-        #expect(try parse(Fixture.interface + "Table = 1234\n").interface.table == .number(1234))
-        for bad in ["0", "main", "-5", "4294967296"] {
-            #expect(
-                failure(Fixture.interface + "Table = \(bad)\n")?.description.contains("not a routing table") == true)
+        #expect(try parse(Fixture.interface + "FwMark = off\n").interface.fwMark == nil)
+        #expect(try parse(Fixture.interface + "FwMark = 0\n").interface.fwMark == nil)
+        #expect(try parse(Fixture.interface + "FwMark = 4294967295\n").interface.fwMark == UInt32.max)
+    }
+
+    @Test func wgQuickKeysRejectBadValuesInOneLine() {
+        let at = ConfigLocation(file: "wg0.conf", line: 3)
+        let cases: [(String, ConfigKey, String?, ValueProblem)] = [
+            ("DNS = 192.0.2.300", .dns, "192.0.2.300", .notDNS),
+            ("DNS = 192.0.2.1, bad_name!", .dns, "bad_name!", .notDNS),
+            ("SaveConfig = yes", .saveConfig, "yes", .notBool),
+            ("Table = main", .table, "main", .notTable),
+            ("Table = 0", .table, "0", .notTable),
+            ("Table = 4294967296", .table, "4294967296", .notTable),
+            ("FwMark = -1", .fwMark, "-1", .notFwMark),
+            ("FwMark = 0x100000000", .fwMark, "0x100000000", .notFwMark),
+        ]
+        for (line, key, shown, problem) in cases {
+            let error = failure(Fixture.interface + line + "\n")
+            #expect(error == .invalidValue(at, .interface, key: key, value: shown, problem: problem), "\(line)")
+            #expect(error?.description.contains("\n") == false)
+            #expect(error?.description.hasPrefix("wg0.conf:3: [Interface] \(key.rawValue): ") == true)
         }
-        #expect(failure(Fixture.interface + "Table = 5\nTable = 6\n")?.description.contains("given twice") == true)
+        #expect(
+            failure(Fixture.interface + "PostUp =\n")
+                == .invalidValue(at, .interface, key: .postUp, value: "", problem: .empty))
+        #expect(
+            failure(Fixture.interface + "SaveConfig = true\nSaveConfig = false\n")
+                == .repeatedKey(ConfigLocation(file: "wg0.conf", line: 4), .interface, key: .saveConfig, firstLine: 3))
+        #expect(
+            failure(Fixture.interface + "[Peer]\nPublicKey = \(Fixture.peerA)\nPostUp = true\n")
+                == .keyInWrongSection(ConfigLocation(file: "wg0.conf", line: 5), .peer, key: .postUp))
+    }
+
+    @Test func writtenConfigParsesBackToTheSameConfig() throws {
+        let text =
+            Fixture.interface + """
+                Address = 198.18.1.1/24, 2001:db8:1::1/64
+                ListenPort = 51820
+                MTU = 1400
+                DNS = 192.0.2.53, example.com
+                Table = off
+                FwMark = 51820
+                SaveConfig = true
+                PreUp = echo a %i
+                PostUp = echo "b=c" %i
+                PreDown = echo d
+                PostDown = echo e
+                [Peer]
+                PublicKey = \(Fixture.peerA)
+                PresharedKey = \(Fixture.psk)
+                Endpoint = vpn.example.com:51820
+                AllowedIPs = 198.18.2.0/24, 2001:db8:2::/64
+                PersistentKeepalive = 25
+                [Peer]
+                PublicKey = \(Fixture.peerB)
+                Endpoint = [2001:db8::2]:51821
+                """
+        let config = try parse(text)
+        let written = config.text(header: ["saved"])
+        #expect(written.hasPrefix("# saved\n[Interface]\n"))
+        let again = try parse(written)
+        #expect(again.text(header: ["saved"]) == written)
+        #expect(again.interface.hooks == config.interface.hooks.relocated(like: again.interface.hooks))
+        #expect(again.interface.dns.servers == config.interface.dns.servers)
+        #expect(again.interface.fwMark == 51820 && again.interface.table == .off && again.interface.saveConfig)
+        #expect(again.interface.mtu == 1400 && again.interface.listenPort == 51820)
+        #expect(again.peers.map(\.publicKey) == config.peers.map(\.publicKey))
+        #expect(again.peers[0].endpoint == .hostName("vpn.example.com", port: 51820))
+        #expect(again.peers[0].presharedKey?.key == config.peers[0].presharedKey?.key)
+        #expect(again.peers[1].endpoint?.description == "[2001:db8::2]:51821")
+        #expect(again.peers[0].persistentKeepalive == 25)
+    }
+
+    @Test func aKeyPastedAsDNSIsNotEchoed() {
+        let error = failure(Fixture.interface + "DNS = \(Fixture.psk)\n")
+        #expect(
+            error
+                == .invalidValue(
+                    ConfigLocation(file: "wg0.conf", line: 3), .interface, key: .dns, value: nil, problem: .notDNS))
+        #expect(error?.description.contains(String(Fixture.psk.prefix(12))) == false)
     }
 
     @Test func errorsAreTypedCases() {

@@ -86,6 +86,21 @@ private func loadError(_ path: String) -> ConfigLoadError? {
         #expect(loaded.config.peers[0].presharedKey?.key?.base64 == Keys.psk)
     }
 
+    @Test func refusesHooksOthersMayWrite() throws {
+        let dir = TemporaryDirectory()
+        dir.write("wg0.key", Keys.privateKey + "\n")
+        let text = "[Interface]\nPrivateKeyFile = wg0.key\nPostUp = echo %i\n"
+        for mode: mode_t in [0o664, 0o646, 0o620] {
+            let config = dir.write("wg0.conf", text, mode: mode)
+            let error = loadError(config)
+            #expect(error == .hooksWritableByOthers(path: config, mode: UInt32(mode)))
+            #expect(error?.description.contains("run chmod go-w \(config)") == true)
+        }
+        // Readable by all is fine: the file holds no key, and reading a command runs nothing.
+        let config = dir.write("wg0.conf", text, mode: 0o644)
+        #expect(try ConfigLoader.load(path: config).config.interface.hooks.postUp.count == 1)
+    }
+
     @Test func refusesPrivateKeyFileOpenToOthers() {
         let dir = TemporaryDirectory()
         let key = dir.write("wg0.key", Keys.privateKey + "\n", mode: 0o644)

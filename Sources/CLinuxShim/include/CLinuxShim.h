@@ -101,10 +101,36 @@ struct cmsghdr *tunctl_cmsg_firsthdr(struct msghdr *message);
 struct cmsghdr *tunctl_cmsg_nxthdr(struct msghdr *message, struct cmsghdr *header);
 unsigned char *tunctl_cmsg_data(struct cmsghdr *header);
 
+// MARK: Packet info (sticky source address)
+
+/// Same layout as `struct in_pktinfo` (IP_PKTINFO), which glibc declares only under _GNU_SOURCE.
+/// shim.c checks size and offsets against the real one at compile time. Addresses are in
+/// network byte order, as the kernel has them.
+struct tunctl_in_pktinfo {
+    int ipi_ifindex;
+    uint32_t ipi_spec_dst;
+    uint32_t ipi_addr;
+};
+
+/// Same layout as `struct in6_pktinfo` (IPV6_PKTINFO), likewise hidden without _GNU_SOURCE.
+struct tunctl_in6_pktinfo {
+    uint8_t ipi6_addr[16];
+    unsigned int ipi6_ifindex;
+};
+
+/// SOL_IP / IP_PKTINFO, SOL_IPV6 / IPV6_PKTINFO, and IPV6_RECVPKTINFO (the option that asks for
+/// IPV6_PKTINFO on receive; for IPv4, IP_PKTINFO is both the option and the message type).
+extern const int tunctl_sol_ip;
+extern const int tunctl_ip_pktinfo;
+extern const int tunctl_sol_ipv6;
+extern const int tunctl_ipv6_pktinfo;
+extern const int tunctl_ipv6_recvpktinfo;
+
 // MARK: rtnetlink (types and constants only)
 
 #include "CLinuxNetlink.h"
 
 #include "CLinuxSanitizer.h"
+#include "CLinuxSpawn.h"
 
 #endif
