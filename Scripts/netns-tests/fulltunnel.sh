@@ -25,6 +25,7 @@
 #   0.0.20250522) and a scoped link-local endpoint are checked against what they must give.
 # - table-number-and-off: `Table = 1234` routes everything in table 1234 with no rule or mark;
 #   `Table = off` adds no route.
+# - fwmark-config-and-reload: `FwMark` marks the socket; SIGHUP applies a changed or removed FwMark.
 # - link-local-endpoint: a tunnel whose peer is `[fe80::…%veA]:port` carries traffic.
 set -uo pipefail
 # shellcheck source=../lib/netns.sh
@@ -321,6 +322,28 @@ test_table_number_and_off() {
   [[ "$after" == "$before" ]] || fail "rules/routes differ after exit:"$'\n'"$(diff <(echo "$before") <(echo "$after"))" || return 1
 }
 
+# `FwMark` marks the socket at start and a SIGHUP with a changed FwMark re-marks it (off: unmarked);
+# the tunnel keeps working across the changes.
+test_fwmark_reload() {
+  ft_setup || return 1
+  sed -i '/^\[Interface\]$/a FwMark = 0x10' "$CONF_C"
+  sed -i 's|^AllowedIPs = .*|AllowedIPs = 198.18.1.2/32|' "$CONF_C"
+  start_tunctl "$NS_C" "$CONF_C" || return 1
+  local pid=$TT_LAST_PID
+  nsx "$NS_C" wg show "$IF_C" fwmark | has -x 0x10 || fail "FwMark = 0x10 at start: $(nsx "$NS_C" wg show "$IF_C" fwmark)" || return 1
+  ping_until "$NS_C" 198.18.1.2 10 || fail "no traffic with FwMark = 0x10" || return 1
+  sed -i 's|^FwMark = 0x10|FwMark = 4660|' "$CONF_C"
+  kill -HUP "$pid"
+  wait_for 5 sh -c "ip netns exec '$NS_C' wg show '$IF_C' fwmark | grep -qx 0x1234" ||
+    fail "FwMark = 4660 after SIGHUP: $(nsx "$NS_C" wg show "$IF_C" fwmark)" || return 1
+  has "fwmark 16→4660" "$TT_LAST_LOG" || fail "the reload line does not name the fwmark change" || return 1
+  sed -i '/^FwMark = /d' "$CONF_C"
+  kill -HUP "$pid"
+  wait_for 5 sh -c "ip netns exec '$NS_C' wg show '$IF_C' fwmark | grep -qx off" ||
+    fail "no FwMark after SIGHUP: $(nsx "$NS_C" wg show "$IF_C" fwmark)" || return 1
+  ping_ok "$NS_C" 198.18.1.2 || fail "no traffic after the reloads" || return 1
+}
+
 tt_require --tunctl wg wg-quick wireguard-go socat tcpdump python3 ping nft sysctl
 [[ -e /sys/module/wireguard ]] && tt_missing "the wireguard kernel module is loaded: wg-quick would not use tunctl"
 tt_init
@@ -330,4 +353,5 @@ run_test fulltunnel-crash-restart test_fulltunnel_crash_restart
 run_test uapi-fwmark-allowedip-parity test_uapi_parity
 run_test link-local-endpoint test_link_local_endpoint
 run_test table-number-and-off test_table_number_and_off
+run_test fwmark-config-and-reload test_fwmark_reload
 tt_summary

@@ -646,6 +646,11 @@ public final class Tunnel: @unchecked Sendable {
         link.updateRoutes(wanted, wait: wait)
     }
 
+    /// Whether a peer has 0.0.0.0/0 or ::/0 (a full tunnel).
+    private func routesDefault() -> Bool {
+        withEngine { device in device.peers.contains { device.allowedIPs(of: $0).contains { $0.length == 0 } } }
+    }
+
     /// Marks the UDP socket (0: unmarks it) and remembers the mark for `rebind` and UAPI `get`.
     func setFwMark(_ mark: UInt32) throws(SystemError) {
         try socket.setMark(mark)
@@ -705,12 +710,16 @@ public final class Tunnel: @unchecked Sendable {
             let wanted = loaded.config.interface
             let applied = appliedInterface
             var changes: [String] = []
+            // FwMark; a running full tunnel keeps its table's mark (its rules are made for it).
+            let oldMark = fwmark
+            let fullTunnelActive = fullTunnelTable != nil && fwmark == fullTunnelTable && routesDefault()
+            let newMark = fullTunnelActive ? oldMark : (wanted.fwMark ?? 0)
 
             var listenPort: (old: UInt16, new: UInt16)?
             if let port = wanted.listenPort, port != 0, port != applied?.listenPort, port != socket.port {
                 do {
                     replacement = try UDPSocket(port: port, offload: offload.udp ? [.segmentation, .coalescing] : [])
-                    if fwmark != 0 { try replacement?.setMark(fwmark) }
+                    if newMark != 0 { try replacement?.setMark(newMark) }
                 } catch {
                     throw ReloadError(step: "ListenPort = \(port)", error)
                 }
@@ -726,11 +735,20 @@ public final class Tunnel: @unchecked Sendable {
             let currentSet = Set(addresses)
             let removing = addresses.filter { !wantedSet.contains($0) }
             let adding = wanted.addresses.filter { !currentSet.contains($0) }
+            if newMark != oldMark {
+                do {
+                    try setFwMark(newMark)
+                } catch {
+                    throw ReloadError(step: "FwMark = \(newMark)", error)
+                }
+            }
             do {
                 try link.reconfigure(mtu: mtuChange, adding: adding, removing: removing)
             } catch {
+                if newMark != oldMark { try? setFwMark(oldMark) }
                 throw ReloadError(step: "the link (MTU, Address)", error)
             }
+            if newMark != oldMark { changes.append("fwmark \(oldMark)→\(newMark)") }
 
             // Nothing below can fail.
             addresses = wanted.addresses

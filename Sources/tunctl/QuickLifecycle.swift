@@ -60,11 +60,6 @@ final class QuickLifecycle: @unchecked Sendable {
         state = Mutex(State(config, keyFile: privateKeyFile))
         resolvconf = Mutex(nil)
         if !config.interface.dns.isEmpty { _ = try findResolvconf(for: config.interface.dns) }
-        if config.interface.table != nil || config.interface.fwMark != nil {
-            logger.warning(
-                "\(interface): Table and FwMark are read but not applied yet by tunctl up (routes go to the main table, packets are not marked)"
-            )
-        }
     }
 
     private var config: TunnelConfig { state.withLock { $0.config } }
