@@ -170,13 +170,13 @@ test_endless_request() {
   local peak_before peak_after
   # Peak resident memory: what the daemon held at the worst moment of the request, not after.
   peak_before=$(awk '/^VmHWM/ {print $2}' "/proc/$PID_A/status")
-  clients huge $((64 << 20)) || return 1
+  clients huge $((80 << 20)) || return 1
   [[ "$CLIENT_OUT" == *"reply errno=-7" ]] || fail "an endless request got no E2BIG reply: $CLIENT_OUT" || return 1
   alive || return 1
   peak_after=$(awk '/^VmHWM/ {print $2}' "/proc/$PID_A/status")
-  tt_log "daemon peak RSS $peak_before kB before, $peak_after kB after a 64 MiB request"
-  # The 8 MiB request limit, its buffer doubled while growing: well under 40 MiB.
-  ((peak_after - peak_before < 40 * 1024)) || fail "peak RSS grew by $((peak_after - peak_before)) kB" || return 1
+  tt_log "daemon peak RSS $peak_before kB before, $peak_after kB after an 80 MiB request"
+  # The 64 MiB request limit, its buffer doubled while growing (old and new copy): under 200 MiB.
+  ((peak_after - peak_before < 200 * 1024)) || fail "peak RSS grew by $((peak_after - peak_before)) kB" || return 1
   answers_within 1000 || return 1
   fds_back_to_baseline 3
 }

@@ -208,6 +208,16 @@ public final class Device {
         (prefixesByPeer[ObjectIdentifier(peer)] ?? []).sorted { ($0.address, $0.length) < ($1.address, $1.length) }
     }
 
+    /// `peer`'s prefixes in no particular order: a copy of the per-peer index, cheap enough to
+    /// take under the engine's lock for every peer (`UAPI.get` sorts them after releasing it).
+    public func unsortedAllowedIPs(of peer: Peer) -> [IPPrefix] {
+        Array(prefixesByPeer[ObjectIdentifier(peer)] ?? [])
+    }
+
+    /// Whether `peer` is still this device's peer (a snapshot taken in pieces skips one removed
+    /// between them).
+    public func isConfigured(_ peer: Peer) -> Bool { peersByKey[peer.publicKey] === peer }
+
     public func status(of peer: Peer) -> PeerStatus {
         PeerStatus(
             publicKey: peer.publicKey, hasPresharedKey: peer.hasPresharedKey, endpoint: peer.endpoint,

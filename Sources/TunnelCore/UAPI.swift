@@ -22,42 +22,12 @@ public enum UAPI {
         public static let protocolError: Int32 = -71
     }
 
-    /// Writes the full reply to `get=1` into `reply`, ending in `errno=0` and the blank line.
-    /// Peers are listed in the order of their public keys (wireguard-go's order is its map's,
-    /// i.e. arbitrary). The private and preshared keys go into `reply` as hex straight from their
-    /// `SecretKey`s: no `String` of them is made, and `reply` zeroes them when it is cleared.
+    /// Writes the full reply to `get=1` into `reply`, ending in `errno=0` and the blank line, for
+    /// a caller that owns `device` outright (tests, tools). Peers are listed in the order of their
+    /// public keys (wireguard-go's order is its map's, i.e. arbitrary). The daemon uses
+    /// `get(listenPort:fwmark:into:locked:)` (UAPIGet.swift), which this calls.
     public static func get(device: Device, listenPort: UInt16, fwmark: UInt32 = 0, into reply: SecretBuffer) {
-        if let privateKey = device.local?.privateKey {
-            reply.append("private_key=")
-            privateKey.secret.withUnsafeBytes { reply.appendHex($0) }
-            reply.append(byte: newline)
-        }
-        // wireguard-go omits a zero port (not bound yet) and a zero fwmark (none).
-        if listenPort != 0 { reply.append("listen_port=\(listenPort)\n") }
-        if fwmark != 0 { reply.append("fwmark=\(fwmark)\n") }
-        let peers = device.peers.sorted { lhs, rhs in
-            lhs.publicKey.withUnsafeBytes { left in
-                rhs.publicKey.withUnsafeBytes { right in left.lexicographicallyPrecedes(right) }
-            }
-        }
-        let nanosecondsPerSecond = Protocol.nanosecondsPerSecond
-        for peer in peers {
-            let status = device.status(of: peer)
-            reply.append("public_key=")
-            peer.publicKey.withUnsafeBytes { reply.appendHex($0) }
-            // 64 zeros when there is none: the all-zero key is the protocol's "no PSK".
-            reply.append("\npreshared_key=")
-            device.presharedKey(of: peer).secret.withUnsafeBytes { reply.appendHex($0) }
-            reply.append("\nprotocol_version=1\n")
-            if let endpoint = status.endpoint { reply.append("endpoint=\(endpoint)\n") }
-            reply.append(
-                "last_handshake_time_sec=\(status.lastHandshakeUnixNanoseconds / nanosecondsPerSecond)\n"
-                    + "last_handshake_time_nsec=\(status.lastHandshakeUnixNanoseconds % nanosecondsPerSecond)\n"
-                    + "tx_bytes=\(status.txBytes)\nrx_bytes=\(status.rxBytes)\n"
-                    + "persistent_keepalive_interval=\(status.persistentKeepalive)\n")
-            for prefix in status.allowedIPs { reply.append("allowed_ip=\(prefix)\n") }
-        }
-        reply.append("errno=0\n\n")
+        get(listenPort: listenPort, fwmark: fwmark, into: reply) { body in body(device) }
     }
 
     /// `get(device:listenPort:into:)` as a `String`, for tests and tools. The daemon does not use
@@ -85,6 +55,30 @@ public enum UAPI {
         }
         request.apply(to: device, now: now, setListenPort: setListenPort, setFwMark: setFwMark)
         return 0
+    }
+
+    /// `set` in two steps, for a caller that locks the device: `parseSet` outside the lock (all
+    /// the text work, and a malformed request is refused without taking it), then
+    /// `apply(_:to:now:setListenPort:setFwMark:)` inside.
+    public static func parseSet(_ body: UnsafeRawBufferPointer) -> Result<ParsedSet, UAPIError> {
+        do throws(UAPIError) {
+            return .success(ParsedSet(request: try SetRequest(parsing: body)))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Applies a request `parseSet` accepted (cannot fail: it was validated).
+    public static func apply(
+        _ parsed: ParsedSet, to device: Device, now: Instant, setListenPort: (UInt16) -> Void,
+        setFwMark: (UInt32) -> Void = { _ in }
+    ) {
+        parsed.request.apply(to: device, now: now, setListenPort: setListenPort, setFwMark: setFwMark)
+    }
+
+    /// A validated `set=1` request (keys decoded into `SecretKey`s; no text copy of them).
+    public struct ParsedSet {
+        let request: SetRequest
     }
 
     /// `set` for a body given as text (tests, tools).

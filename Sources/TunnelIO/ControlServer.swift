@@ -39,9 +39,10 @@ final class ControlServer: @unchecked Sendable {
         var maximumClients = 64
         /// A client that neither sends nor reads for this long is dropped.
         var idleTimeout: DispatchTimeInterval = .seconds(5)
-        /// A request larger than this is refused: `wg setconf` of 10,000 peers with every field
-        /// set is about 3 MB; twice that bounds what one client can make the daemon hold.
-        var requestBytes = 8 << 20
+        /// A request larger than this is refused: `wg setconf` of 100,000 peers with a preshared
+        /// key, an endpoint and an allowed IP each is about 24 MB (issue 16); 64 MiB leaves room
+        /// for more prefixes per peer and bounds what one client can make the daemon hold.
+        var requestBytes = 64 << 20
         /// How long accepting pauses after accept ran out of descriptors (EMFILE/ENFILE): long
         /// enough not to spin on the pending connection, short enough that a `wg show` queued
         /// behind a burst of idle clients gets in within a second (one is let in per retry).

@@ -825,12 +825,21 @@ public final class Tunnel: @unchecked Sendable {
         case .get:
             let port = socket.port
             let mark = fwmark
-            withEngine { UAPI.get(device: $0, listenPort: port, fwmark: mark, into: reply) }
+            // In pieces, formatted outside the lock: 100,000 peers do not stall the data path.
+            UAPI.get(listenPort: port, fwmark: mark, into: reply) { body in withEngine(body) }
         case .set(let body):
             var listenPort: UInt16?
             var mark: UInt32?
-            let errno = withEngine {
-                UAPI.set(body, device: $0, now: currentInstant(), setListenPort: { listenPort = $0 }) { mark = $0 }
+            // Parsed before taking the lock: 100,000 peers' worth of text is not the data path's wait.
+            let errno: Int32
+            switch UAPI.parseSet(body) {
+            case .failure(let error):
+                errno = error.errno
+            case .success(let parsed):
+                withEngine {
+                    UAPI.apply(parsed, to: $0, now: currentInstant(), setListenPort: { listenPort = $0 }) { mark = $0 }
+                }
+                errno = 0
             }
             // As wireguard-go: a port or mark the socket refuses is -EADDRINUSE.
             if errno == 0, let port = listenPort {
@@ -846,7 +855,9 @@ public final class Tunnel: @unchecked Sendable {
         case .show:
             // The kernel's MTU now (`ip link set mtu` may not have reached us yet), read outside the lock.
             let mtu = (try? tun.mtu()) ?? linkMTU.load(ordering: .relaxed)
-            reply.append(withEngine { _ in ShowReport(tunnel: self, linkMTU: mtu).json } + "\n\n")
+            // The report is copied under the lock; the JSON is encoded after releasing it.
+            let report = withEngine { _ in ShowReport(tunnel: self, linkMTU: mtu) }
+            reply.append(report.json + "\n\n")
         case .down:
             queue.async { [unowned self] in self.shutdown(status: 0, linkGone: false) }
             reply.append("errno=0\n\n")

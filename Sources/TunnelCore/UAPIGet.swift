@@ -1,0 +1,126 @@
+import TunnelCrypto
+
+/// The `get=1` reply built from a snapshot taken in pieces, so that a device with 100,000 peers
+/// answers without holding its owner (the engine lock the data path takes per packet) for the
+/// whole reply: each piece copies a bounded number of peers' status under the lock, and the text
+/// (hex keys, decimal counters, prefixes) is written after the lock is released.
+extension UAPI {
+    /// Peers copied per hold of the device's owner: about a millisecond's work, after which
+    /// packets waiting for the lock get their turn.
+    public static let peersPerHold = 1000
+
+    /// Writes the `get=1` reply into `reply`, reaching the device only through `locked`, which
+    /// runs its argument with exclusive use of the device (the caller's lock). `locked` runs once
+    /// for the device-wide fields and the list of peers, then once per `peersPerHold` peers; a
+    /// peer removed in between is left out, one added in between is in the next `get`.
+    ///
+    /// Keys: the private and preshared keys go into `reply` as hex from their `SecretKey`s (held
+    /// by reference in the snapshot, never copied as text); `reply` zeroes them when cleared.
+    public static func get(
+        listenPort: UInt16, fwmark: UInt32 = 0, into reply: SecretBuffer, peersPerHold: Int = UAPI.peersPerHold,
+        locked: ((Device) -> Void) -> Void
+    ) {
+        var privateKey: PrivateKey?
+        var peers: [Peer] = []
+        locked { device in
+            privateKey = device.local?.privateKey
+            peers = device.peers
+        }
+        if let privateKey {
+            reply.append("private_key=")
+            privateKey.secret.withUnsafeBytes { reply.appendHex($0) }
+            reply.append(byte: newline)
+        }
+        // wireguard-go omits a zero port (not bound yet) and a zero fwmark (none).
+        if listenPort != 0 { reply.append("listen_port=\(listenPort)\n") }
+        if fwmark != 0 { reply.append("fwmark=\(fwmark)\n") }
+        // `publicKey` is immutable: sorted outside the lock. Ordered by key, as before.
+        peers.sort { lhs, rhs in
+            lhs.publicKey.withUnsafeBytes { left in
+                rhs.publicKey.withUnsafeBytes { right in left.lexicographicallyPrecedes(right) }
+            }
+        }
+        var chunk: [PeerSnapshot] = []
+        chunk.reserveCapacity(max(1, peersPerHold))
+        var start = 0
+        while start < peers.count {
+            let end = min(start + max(1, peersPerHold), peers.count)
+            chunk.removeAll(keepingCapacity: true)
+            locked { device in
+                for peer in peers[start..<end] where device.isConfigured(peer) {
+                    chunk.append(PeerSnapshot(peer, device))
+                }
+            }
+            for snapshot in chunk { snapshot.write(into: reply) }
+            start = end
+        }
+        reply.append("errno=0\n\n")
+    }
+}
+
+/// What `get` reports of one peer, copied under the device's owner and written out after.
+private struct PeerSnapshot {
+    let publicKey: PublicKey
+    /// The peer's key object itself (immutable; a replaced one stays alive while held here).
+    let presharedKey: PresharedKey
+    let endpoint: Endpoint?
+    let lastHandshakeUnixNanoseconds: UInt64
+    let txBytes: UInt64
+    let rxBytes: UInt64
+    let persistentKeepalive: UInt16
+    let allowedIPs: [IPPrefix]
+
+    init(_ peer: Peer, _ device: Device) {
+        publicKey = peer.publicKey
+        presharedKey = device.presharedKey(of: peer)
+        endpoint = peer.endpoint
+        lastHandshakeUnixNanoseconds = peer.lastHandshakeUnixNanoseconds
+        txBytes = peer.txBytes
+        rxBytes = peer.rxBytes
+        persistentKeepalive = peer.persistentKeepalive
+        allowedIPs = device.unsortedAllowedIPs(of: peer)
+    }
+
+    func write(into reply: SecretBuffer) {
+        let nanosecondsPerSecond = Protocol.nanosecondsPerSecond
+        reply.append("public_key=")
+        publicKey.withUnsafeBytes { reply.appendHex($0) }
+        // 64 zeros when there is none: the all-zero key is the protocol's "no PSK".
+        reply.append("\npreshared_key=")
+        presharedKey.secret.withUnsafeBytes { reply.appendHex($0) }
+        reply.append("\nprotocol_version=1\n")
+        if let endpoint {
+            reply.append("endpoint=")
+            reply.append(endpoint.description)
+            reply.append(byte: UAPI.newline)
+        }
+        line("last_handshake_time_sec=", lastHandshakeUnixNanoseconds / nanosecondsPerSecond, reply)
+        line("last_handshake_time_nsec=", lastHandshakeUnixNanoseconds % nanosecondsPerSecond, reply)
+        line("tx_bytes=", txBytes, reply)
+        line("rx_bytes=", rxBytes, reply)
+        line("persistent_keepalive_interval=", UInt64(persistentKeepalive), reply)
+        // Sorted as `Device.allowedIPs(of:)` sorts them: the order the reply always had.
+        for prefix in allowedIPs.sorted(by: { ($0.address, $0.length) < ($1.address, $1.length) }) {
+            reply.append("allowed_ip=")
+            reply.append(prefix.description)
+            reply.append(byte: UAPI.newline)
+        }
+    }
+
+    /// `key` and `value` in decimal and a newline, without building the line as one string.
+    private func line(_ key: StaticString, _ value: UInt64, _ reply: SecretBuffer) {
+        reply.append(UnsafeRawBufferPointer(start: key.utf8Start, count: key.utf8CodeUnitCount))
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for 20 digits
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            var rest = value
+            var index = buffer.count
+            repeat {
+                index -= 1
+                buffer[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            } while rest != 0
+            reply.append(UnsafeRawBufferPointer(rebasing: buffer[index...]))
+        }
+        reply.append(byte: UAPI.newline)
+    }
+}
