@@ -49,6 +49,13 @@ elapsed_ms() {
   echo $(((t1 - t0) / 1000000))
 }
 
+# ping_stats FILE: sets PING_RECEIVED, PING_MEDIAN and PING_MAX (ms) from ping's output.
+ping_stats() {
+  PING_RECEIVED=$(grep -c 'time=' "$1")
+  read -r PING_MEDIAN PING_MAX < <(grep -o 'time=[0-9.]*' "$1" | cut -d= -f2 | sort -n |
+    awk '{ v[NR] = $1 } END { if (NR) printf "%s %s\n", v[int((NR + 1) / 2)], v[NR]; else print "999 999" }')
+}
+
 median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 
 test_many_peers() {
@@ -86,7 +93,23 @@ test_many_peers() {
   tt_log "wg show dump with $PEERS peers: ${runs[*]} ms (median $ms)"
   ((ms < 1000)) || fail "wg show dump with $PEERS peers took $ms ms (median of 3; limit 1000 ms)" || failed=1
 
-  # The data path while 10 dumps run back to back: 200 pings 10 ms apart through the tunnel.
+  # For the log: how much of that is the daemon's reply (the raw `get=1` over the socket).
+  ms=$(elapsed_ms nsx "$NS_A" timeout 30 python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"get=1\n\n")
+while s.recv(1 << 20):
+    pass
+' "$TT_SOCK_DIR/$IF_A.sock") && tt_log "the raw get=1 reply alone: $ms ms"
+
+  # The baseline: 200 pings 10 ms apart through the tunnel, nothing else running.
+  nsx "$NS_A" ping -4 -n -c 200 -i 0.01 -W 1 -w 30 198.18.1.2 >"$TT_TEST_DIR/ping-idle.out" 2>&1
+  ping_stats "$TT_TEST_DIR/ping-idle.out"
+  local idle_max=$PING_MAX
+  tt_log "ping without dumps: $PING_RECEIVED/200 replies, median $PING_MEDIAN ms, max $PING_MAX ms"
+
+  # The data path while 10 dumps run back to back: the same 200 pings.
   # The dumps start first and stop after 10 (or 60 s); the pings start once the first is under way.
   local dumps=$TT_TEST_DIR/dumps.sh
   printf 'for i in 1 2 3 4 5 6 7 8 9 10; do timeout 30 wg show %s dump >/dev/null || exit 1; done\n' "$IF_A" >"$dumps"
@@ -100,15 +123,16 @@ test_many_peers() {
   wait_exit "$dump_pid" 60 || fail "10 dumps did not finish in 60 s" || return 1
   ((TT_EXIT_CODE == 0)) || fail "a dump failed during the pings (status $TT_EXIT_CODE)" || return 1
   ((dumping)) || tt_log "note: the 10 dumps ended before the 200 pings did"
-  local stats received median max
-  received=$(grep -c 'time=' "$TT_TEST_DIR/ping.out")
-  stats=$(grep -o 'time=[0-9.]*' "$TT_TEST_DIR/ping.out" | cut -d= -f2 | sort -n |
-    awk '{ v[NR] = $1 } END { if (NR) printf "%s %s", v[int((NR + 1) / 2)], v[NR] }')
-  read -r median max <<<"$stats"
-  tt_log "ping during dumps: $received/200 replies, median ${median:-?} ms, max ${max:-?} ms"
-  ((received >= 198)) || fail "only $received of 200 pings answered while dumps ran" || failed=1
-  awk -v m="$max" 'BEGIN { exit !(m < 5) }' ||
-    fail "ping max $max ms while dumps ran (limit 5 ms; median $median ms)" || failed=1
+  ping_stats "$TT_TEST_DIR/ping.out"
+  tt_log "ping during dumps: $PING_RECEIVED/200 replies, median $PING_MEDIAN ms, max $PING_MAX ms (without: max $idle_max ms)"
+  ((PING_RECEIVED >= 198)) || fail "only $PING_RECEIVED of 200 pings answered while dumps ran" || failed=1
+  # The median is asserted under 5 ms (at the start of issue 16: 296 ms). The max is asserted under
+  # 5 ms plus the worst round trip of the same pings without dumps: this machine is shared, and a
+  # ping that waits for a core is the scheduler's doing, not the engine lock's.
+  awk -v m="$PING_MEDIAN" 'BEGIN { exit !(m < 5) }' ||
+    fail "ping median $PING_MEDIAN ms while dumps ran (limit 5 ms)" || failed=1
+  awk -v m="$PING_MAX" -v i="$idle_max" 'BEGIN { exit !(m < 5 + i) }' ||
+    fail "ping max $PING_MAX ms while dumps ran (limit 5 ms + $idle_max ms, the max without dumps)" || failed=1
 
   # `wg setconf` of 100,000 peers (a PSK and an endpoint each) in one request, onto A.
   local setconf=$TT_TEST_DIR/setconf.conf
