@@ -126,13 +126,23 @@ while s.recv(1 << 20):
   ping_stats "$TT_TEST_DIR/ping.out"
   tt_log "ping during dumps: $PING_RECEIVED/200 replies, median $PING_MEDIAN ms, max $PING_MAX ms (without: max $idle_max ms)"
   ((PING_RECEIVED >= 198)) || fail "only $PING_RECEIVED of 200 pings answered while dumps ran" || failed=1
-  # The median is asserted under 5 ms (at the start of issue 16: 296 ms). The max is asserted under
-  # 5 ms plus the worst round trip of the same pings without dumps: this machine is shared, and a
-  # ping that waits for a core is the scheduler's doing, not the engine lock's.
+  # What the data path waits for: the engine-lock holds of each `get` (the daemon logs the longest,
+  # in wall time and in its thread's CPU time). Asserted: the work under the lock (CPU) under 5 ms
+  # in every get, and the median over the gets of the longest wall-time hold under 5 ms (a single
+  # hold stretched by a preemption on this shared 2-core machine is the scheduler's doing). The
+  # ping median is asserted under 5 ms (at the start of issue 16: 296 ms, max 2,796 ms, with
+  # 10,000 peers); the ping max is reported, not asserted, for the same reason, next to the max
+  # of the same pings without dumps.
+  local holds="$TT_TEST_DIR/holds" wall cpu
+  grep -o 'the longest [0-9]* µs (CPU [0-9]* µs)' "$TT_TEST_DIR/$IF_A.log" | tr -d '()' |
+    awk '{ print $3, $6 }' >"$holds"
+  wall=$(cut -d' ' -f1 "$holds" | sort -n | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : 999999) }')
+  cpu=$(cut -d' ' -f2 "$holds" | sort -n | tail -1)
+  tt_log "engine-lock holds of $(wc -l <"$holds") get=1 replies: longest per reply, wall: $(cut -d' ' -f1 "$holds" | tr '\n' ' ')µs; the most CPU in one hold ${cpu:-?} µs"
+  ((${cpu:-999999} < 5000)) || fail "a get=1 worked ${cpu:-?} µs under the engine lock (limit 5000 µs)" || failed=1
+  ((wall < 5000)) || fail "median longest engine-lock hold of a get=1: $wall µs (limit 5000 µs)" || failed=1
   awk -v m="$PING_MEDIAN" 'BEGIN { exit !(m < 5) }' ||
     fail "ping median $PING_MEDIAN ms while dumps ran (limit 5 ms)" || failed=1
-  awk -v m="$PING_MAX" -v i="$idle_max" 'BEGIN { exit !(m < 5 + i) }' ||
-    fail "ping max $PING_MAX ms while dumps ran (limit 5 ms + $idle_max ms, the max without dumps)" || failed=1
 
   # `wg setconf` of 100,000 peers (a PSK and an endpoint each) in one request, onto A.
   local setconf=$TT_TEST_DIR/setconf.conf

@@ -21,10 +21,10 @@ extension UAPI {
         locked: ((Device) -> Void) -> Void
     ) {
         var privateKey: PrivateKey?
-        var peers: [Peer] = []
+        var keys: [PublicKey] = []
         locked { device in
             privateKey = device.local?.privateKey
-            peers = device.peers
+            keys = device.peerKeys
         }
         if let privateKey {
             reply.append("private_key=")
@@ -34,19 +34,18 @@ extension UAPI {
         // wireguard-go omits a zero port (not bound yet) and a zero fwmark (none).
         if listenPort != 0 { reply.append("listen_port=\(listenPort)\n") }
         if fwmark != 0 { reply.append("fwmark=\(fwmark)\n") }
-        // Ordered by public key, as before. `publicKey` is immutable, so this runs outside the lock;
-        // the keys are sorted as plain integers, not the `Peer` references (100,000 of those took
-        // most of a second in retains and releases).
-        let order = peers.indices.map { SortKey(peers[$0].publicKey, index: $0) }.sorted()
-        peers = order.map { peers[$0.index] }
+        // Ordered by public key, as before, outside the lock; the keys are sorted as plain integers
+        // (sorting 100,000 `Peer` references by key took most of a second in retains and releases).
+        let order = keys.indices.map { SortKey(keys[$0], index: $0) }.sorted()
         var chunk: [PeerSnapshot] = []
         chunk.reserveCapacity(max(1, peersPerHold))
         var start = 0
-        while start < peers.count {
-            let end = min(start + max(1, peersPerHold), peers.count)
+        while start < order.count {
+            let end = min(start + max(1, peersPerHold), order.count)
             chunk.removeAll(keepingCapacity: true)
             locked { device in
-                for peer in peers[start..<end] where device.isConfigured(peer) {
+                for entry in order[start..<end] {
+                    guard let peer = device.peer(keys[entry.index]) else { continue }
                     chunk.append(PeerSnapshot(peer, device))
                 }
             }

@@ -818,6 +818,13 @@ public final class Tunnel: @unchecked Sendable {
         wakeup.lower()
     }
 
+    /// This thread's CPU time in nanoseconds (CLOCK_THREAD_CPUTIME_ID, a vDSO read).
+    private static func threadCPUTime() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+        return UInt64(time.tv_sec) * Protocol.nanosecondsPerSecond + UInt64(time.tv_nsec)
+    }
+
     /// Answers one control request into `reply` (a buffer the server zeroes after sending: the
     /// `get` reply holds the keys).
     private func handleControl(_ request: ControlRequest, reply: SecretBuffer) {
@@ -825,8 +832,25 @@ public final class Tunnel: @unchecked Sendable {
         case .get:
             let port = socket.port
             let mark = fwmark
-            // In pieces, formatted outside the lock: 100,000 peers do not stall the data path.
-            UAPI.get(listenPort: port, fwmark: mark, into: reply) { body in withEngine(body) }
+            // In pieces, formatted outside the lock: 100,000 peers do not stall the data path. The
+            // longest time inside the lock is logged (debug): wall time, which a preemption while
+            // holding it stretches, and this thread's CPU time, the work done under it.
+            let started = currentInstant().monotonic
+            var holds = 0
+            var longest: UInt64 = 0
+            var longestCPU: UInt64 = 0
+            UAPI.get(listenPort: port, fwmark: mark, into: reply) { body in
+                withEngine { device in
+                    let entered = (currentInstant().monotonic, Tunnel.threadCPUTime())
+                    body(device)
+                    longest = max(longest, currentInstant().monotonic - entered.0)
+                    longestCPU = max(longestCPU, Tunnel.threadCPUTime() - entered.1)
+                }
+                holds += 1
+            }
+            logger.debug(
+                "\(name): get=1 of \(reply.count) bytes in \((currentInstant().monotonic - started) / 1000) µs, \(holds) lock holds, the longest \(longest / 1000) µs (CPU \(longestCPU / 1000) µs)"
+            )
         case .set(let body):
             var listenPort: UInt16?
             var mark: UInt32?
