@@ -41,8 +41,10 @@ final class ControlServer: @unchecked Sendable {
         var idleTimeout: DispatchTimeInterval = .seconds(5)
         /// A request larger than this is refused: `wg setconf` of 100,000 peers with a preshared
         /// key, an endpoint and an allowed IP each is about 24 MB (issue 16); 64 MiB leaves room
-        /// for more prefixes per peer and bounds what one client can make the daemon hold.
-        var requestBytes = 64 << 20
+        /// for more prefixes per peer and bounds what one client can make the daemon hold. One
+        /// byte under 64 MiB: the buffer, doubling from 1 KiB, then stops at 64 MiB (reading one
+        /// byte past 64 MiB to see the request is too long would double it to 128 MiB).
+        var requestBytes = (64 << 20) - 1
         /// How long accepting pauses after accept ran out of descriptors (EMFILE/ENFILE): long
         /// enough not to spin on the pending connection, short enough that a `wg show` queued
         /// behind a burst of idle clients gets in within a second (one is let in per retry).
