@@ -30,8 +30,9 @@ public enum ControlClientError: Error, Equatable, CustomStringConvertible {
 /// reply. Blocking for the caller, bounded by a deadline; used by the CLI and by the daemon's
 /// stale-socket check.
 public enum ControlClient {
-    /// Replies larger than this are refused (a `get` for thousands of peers is well under it).
-    public static let replyLimit = 16 << 20
+    /// Replies larger than this are refused: a `get` for 100,000 peers is about 31 MB, and
+    /// `tunctl show --json` for as many about 25 MB.
+    public static let replyLimit = 128 << 20
 
     /// Sends `text` (which must end in the blank line the protocol wants) and returns the reply.
     /// The reply ends when the server closes the connection or when it ends in a blank line (the

@@ -87,10 +87,32 @@ public struct ShowReport: Sendable, Equatable {
     }
 
     /// A snapshot of `tunnel`, with the link's MTU as the kernel has it (not the config's). Call
-    /// it on the tunnel's queue, holding the engine.
+    /// it on the tunnel's queue, NOT holding the engine: it takes the engine itself, once for the
+    /// device's fields and the peers' keys, then once per `UAPI.peersPerHold` peers to copy their
+    /// status, and builds the report (base64 keys, text, sorting) with the lock released, so that
+    /// 100,000 peers do not stall the data path. A peer removed in between is left out.
     init(tunnel: Tunnel, linkMTU: Int) {
-        let device = tunnel.engine
-        let peers = device.peers.map { device.status(of: $0) }.map { status in
+        var publicKey: PublicKey?
+        var deviceDrops: [(DropReason, UInt64)] = []
+        var keys: [PublicKey] = []
+        tunnel.withEngine { device in
+            publicKey = device.publicKey
+            deviceDrops = device.drops.nonzero
+            keys = device.peerKeys
+        }
+        var statuses: [PeerStatus] = []
+        statuses.reserveCapacity(keys.count)
+        var start = 0
+        while start < keys.count {
+            let end = min(start + UAPI.peersPerHold, keys.count)
+            tunnel.withEngine { device in
+                for key in keys[start..<end] {
+                    if let peer = device.peer(key) { statuses.append(device.status(of: peer)) }
+                }
+            }
+            start = end
+        }
+        let peers = statuses.map { status in
             PeerReport(
                 publicKey: status.publicKey.base64, hasPresharedKey: status.hasPresharedKey,
                 endpoint: status.endpoint?.description, allowedIPs: status.allowedIPs.map(\.description),
@@ -99,9 +121,9 @@ public struct ShowReport: Sendable, Equatable {
                 persistentKeepalive: status.persistentKeepalive, drops: ShowReport.dictionary(status.drops))
         }
         interface = Interface(
-            name: tunnel.name, publicKey: device.publicKey?.base64, listenPort: tunnel.listenPort,
+            name: tunnel.name, publicKey: publicKey?.base64, listenPort: tunnel.listenPort,
             mtu: linkMTU, addresses: tunnel.interfaceAddresses.map(\.description),
-            drops: ShowReport.dictionary(device.drops.nonzero),
+            drops: ShowReport.dictionary(deviceDrops),
             peers: peers.sorted { ($0.latestHandshake, $1.publicKey) > ($1.latestHandshake, $0.publicKey) })
     }
 

@@ -879,9 +879,8 @@ public final class Tunnel: @unchecked Sendable {
         case .show:
             // The kernel's MTU now (`ip link set mtu` may not have reached us yet), read outside the lock.
             let mtu = (try? tun.mtu()) ?? linkMTU.load(ordering: .relaxed)
-            // The report is copied under the lock; the JSON is encoded after releasing it.
-            let report = withEngine { _ in ShowReport(tunnel: self, linkMTU: mtu) }
-            reply.append(report.json + "\n\n")
+            // The report takes the engine in pieces itself; the JSON is encoded outside the lock.
+            reply.append(ShowReport(tunnel: self, linkMTU: mtu).json + "\n\n")
         case .down:
             queue.async { [unowned self] in self.shutdown(status: 0, linkGone: false) }
             reply.append("errno=0\n\n")
@@ -898,8 +897,6 @@ public final class Tunnel: @unchecked Sendable {
     }
 
     var interfaceAddresses: [IPPrefix] { addresses }
-    /// The engine without the lock: only for code already inside `withEngine` (ShowReport).
-    var engine: Device { device }
 
     /// Stops the tunnel (on `queue`): with shutdown steps, their first part (PreDown, SaveConfig,
     /// DNS) runs on `stepsQueue` while the tunnel still runs, then the teardown on `queue`, then
