@@ -144,6 +144,13 @@ while s.recv(1 << 20):
   awk -v m="$PING_MEDIAN" 'BEGIN { exit !(m < 5) }' ||
     fail "ping median $PING_MEDIAN ms while dumps ran (limit 5 ms)" || failed=1
 
+  # `tunctl show --json` lists every peer (its reply, about 25 MB, was over the CLI's old limit).
+  ms=$(elapsed_ms nsx "$NS_A" timeout 60 "$TUNCTL" show "$IF_A" --json) ||
+    fail "tunctl show --json with $PEERS peers failed: $(head -c 300 "$TT_TEST_DIR/last.out")" || return 1
+  lines=$(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["peers"]))' "$TT_TEST_DIR/last.out")
+  tt_log "tunctl show --json with $PEERS peers: $ms ms"
+  ((lines == PEERS)) || fail "tunctl show --json listed $lines peers, expected $PEERS" || failed=1
+
   # `wg setconf` of 100,000 peers (a PSK and an endpoint each) in one request, onto A.
   local setconf=$TT_TEST_DIR/setconf.conf
   (umask 077 && printf '[Interface]\nPrivateKey = %s\nListenPort = %s\n' "$(cat "$KEYS/a.key")" "$PORT_A" >"$setconf") || return 1
