@@ -49,10 +49,11 @@ elapsed_ms() {
   echo $(((t1 - t0) / 1000000))
 }
 
-# ping_stats FILE: sets PING_RECEIVED, PING_MEDIAN and PING_MAX (ms) from ping's output.
+# ping_stats FILE: sets PING_RECEIVED, PING_MEDIAN and PING_MAX (ms) from ping's output
+# (duplicate replies, marked DUP!, left out).
 ping_stats() {
-  PING_RECEIVED=$(grep -c 'time=' "$1")
-  read -r PING_MEDIAN PING_MAX < <(grep -o 'time=[0-9.]*' "$1" | cut -d= -f2 | sort -n |
+  PING_RECEIVED=$(grep 'time=' "$1" | grep -vc 'DUP!')
+  read -r PING_MEDIAN PING_MAX < <(grep 'time=' "$1" | grep -v 'DUP!' | grep -o 'time=[0-9.]*' | cut -d= -f2 | sort -n |
     awk '{ v[NR] = $1 } END { if (NR) printf "%s %s\n", v[int((NR + 1) / 2)], v[NR]; else print "999 999" }')
 }
 
