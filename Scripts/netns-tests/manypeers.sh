@@ -158,7 +158,7 @@ while s.recv(1 << 20):
   many_peers "$setconf" "$PEERS" 203.0.113.7 || fail "generating the setconf file" || return 1
   ms=$(elapsed_ms nsx "$NS_A" timeout 60 wg setconf "$IF_A" "$setconf") ||
     fail "wg setconf of $PEERS peers ($(wc -c <"$setconf") bytes) failed: $(head -c 300 "$TT_TEST_DIR/last.out")" || return 1
-  tt_log "wg setconf of $PEERS peers ($(wc -c <"$setconf") bytes): $ms ms"
+  tt_log "wg setconf of $PEERS peers ($(wc -c <"$setconf") bytes): $ms ms; the daemon: $(grep -o 'set=1 of .*' "$TT_TEST_DIR/$IF_A.log" | tail -1)"
   lines=$(nsx "$NS_A" wg show "$IF_A" peers | wc -l)
   ((lines == PEERS)) || fail "after setconf: $lines peers, expected $PEERS" || return 1
   ((ms < 5000)) || fail "wg setconf of $PEERS peers took $ms ms (limit 5000 ms)" || failed=1
