@@ -87,8 +87,9 @@ public final class Device {
     private var timerJitter = TimerJitter()
     /// Every peer's earliest armed timer, so that `tick` visits only the peers that are due.
     private let timers = TimerQueue()
-    /// Scratch for `tick`: the peers due this tick, reused so that a tick does not allocate.
-    private var duePeers: [Peer] = []
+    /// Scratch for `tick`: the peers the latest tick visited, reused so that a tick does not
+    /// allocate (tests read it to compare with a scan of every peer).
+    private(set) var duePeers: [Peer] = []
     /// Peers `tick` has visited since the device was made (tests count the work a tick does).
     public private(set) var timerVisits = 0
     public private(set) var drops = DropCounters()
@@ -871,7 +872,6 @@ public final class Device {
             }
             timers.reschedule(peer)
         }
-        duePeers.removeAll(keepingCapacity: true)
         timers.compact(livePeers: peersByKey.count)
         rateLimiter.collectGarbage(now: time)
     }
