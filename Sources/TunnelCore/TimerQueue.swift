@@ -14,7 +14,8 @@ final class TimerQueue {
         let peer: Peer
     }
 
-    private var heap: [Entry] = []
+    // Read by `earliest` after every engine call of the data path: unchecked as on `Peer`.
+    @exclusivity(unchecked) private var heap: [Entry] = []
 
     /// Entries in the heap, live and stale (for tests and the compaction bound).
     var count: Int { heap.count }

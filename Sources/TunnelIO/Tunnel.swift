@@ -79,8 +79,9 @@ public final class Tunnel: @unchecked Sendable {
     /// `engineLock` (the data path may re-arm it from its own queue); cancelled on `queue`.
     private var timer: DispatchSourceTimer?
     /// The deadline (monotonic ns) `timer` is armed for, under `engineLock`: `withEngine`
-    /// re-arms only when the device reports an earlier one, so a packet costs one comparison.
-    private var timerArmedFor: UInt64 = 0
+    /// re-arms only when the device reports an earlier one, so a packet costs one comparison
+    /// (unchecked: the lock already serialises every access).
+    @exclusivity(unchecked) private var timerArmedFor: UInt64 = 0
     /// Timer wake-ups: at least every second (the rate limiter's sweep), at most every 10 ms.
     static let timerMaximumSleep: UInt64 = 1_000_000_000
     static let timerMinimumSleep: UInt64 = 10_000_000
