@@ -825,11 +825,11 @@ public final class Device {
     /// Retries before giving up on a handshake: REKEY_ATTEMPT_TIME / REKEY_TIMEOUT.
     static let maxHandshakeAttempts = Int(Protocol.rekeyAttemptTime / Protocol.rekeyTimeout)
 
-    /// Runs every timer that is due. Call it at least every few hundred milliseconds;
-    /// `nextDeadline` says when it next has work.
-    /// Visits only the peers whose earliest timer has passed (a min-heap by deadline); each
-    /// visited peer runs every check below, as a scan of every peer would, and is queued again
-    /// at its next armed timer.
+    /// Runs every timer that is due. Call it at `timerLowerBound` (a timer runs no earlier than
+    /// its deadline and no later than the next call), and at least every second or so for the
+    /// rate limiter's sweep. Visits only the peers whose earliest timer has passed (a min-heap
+    /// by deadline); each visited peer runs every check below, as a scan of every peer would,
+    /// and is queued again at its next armed timer.
     public func tick<Sink: DatagramSink>(now: Instant, sink: inout Sink) {
         let time = now.monotonic
         duePeers.removeAll(keepingCapacity: true)
