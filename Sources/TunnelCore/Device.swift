@@ -85,6 +85,13 @@ public final class Device {
     private var loadWindowCount = 0
     private var underLoadUntil: UInt64 = 0
     private var timerJitter = TimerJitter()
+    /// Every peer's earliest armed timer, so that `tick` visits only the peers that are due.
+    private let timers = TimerQueue()
+    /// Scratch for `tick`: the peers the latest tick visited, reused so that a tick does not
+    /// allocate (tests read it to compare with a scan of every peer).
+    private(set) var duePeers: [Peer] = []
+    /// Peers `tick` has visited since the device was made (tests count the work a tick does).
+    public private(set) var timerVisits = 0
     public private(set) var drops = DropCounters()
 
     /// Scratch for datagrams the core originates (control messages, staged packets). Allocated
@@ -104,7 +111,12 @@ public final class Device {
         setPrivateKey(privateKey)
     }
 
-    deinit { scratch.deallocate() }
+    deinit {
+        // The queue holds its peers strongly and each peer holds the queue: break the cycle.
+        for peer in peersByKey.values { timers.detach(peer) }
+        timers.removeAll()
+        scratch.deallocate()
+    }
 
     // MARK: - Configuration
 
@@ -139,6 +151,7 @@ public final class Device {
         if key == local?.publicKey { return nil }
         let remote = makeRemote(key, presharedKey: .none())
         let peer = Peer(publicKey: key, remote: remote, endpoint: nil, persistentKeepalive: 0)
+        peer.timerQueue = timers
         peersByKey[key] = peer
         return peer
     }
@@ -147,6 +160,7 @@ public final class Device {
         guard let peer = peersByKey.removeValue(forKey: key) else { return }
         removeAllowedIPs(for: peer)
         clearSessions(peer)
+        timers.detach(peer)
     }
 
     public func removeAllPeers() {
@@ -821,11 +835,17 @@ public final class Device {
     /// Retries before giving up on a handshake: REKEY_ATTEMPT_TIME / REKEY_TIMEOUT.
     static let maxHandshakeAttempts = Int(Protocol.rekeyAttemptTime / Protocol.rekeyTimeout)
 
-    /// Runs every timer that is due. Call it at least every few hundred milliseconds;
-    /// `nextDeadline` says when it next has work.
+    /// Runs every timer that is due. Call it at `timerLowerBound` (a timer runs no earlier than
+    /// its deadline and no later than the next call), and at least every second or so for the
+    /// rate limiter's sweep. Visits only the peers whose earliest timer has passed (a min-heap
+    /// by deadline); each visited peer runs every check below, as a scan of every peer would,
+    /// and is queued again at its next armed timer.
     public func tick<Sink: DatagramSink>(now: Instant, sink: inout Sink) {
         let time = now.monotonic
-        for peer in peersByKey.values {
+        duePeers.removeAll(keepingCapacity: true)
+        timers.popDue(at: time, into: &duePeers)
+        timerVisits += duePeers.count
+        for peer in duePeers {
             if let due = peer.retransmitHandshakeAt, time >= due {
                 peer.retransmitHandshakeAt = nil
                 if peer.handshakeAttempts >= Device.maxHandshakeAttempts {
@@ -860,19 +880,21 @@ public final class Device {
                 peer.persistentKeepaliveAt = nil
                 sendKeepalive(peer, now: now, sink: &sink)
             }
+            timers.reschedule(peer)
         }
+        timers.compact(livePeers: peersByKey.count)
         rateLimiter.collectGarbage(now: time)
     }
 
-    /// The earliest armed timer over all peers, or nil when none is armed.
+    /// The earliest armed timer over all peers, or nil when none is armed (a scan of every
+    /// peer: for tests and diagnostics; the event loop uses `timerLowerBound`).
     public var nextDeadline: UInt64? {
-        peersByKey.values.compactMap { peer in
-            [
-                peer.retransmitHandshakeAt, peer.sendKeepaliveAt, peer.newHandshakeAt, peer.zeroKeyMaterialAt,
-                peer.persistentKeepaliveAt,
-            ].compactMap { $0 }.min()
-        }.min()
+        peersByKey.values.compactMap { $0.earliestTimer }.min()
     }
+
+    /// No timer is armed before this instant (nil: none is armed). O(1); it may be early (an
+    /// entry whose timer moved later since), never late, so a wake-up at it is never too late.
+    public var timerLowerBound: UInt64? { timers.earliest }
 
     // MARK: - Drops
 

@@ -40,12 +40,29 @@ public final class Peer {
     var previous: Keypair?
     @exclusivity(unchecked) var next: Keypair?
 
-    // Timers.
-    var retransmitHandshakeAt: UInt64?
-    @exclusivity(unchecked) var sendKeepaliveAt: UInt64?
-    @exclusivity(unchecked) var newHandshakeAt: UInt64?
-    var zeroKeyMaterialAt: UInt64?
-    @exclusivity(unchecked) var persistentKeepaliveAt: UInt64?
+    // Timers. Arming one (or moving it earlier) queues the peer in its device's `TimerQueue`;
+    // clearing one or moving it later needs nothing (the queue's entries are lazy).
+    var retransmitHandshakeAt: UInt64? {
+        didSet { if let retransmitHandshakeAt { timerQueue?.armed(self, at: retransmitHandshakeAt) } }
+    }
+    @exclusivity(unchecked) var sendKeepaliveAt: UInt64? {
+        didSet { if let sendKeepaliveAt { timerQueue?.armed(self, at: sendKeepaliveAt) } }
+    }
+    @exclusivity(unchecked) var newHandshakeAt: UInt64? {
+        didSet { if let newHandshakeAt { timerQueue?.armed(self, at: newHandshakeAt) } }
+    }
+    var zeroKeyMaterialAt: UInt64? {
+        didSet { if let zeroKeyMaterialAt { timerQueue?.armed(self, at: zeroKeyMaterialAt) } }
+    }
+    @exclusivity(unchecked) var persistentKeepaliveAt: UInt64? {
+        didSet { if let persistentKeepaliveAt { timerQueue?.armed(self, at: persistentKeepaliveAt) } }
+    }
+    /// The device's timer queue while the peer belongs to a device; nil once removed.
+    @exclusivity(unchecked) var timerQueue: TimerQueue?
+    /// The deadline of this peer's live entry in `timerQueue`, nil when it has none.
+    @exclusivity(unchecked) var scheduledDeadline: UInt64?
+    /// Bumped per push: entries with an older generation are stale.
+    @exclusivity(unchecked) var timerGeneration: UInt32 = 0
     @exclusivity(unchecked) var needAnotherKeepalive = false
     @exclusivity(unchecked) var sentLastMinuteHandshake = false
 
@@ -67,6 +84,18 @@ public final class Peer {
         self.cookies = CookieGenerator(remote: remote)
         self.endpoint = endpoint
         self.persistentKeepalive = persistentKeepalive
+    }
+
+    /// The earliest armed timer of this peer, nil when none is armed.
+    var earliestTimer: UInt64? {
+        func earlier(_ a: UInt64?, _ b: UInt64?) -> UInt64? {
+            guard let a else { return b }
+            guard let b else { return a }
+            return min(a, b)
+        }
+        return earlier(
+            earlier(earlier(retransmitHandshakeAt, sendKeepaliveAt), earlier(newHandshakeAt, zeroKeyMaterialAt)),
+            persistentKeepaliveAt)
     }
 
     /// Whether a usable sending keypair exists now.

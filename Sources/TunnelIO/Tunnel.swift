@@ -75,7 +75,16 @@ public final class Tunnel: @unchecked Sendable {
 
     private var tunSource: DispatchSourceRead?
     private var udpSource: DispatchSourceRead?
+    /// One-shot, re-armed for the device's next timer deadline. Set and re-armed under
+    /// `engineLock` (the data path may re-arm it from its own queue); cancelled on `queue`.
     private var timer: DispatchSourceTimer?
+    /// The deadline (monotonic ns) `timer` is armed for, under `engineLock`: `withEngine`
+    /// re-arms only when the device reports an earlier one, so a packet costs one comparison
+    /// (unchecked: the lock already serialises every access).
+    @exclusivity(unchecked) private var timerArmedFor: UInt64 = 0
+    /// Timer wake-ups: at least every second (the rate limiter's sweep), at most every 10 ms.
+    static let timerMaximumSleep: UInt64 = 1_000_000_000
+    static let timerMinimumSleep: UInt64 = 10_000_000
     private var signalSources: [DispatchSourceSignal] = []
     private var stopping = false
     private var onStop: (@Sendable (Int32) -> Void)?
@@ -221,8 +230,21 @@ public final class Tunnel: @unchecked Sendable {
             SanitizerAnnotations.acquired(token)
             defer { SanitizerAnnotations.releasing(token) }
             if socket.hasVanishedSources { forgetVanishedSources() }
+            defer {
+                if let due = device.timerLowerBound, due < timerArmedFor { armTimer(now: currentInstant().monotonic) }
+            }
             return try body(device)
         }
+    }
+
+    /// Inside `withEngine`: arms the one-shot `timer` for the device's earliest deadline, within
+    /// [now + 10 ms, now + 1 s].
+    private func armTimer(now: UInt64) {
+        guard let timer else { return }
+        let due = min(device.timerLowerBound ?? UInt64.max, now + Tunnel.timerMaximumSleep)
+        timerArmedFor = due
+        let sleep = max(due > now ? due - now : 0, Tunnel.timerMinimumSleep)
+        timer.schedule(deadline: .now() + .nanoseconds(Int(sleep)), leeway: .milliseconds(5))
     }
 
     /// Inside `withEngine`: the peers whose sticky source the kernel refused (the address went
@@ -266,14 +288,21 @@ public final class Tunnel: @unchecked Sendable {
         self.tunSource = tunSource
         startSocketSource()
 
+        // The timers: a one-shot source fired at the device's next deadline, not a fixed scan.
         let timer = DispatchSource.makeTimerSource(queue: queue)
-        timer.schedule(deadline: .now(), repeating: .milliseconds(100), leeway: .milliseconds(20))
         timer.setEventHandler { [unowned self] in
             var sink = SocketSink(socket: self.socket, logger: self.logger)
-            self.withEngine { $0.tick(now: currentInstant(), sink: &sink) }
+            self.withEngine { device in
+                let now = currentInstant()
+                device.tick(now: now, sink: &sink)
+                self.armTimer(now: now.monotonic)
+            }
+        }
+        withEngine { _ in
+            self.timer = timer
+            armTimer(now: currentInstant().monotonic)
         }
         timer.resume()
-        self.timer = timer
 
         for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
             signal(signalNumber, SIG_IGN)
