@@ -68,6 +68,10 @@ test_crossing_initiations() {
     from_b=$(initiations "$cap" 198.18.0.2)
     ((from_a > 0 && from_b > 0)) && crossed=$((crossed + 1))
     tt_log "round $round: A ping rc $ra, B ping rc $rb, both done in $ms ms; initiations A $from_a, B $from_b"
+    if ((ra != 0 || rb != 0)); then
+      tt_log "drops A: $(tunctl_json "$NS_A" "$IF_A" drops) $(tunctl_json "$NS_A" "$IF_A" peers.0.drops)"
+      tt_log "drops B: $(tunctl_json "$NS_B" "$IF_B" drops) $(tunctl_json "$NS_B" "$IF_B" peers.0.drops)"
+    fi
     ((ra == 0)) || fail "round $round: A's first ping got no reply" || return 1
     ((rb == 0)) || fail "round $round: B's first ping got no reply" || return 1
     ((ms < 1000)) || fail "round $round: both first pings answered only after $ms ms (goal: under 1 s)" || return 1
