@@ -130,7 +130,7 @@ test_idle_connections() {
     fds_at_most "$BASE_FDS" && break
     sleep 0.1
   done
-  has '^closed' "$out" && fail "the client closed its connections before the daemon timed them out" && return 1
+  has '^closed' "$out" && { fail "the client closed its connections before the daemon timed them out"; return 1; }
   fds_at_most "$BASE_FDS" || fail "descriptors $(fd_count), baseline $BASE_FDS, 8 s after the clients went idle" || return 1
   tt_log "idle clients timed out: descriptors $(fd_count)"
   wait_exit "$cpid" 20 || fail "the idle client did not finish" || return 1
@@ -199,7 +199,7 @@ test_out_of_descriptors() {
   local warnings
   warnings=$(grep -c 'cannot accept a control client' "$TT_TEST_DIR/$IF_A.log")
   ((warnings == 1)) || fail "$warnings 'cannot accept' log lines, expected exactly 1" || return 1
-  has 'link deleted' "$TT_TEST_DIR/$IF_A.log" && fail "running out of descriptors was taken for a deleted link" && return 1
+  has 'link deleted' "$TT_TEST_DIR/$IF_A.log" && { fail "running out of descriptors was taken for a deleted link"; return 1; }
   wait_exit "$cpid" 20 || fail "the idle client did not finish" || return 1
   prlimit --pid "$PID_A" --nofile="$soft:" || fail "prlimit could not restore the limit" || return 1
   alive || return 1

@@ -115,7 +115,7 @@ many_up_and_stop() {
   stop_ms=$(($(now_ms) - t0))
   tt_log "stop ($how) with $expected routes: ${stop_ms} ms"
   ((stop_ms < STOP_LIMIT_MS)) || fail "stop ($how) took ${stop_ms} ms (limit ${STOP_LIMIT_MS} ms)" || return 1
-  nsx "$NS_A" ip link show "$IF_A" >/dev/null 2>&1 && fail "link $IF_A left behind" && return 1
+  nsx "$NS_A" ip link show "$IF_A" >/dev/null 2>&1 && { fail "link $IF_A left behind"; return 1; }
   [[ -z $(nsx "$NS_A" ip -4 route show root 198.19.0.0/16) ]] || fail "198.19.x routes left behind" || return 1
   [[ -z $(nsx "$NS_A" ip -6 route show root 2001:db8:1::/64) ]] || fail "2001:db8:1:: routes left behind" || return 1
   [[ ! -e "$TT_SOCK_DIR/$IF_A.sock" ]] || fail "socket file left behind" || return 1
@@ -241,7 +241,7 @@ EOF
   tt_log "descriptors: $base when up, limit $limit, peak $peak; $(cat "$TT_TEST_DIR/holder.log")"
   ((peak >= limit - 1)) || fail "the daemon never ran out of descriptors (peak $peak, limit $limit)" || return 1
   wait "$holder" 2>/dev/null
-  has "link deleted" "$LOG_A" && fail "running out of descriptors was taken for a deleted link" && return 1
+  has "link deleted" "$LOG_A" && { fail "running out of descriptors was taken for a deleted link"; return 1; }
   pid_alive "$PID_A" || fail "daemon exited after the descriptor shortage" || return 1
   nsx "$NS_A" ip link show "$IF_A" >/dev/null 2>&1 || fail "link $IF_A is gone" || return 1
   has_route -4 198.18.2.0/24 || fail "route lost while out of descriptors" || return 1
