@@ -106,6 +106,24 @@ public enum Netlink {
     }
 
     /// One message: header, the fixed family struct `body`, then `attributes`, each padded.
+    /// An add (the NEW type, refused if it exists: `NLM_F_CREATE | NLM_F_EXCL`) or a delete (the
+    /// DEL type) of a route, rule or address, acknowledged.
+    static func message<Body>(
+        _ change: Change, adding newType: Int, deleting deleteType: Int, sequence: UInt32, body: Body,
+        attributes: [Attribute]
+    ) -> [UInt8] {
+        switch change {
+        case .add:
+            return message(
+                type: Int32(newType), flags: Int32(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL),
+                sequence: sequence, body: body, attributes: attributes)
+        case .delete:
+            return message(
+                type: Int32(deleteType), flags: Int32(NLM_F_REQUEST | NLM_F_ACK), sequence: sequence, body: body,
+                attributes: attributes)
+        }
+    }
+
     static func message<Body>(
         type: Int32, flags: Int32, sequence: UInt32, body: Body, attributes: [Attribute]
     ) -> [UInt8] {
@@ -161,16 +179,9 @@ public enum Netlink {
             Attribute(UInt16(RTA_OIF.rawValue), u32: UInt32(bitPattern: interfaceIndex)),
         ]
         if table != mainTable { attributes.append(Attribute(UInt16(RTA_TABLE.rawValue), u32: table)) }
-        switch change {
-        case .add:
-            return message(
-                type: Int32(RTM_NEWROUTE), flags: Int32(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL),
-                sequence: sequence, body: body, attributes: attributes)
-        case .delete:
-            return message(
-                type: Int32(RTM_DELROUTE), flags: Int32(NLM_F_REQUEST | NLM_F_ACK), sequence: sequence, body: body,
-                attributes: attributes)
-        }
+        return message(
+            change, adding: RTM_NEWROUTE, deleting: RTM_DELROUTE, sequence: sequence, body: body, attributes: attributes
+        )
     }
 
     /// `ip rule add|del` of one of wg-quick's full-tunnel rules, tagged with `ruleProtocol` so a
@@ -196,16 +207,8 @@ public enum Netlink {
             attributes.append(Attribute(UInt16(FRA_SUPPRESS_PREFIXLEN), u32: 0))
         }
         attributes.append(Attribute(UInt16(FRA_PROTOCOL), [ruleProtocol]))
-        switch change {
-        case .add:
-            return message(
-                type: Int32(RTM_NEWRULE), flags: Int32(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL),
-                sequence: sequence, body: body, attributes: attributes)
-        case .delete:
-            return message(
-                type: Int32(RTM_DELRULE), flags: Int32(NLM_F_REQUEST | NLM_F_ACK), sequence: sequence, body: body,
-                attributes: attributes)
-        }
+        return message(
+            change, adding: RTM_NEWRULE, deleting: RTM_DELRULE, sequence: sequence, body: body, attributes: attributes)
     }
 
     /// The `proto` tunctl's rules carry (`ip -d rule` shows it as 116): not one of the kernel's or
@@ -224,16 +227,8 @@ public enum Netlink {
         body.ifa_index = UInt32(bitPattern: interfaceIndex)
         let bytes = prefix.address.networkBytes
         let attributes = [Attribute(UInt16(IFA_LOCAL), bytes), Attribute(UInt16(IFA_ADDRESS), bytes)]
-        switch change {
-        case .add:
-            return message(
-                type: Int32(RTM_NEWADDR), flags: Int32(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL),
-                sequence: sequence, body: body, attributes: attributes)
-        case .delete:
-            return message(
-                type: Int32(RTM_DELADDR), flags: Int32(NLM_F_REQUEST | NLM_F_ACK), sequence: sequence, body: body,
-                attributes: attributes)
-        }
+        return message(
+            change, adding: RTM_NEWADDR, deleting: RTM_DELADDR, sequence: sequence, body: body, attributes: attributes)
     }
 
     /// `ip link set dev IFINDEX [mtu MTU] [up]`.
