@@ -93,6 +93,7 @@ public final class Device {
     /// Peers `tick` has visited since the device was made (tests count the work a tick does).
     public private(set) var timerVisits = 0
     public private(set) var drops = DropCounters()
+    public private(set) var events = DeviceEvents()
 
     /// Scratch for datagrams the core originates (control messages, staged packets). Allocated
     /// once, large enough for any IP packet plus overhead; owned by this device's queue.
@@ -614,6 +615,7 @@ public final class Device {
         let reply = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<CookieReplyMessage.size])
         guard cookieChecker!.createReply(to: message, source: source, now: now.monotonic, into: reply) else { return }
         sink.send(UnsafeRawBufferPointer(reply), to: source)
+        events.cookieRepliesSent &+= 1
     }
 
     /// "Under load" as wireguard-go means it (a backlog of handshakes): here, more than
@@ -805,6 +807,7 @@ public final class Device {
     }
 
     private func sessionDerived(_ peer: Peer, now: Instant) {
+        events.handshakes &+= 1
         peer.zeroKeyMaterialAt = now.monotonic + Protocol.zeroKeysAfter
     }
 
