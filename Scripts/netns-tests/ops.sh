@@ -26,9 +26,15 @@ dump_bytes() {
   nsx "$1" wg show "$2" dump | awk -v key="$3" '$1 == key { print $6, $7 }'
 }
 
-# scrape_http NS: the endpoint's body (curl, 5 s at most); fails on a non-200 answer.
+# scrape_http NS [HEADER]: the endpoint's body, or the value of response header HEADER (5 s at
+# most); fails on an answer other than 200.
 scrape_http() {
-  nsx "$1" curl -sf --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics"
+  nsx "$1" python3 -c '
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=5) as reply:
+    body = reply.read().decode()
+    sys.stdout.write(reply.headers.get(sys.argv[2], "") + "\n" if len(sys.argv) > 2 else body)
+' "http://127.0.0.1:$METRICS_PORT/metrics" "${@:2}"
 }
 
 # add_interface_line CONF LINE: LINE right after [Interface].
@@ -55,6 +61,9 @@ test_metrics_during_transfer() {
   # Both forms, and the exporter's names, labels and HELP/TYPE lines.
   text=$(nsx "$NS_A" "$TUNCTL" show "$IF_A" --format prometheus) || fail "show --format prometheus failed" || return 1
   http=$(scrape_http "$NS_A") || fail "no answer from http://127.0.0.1:$METRICS_PORT/metrics in $NS_A" || return 1
+  local type
+  type=$(scrape_http "$NS_A" Content-Type)
+  [[ $type == "text/plain; version=0.0.4"* ]] || fail "the endpoint answers with Content-Type '$type'" || return 1
   local form body
   for form in textfile http; do
     if [[ $form == textfile ]]; then body=$text; else body=$http; fi
@@ -293,7 +302,7 @@ test_version_and_install() {
 # OPS_ONLY=WORD runs only the tests whose name contains WORD (while developing).
 only() { [[ -z "${OPS_ONLY:-}" || "$1" == *"$OPS_ONLY"* ]] && run_test "$@"; }
 
-tt_require --tunctl wg socat curl python3 setpriv timeout
+tt_require --tunctl wg socat python3 setpriv timeout
 tt_init
 only ops-metrics-textfile-and-http-during-transfer test_metrics_during_transfer
 only ops-metrics-listen-refused test_metrics_listen_refused

@@ -13,6 +13,13 @@ public enum NetworkNamespace {
         return UInt64(info.st_ino)
     }
 
+    /// The namespace of process `pid`; nil when it is gone or its /proc entry may not be read.
+    public static func of(pid: Int32) -> UInt64? {
+        var info = stat()
+        guard stat("/proc/\(pid)/ns/net", &info) == 0 else { return nil }
+        return UInt64(info.st_ino)
+    }
+
     /// "net:[4026531840]", as readlink and `ip netns identify` users know it.
     public static func name(_ inode: UInt64) -> String { "net:[\(inode)]" }
 }

@@ -19,8 +19,8 @@ struct Down: ParsableCommand {
 
     func run() throws {
         // Never stop another namespace's interface that happens to share the name (and so the
-        // socket path): `show` refuses a daemon in another namespace.
-        _ = try ControlCommand.show(interface, command: "down")
+        // socket path).
+        try ControlCommand.requireSameNamespace(interface, command: "down")
         let reply = try ControlCommand.request(interface, "tunctl-down=1\n\n", command: "down")
         guard reply.hasPrefix("errno=0\n") else {
             throw ControlCommandError.refused(

@@ -36,7 +36,15 @@ struct Show: ParsableCommand {
             reports = [try ControlCommand.show(interface, command: "show")]
         } else {
             let here = NetworkNamespace.current()
-            reports = ControlCommand.runningInterfaces().compactMap {
+            // Another namespace's daemons are left out before they are asked for a report (their
+            // socket's credentials say where they run); the report's own netns decides the rest.
+            let local = ControlCommand.runningInterfaces().filter { name in
+                guard let here, let there = ControlSocketProbe.listenerNamespace(path: controlSocketPath(name)) else {
+                    return true
+                }
+                return here == there
+            }
+            reports = local.compactMap {
                 try? ControlCommand.show($0, command: "show", anyNamespace: true)
             }.filter { report in
                 guard let here, let there = report.interface.netns else { return true }
@@ -96,6 +104,23 @@ enum ControlCommand {
             throw .otherNamespace(command: command, interface: interface, daemon: there, caller: here)
         }
         return report
+    }
+
+    /// The network namespace of the daemon serving `interface`: from the socket's credentials, or
+    /// failing that (its pid not visible here) from its report. nil when that cannot be told.
+    static func daemonNamespace(_ interface: String) -> UInt64? {
+        guard isInterfaceName(interface) else { return nil }
+        if let namespace = ControlSocketProbe.listenerNamespace(path: controlSocketPath(interface)) {
+            return namespace
+        }
+        return (try? show(interface, command: "show", anyNamespace: true))?.interface.netns
+    }
+
+    /// Refuses, in one line, a daemon of `interface` that runs in another network namespace.
+    static func requireSameNamespace(_ interface: String, command: String) throws(ControlCommandError) {
+        if let here = NetworkNamespace.current(), let there = daemonNamespace(interface), here != there {
+            throw .otherNamespace(command: command, interface: interface, daemon: there, caller: here)
+        }
     }
 
     /// Sends `text` to the daemon of `interface` and returns its reply, failing with a message

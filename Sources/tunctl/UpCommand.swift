@@ -289,10 +289,7 @@ func checkControlDirectory(interface: String) throws {
 func waitForPreviousDaemon(interface: String, socketPath: String) throws {
     let start = DispatchTime.now().uptimeNanoseconds
     // A tunctl in another namespace holding the name is no daemon about to exit: say so at once.
-    if ControlSocketProbe.isListening(path: socketPath),
-        let report = try? ControlCommand.show(interface, command: "up", anyNamespace: true),
-        let here = NetworkNamespace.current(), let there = report.interface.netns, here != there
-    {
+    if let here = NetworkNamespace.current(), let there = ControlCommand.daemonNamespace(interface), here != there {
         throw CLIError.otherNamespace(interface: interface, socketPath: socketPath, daemon: there, caller: here)
     }
     while ControlSocketProbe.isListening(path: socketPath) {
@@ -315,17 +312,46 @@ func startFailure(interface: String, socketPath: String, _ error: any Error) -> 
     return .startFailed(interface: interface, reason: "\(error)")
 }
 
+/// `struct ucred` of <sys/socket.h> (the kernel's, include/linux/socket.h), which Swift's Glibc
+/// module leaves out (it is behind _GNU_SOURCE): what SO_PEERCRED fills in.
+struct PeerCredentials {
+    var pid: pid_t = 0
+    var uid: uid_t = 0
+    var gid: gid_t = 0
+}
+
 /// Whether some process accepts connections on a Unix socket path, without sending it anything:
 /// connect succeeds (or finds the backlog full) only while a listener holds the socket.
 enum ControlSocketProbe {
     static func isListening(path: String) -> Bool {
+        connected(path) { _ in true } ?? false
+    }
+
+    /// The network namespace of the process listening on `path`, from its credentials as the
+    /// kernel recorded them at `listen` (SO_PEERCRED) and its /proc entry; nil when nobody listens
+    /// or its pid is not visible here (another pid namespace). Sends the daemon nothing, so it
+    /// costs a daemon with 100,000 peers no report.
+    static func listenerNamespace(path: String) -> UInt64? {
+        let pid = connected(path) { fd -> pid_t? in
+            var credentials = PeerCredentials()
+            var length = socklen_t(MemoryLayout<PeerCredentials>.size)
+            guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0, credentials.pid > 0 else {
+                return nil
+            }
+            return credentials.pid
+        }
+        return pid.flatMap { $0 }.flatMap(NetworkNamespace.of(pid:))
+    }
+
+    /// `body` on a socket connected to `path`; nil when nothing accepts connections there.
+    private static func connected<R>(_ path: String, _ body: (Int32) -> R) -> R? {
         let fd = socket(
             AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { return false }
+        guard fd >= 0 else { return nil }
         defer { close(fd) }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
-        guard path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        guard path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             raw.copyBytes(from: path.utf8)
             raw[path.utf8.count] = 0
@@ -336,6 +362,7 @@ enum ControlSocketProbe {
             }
         }
         // EAGAIN: the backlog is full, so a listener is there (just busy).
-        return result == 0 || errno == EAGAIN || errno == EINPROGRESS
+        guard result == 0 || errno == EAGAIN || errno == EINPROGRESS else { return nil }
+        return body(fd)
     }
 }
