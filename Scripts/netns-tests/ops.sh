@@ -186,6 +186,59 @@ test_metrics_listen_refused() {
   ! nsx "$NS_A" ip link show "$IF_A" >/dev/null 2>&1 || fail "a refused start left $IF_A behind" || return 1
 }
 
+# cpu_ticks PID: user + system clock ticks the process has used.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# A local client holding more connections than the daemon has descriptors (LimitNOFILE=256, as
+# the shipped unit sets) three times over: the tunnel's control socket keeps answering, the
+# endpoint serves again afterwards, and the daemon's descriptors return to their count at rest.
+# Idle, the endpoint costs next to no CPU.
+test_metrics_flood() {
+  NS_A=$(ns_name a)
+  IF_A=$(if_name a)
+  KEYS="$TT_TEST_DIR/keys"
+  mkdir -p "$KEYS"
+  ns_create "$NS_A" && tt_keypair "$KEYS" a || return 1
+  tt_register_iface "$IF_A"
+  CONF_A="$TT_TEST_DIR/$IF_A.conf"
+  write_conf "$CONF_A" --key "$KEYS/a.key" --address 198.18.1.1/24 --port 51820 || return 1
+  add_interface_line "$CONF_A" "MetricsListen = 127.0.0.1:$METRICS_PORT"
+  ip netns exec "$NS_A" prlimit --nofile=256 "$TUNCTL" up "$CONF_A" >"$TT_TEST_DIR/$IF_A.log" 2>&1 &
+  PID_A=$!
+  tt_register_pid "$PID_A"
+  wait_for 15 scrape_http "$NS_A" >/dev/null || fail "the endpoint never answered (log: $(tail -3 "$TT_TEST_DIR/$IF_A.log"))" || return 1
+  local rest t0 t1 hz round out
+  sleep 0.5
+  rest=$(find "/proc/$PID_A/fd" -mindepth 1 -maxdepth 1 | wc -l)
+  hz=$(getconf CLK_TCK)
+  t0=$(cpu_ticks "$PID_A")
+  sleep 3
+  t1=$(cpu_ticks "$PID_A")
+  tt_log "idle with the endpoint listening: $((t1 - t0)) ticks of $((3 * hz)) in 3 s; $rest descriptors at rest"
+  (((t1 - t0) * 100 <= 3 * hz)) || fail "idle, the daemon used $((t1 - t0)) ticks in 3 s (limit 1%)" || return 1
+  for round in 1 2 3; do
+    out=$(nsx "$NS_A" timeout 30 python3 -c '
+import socket, subprocess, sys
+held = []
+for _ in range(400):
+    try:
+        held.append(socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=2))
+    except OSError:
+        break
+show = subprocess.run([sys.argv[1], "show", sys.argv[2]], capture_output=True, timeout=10)
+print(len(held), show.returncode)
+for s in held:
+    s.close()' "$TUNCTL" "$IF_A" "$METRICS_PORT") || fail "round $round: the client failed" || return 1
+    tt_log "round $round: connections held, tunctl show's exit status: $out"
+    [[ ${out#* } == 0 ]] || fail "round $round: tunctl show failed while the connections were held" || return 1
+    pid_alive "$PID_A" || fail "round $round: the daemon died" || return 1
+    wait_for 10 scrape_http "$NS_A" >/dev/null || fail "round $round: the endpoint did not serve again within 10 s" || return 1
+  done
+  # Descriptors: back to the count at rest (the server's own come and go with each re-listen).
+  wait_for 10 sh -c "[ \$(find /proc/$PID_A/fd -mindepth 1 -maxdepth 1 | wc -l) -le $rest ]" ||
+    fail "descriptors: $rest at rest, $(find "/proc/$PID_A/fd" -mindepth 1 -maxdepth 1 | wc -l) after three floods" || return 1
+}
+
 test_port_in_use() {
   NS_A=$(ns_name a)
   IF_A=$(if_name a)
@@ -314,10 +367,11 @@ test_version_and_install() {
 # OPS_ONLY=WORD runs only the tests whose name contains WORD (while developing).
 only() { [[ -z "${OPS_ONLY:-}" || "$1" == *"$OPS_ONLY"* ]] && run_test "$@"; }
 
-tt_require --tunctl wg socat python3 setpriv timeout
+tt_require --tunctl wg socat python3 setpriv prlimit timeout
 tt_init
 only ops-metrics-textfile-and-http-during-transfer test_metrics_during_transfer
 only ops-metrics-listen-refused test_metrics_listen_refused
+only ops-metrics-connection-flood test_metrics_flood
 only ops-listen-port-in-use test_port_in_use
 only ops-no-cap-net-admin test_not_permitted
 only ops-name-in-other-namespace test_other_namespace

@@ -51,7 +51,7 @@ func runTunnel(
     var metricsServer: MetricsServer?
     if let metrics {
         do {
-            metricsServer = try MetricsServer.start(metrics.endpoint)
+            metricsServer = try MetricsServer.start(metrics.endpoint, logger: logger)
         } catch {
             throw CLIError.metricsListen(interface: name, metrics, error)
         }
