@@ -108,9 +108,10 @@ enum CLIError: Error, CustomStringConvertible {
             return "cannot bring up \(name): creating a TUN device needs root or CAP_NET_ADMIN "
                 + "(run it as root, e.g. sudo tunctl up, or under the shipped systemd unit)"
         case .otherNamespace(let name, let path, let daemon, let caller):
-            return "cannot bring up \(name): \(shellQuoted(path)) is served by tunctl in another network namespace "
-                + "(\(NetworkNamespace.name(daemon)); this one is \(NetworkNamespace.name(caller))), and that directory "
-                + "is shared by all namespaces (pick another name, or stop it there: ip netns exec NAME tunctl down \(name))"
+            return "cannot bring up \(name): already running in another network namespace "
+                + "(\(NetworkNamespace.name(daemon)); this one is \(NetworkNamespace.name(caller))): \(shellQuoted(path)) "
+                + "is served by tunctl there, and that directory is shared by all namespaces (pick another name, "
+                + "or stop it there: ip netns exec NAME tunctl down \(name))"
         case .metricsListenNotLoopback(let text):
             return "--metrics-listen \(shellQuoted(text)): not a loopback address and port "
                 + "(use 127.0.0.1:PORT or [::1]:PORT, e.g. 127.0.0.1:9586; put a proxy in front to publish metrics)"
