@@ -5,7 +5,12 @@
 set -u
 src=$1
 out=$2
-commit=$(git -C "$src" rev-parse --short=12 HEAD 2>/dev/null) || commit=unknown
+commit=unknown
+# Only SOURCE_DIR's own repository: a tarball unpacked inside some other checkout is "unknown".
+top=$(git -C "$src" rev-parse --show-toplevel 2>/dev/null) || top=""
+if [ -n "$top" ] && [ "$(cd "$top" && pwd -P)" = "$(cd "$src" && pwd -P)" ]; then
+  commit=$(git -C "$src" rev-parse --short=12 HEAD 2>/dev/null) || commit=unknown
+fi
 if [ "$commit" != unknown ] && ! git -C "$src" diff --quiet HEAD -- 2>/dev/null; then
   commit="$commit+dirty"
 fi
