@@ -115,7 +115,7 @@ private func segmentRecord(_ record: [UInt8]) throws -> [[UInt8]] {
 }
 
 @Suite struct TunnelOffloadTests {
-    static let cases = [
+    fileprivate static let cases = [
         TunnelCase(outerV6: false, outerChecksum: true),
         TunnelCase(outerV6: false, outerChecksum: false),
         TunnelCase(outerV6: true, outerChecksum: true),
