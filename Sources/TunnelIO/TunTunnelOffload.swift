@@ -23,6 +23,11 @@ public struct TunOffloadReport: Codable, Sendable, Equatable {
     }
 }
 
+// Only the read side: Linux 6.18 refuses (EINVAL) a UDP tunnel super-packet *written* to a TUN,
+// because `virtio_net_hdr_tnl_to_skb` wants the outer transport header at least ETH_HLEN + an IP
+// header into the packet, which only a TAP has (checked by writing back what the TUN handed over:
+// outer_th_offset 20 is refused, 34 accepted). So VXLAN received through the tunnel still goes to
+// the TUN as UDP super-packets (USO) that the kernel cuts into datagrams before decapsulating.
 extension TunDevice {
     /// Asks for UDP tunnel GSO on top of `offloads`: the 24-byte header first (the kernel reads
     /// the tunnel fields only from a header that large), then `TUNSETOFFLOAD`. On a kernel without
