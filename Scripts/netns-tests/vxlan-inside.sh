@@ -59,13 +59,16 @@ test_vxlan_inside() {
   nsx "$n1" ip route get 198.18.20.2 | has "dev flannel.1" || fail "node1 does not route pod B's subnet into flannel.1" || return 1
 
   # Which TUN path runs is reported, and on this kernel with offloads on it is the tunnel GSO one.
-  local gso
+  local gso tso
   gso=$(tunctl_json "$n1" "$if1" offload.udpTunnelGSO) || fail "show --json has no offload.udpTunnelGSO" || return 1
+  tso=$(tunctl_json "$n1" "$if1" offload.tunSegmentation) || fail "show --json has no offload.tunSegmentation" || return 1
   if [[ "${TUNCTL_OFFLOAD:-}" == off ]]; then
-    [[ "$gso" == false ]] || fail "offloads off, yet show --json says udpTunnelGSO=$gso" || return 1
+    [[ "$gso" == false && "$tso" == false ]] ||
+      fail "offloads off, yet show --json says udpTunnelGSO=$gso tunSegmentation=$tso" || return 1
   elif [[ "$(uname -r)" =~ ^([0-9]+)\.([0-9]+) ]] &&
     ((BASH_REMATCH[1] > 6 || (BASH_REMATCH[1] == 6 && BASH_REMATCH[2] >= 18))); then
-    [[ "$gso" == true ]] || fail "kernel $(uname -r) has UDP tunnel GSO, yet udpTunnelGSO=$gso" || return 1
+    [[ "$gso" == true && "$tso" == true ]] ||
+      fail "kernel $(uname -r) has UDP tunnel GSO, yet udpTunnelGSO=$gso tunSegmentation=$tso" || return 1
   fi
   tt_log "udpTunnelGSO=$gso"
 

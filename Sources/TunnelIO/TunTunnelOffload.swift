@@ -10,8 +10,8 @@ extension TunDevice.Offloads {
 
 /// Which TUN offload path runs, for `show --json` ("offload"). Decided once at start-up.
 public struct TunOffloadReport: Codable, Sendable, Equatable {
-    /// The TUN carries a virtio-net header (TSO/USO reads, GRO writes); false with
-    /// `TUNCTL_OFFLOAD=off` or a kernel that refused `IFF_VNET_HDR` offloads.
+    /// The kernel took TCP segmentation offload on the TUN (`TUNSETOFFLOAD`): TCP crosses it as
+    /// super-packets both ways; false with `TUNCTL_OFFLOAD=off` or a kernel that refused it.
     public var tunSegmentation: Bool
     /// The kernel hands over UDP tunnel super-packets (VXLAN inside the tunnel crosses the TUN
     /// once per 64 KiB and is segmented here); false means one read per tunnel datagram.

@@ -185,12 +185,14 @@ public final class Tunnel: @unchecked Sendable {
         // tunnel crosses the TUN as super-packets too (TunTunnelOffload.swift).
         var udpSuperPackets = false
         var udpTunnelGSO = false
+        var tunSegmentation = false
         if offload.tun {
             let tcp: TunDevice.Offloads = [.checksum, .tcpSegmentationV4, .tcpSegmentationV6, .tcpSegmentationECN]
             do {
                 try tun.enableUDPTunnelOffload(tcp.union([.udpSegmentationV4, .udpSegmentationV6]))
                 udpSuperPackets = true
                 udpTunnelGSO = true
+                tunSegmentation = true
             } catch {
                 logger.info(
                     "\(name): TUN UDP tunnel offload unavailable (\(error)); tunnel datagrams come one per read")
@@ -199,9 +201,11 @@ public final class Tunnel: @unchecked Sendable {
                 do {
                     try tun.setOffloads(tcp.union([.udpSegmentationV4, .udpSegmentationV6]))
                     udpSuperPackets = true
+                    tunSegmentation = true
                 } catch {
                     do {
                         try tun.setOffloads(tcp)
+                        tunSegmentation = true
                         logger.info("\(name): TUN UDP offload unavailable (\(error)); UDP goes one datagram per write")
                     } catch {
                         logger.info("\(name): TUN offloads unavailable (\(error)); packets go one by one")
@@ -210,7 +214,7 @@ public final class Tunnel: @unchecked Sendable {
             }
         }
         tunHeaderSize = udpTunnelGSO ? TunnelVirtioHeader.size : VirtioNetHeader.size
-        offloadReport = TunOffloadReport(tunSegmentation: offload.tun, udpTunnelGSO: udpTunnelGSO)
+        offloadReport = TunOffloadReport(tunSegmentation: tunSegmentation, udpTunnelGSO: udpTunnelGSO)
         // Up to one super-packet per receive slot (a batch carries at most 64 slots of 64 KiB),
         // so full-size TCP seldom passes segments through one by one; with 8 it did. A
         // super-packet costs only its list of pieces: it is written from the slots themselves.
