@@ -26,6 +26,8 @@ public struct ShowReport: Sendable, Equatable {
         public var handshakes: UInt64?
         /// `DeviceEvents.cookieRepliesSent`; nil from an older daemon.
         public var cookieRepliesSent: UInt64?
+        /// Which TUN offload path runs; nil from a daemon that does not say.
+        public var offload: TunOffloadReport? = nil
 
         enum CodingKeys: String, CodingKey {
             case name = "interface"
@@ -34,12 +36,13 @@ public struct ShowReport: Sendable, Equatable {
             case mtu, addresses,
                 drops, peers, netns, handshakes
             case cookieRepliesSent = "cookie_replies_sent"
+            case offload
         }
 
         public init(
             name: String, publicKey: String?, listenPort: UInt16, mtu: Int, addresses: [String],
-            drops: [String: UInt64], peers: [PeerReport], netns: UInt64? = nil, handshakes: UInt64? = nil,
-            cookieRepliesSent: UInt64? = nil
+            drops: [String: UInt64], peers: [PeerReport], offload: TunOffloadReport? = nil, netns: UInt64? = nil,
+            handshakes: UInt64? = nil, cookieRepliesSent: UInt64? = nil
         ) {
             self.name = name
             self.publicKey = publicKey
@@ -48,6 +51,7 @@ public struct ShowReport: Sendable, Equatable {
             self.addresses = addresses
             self.drops = drops
             self.peers = peers
+            self.offload = offload
             self.netns = netns
             self.handshakes = handshakes
             self.cookieRepliesSent = cookieRepliesSent
@@ -65,6 +69,7 @@ public struct ShowReport: Sendable, Equatable {
             try container.encode(netns, forKey: .netns)
             try container.encode(handshakes, forKey: .handshakes)
             try container.encode(cookieRepliesSent, forKey: .cookieRepliesSent)
+            try container.encodeIfPresent(offload, forKey: .offload)
         }
     }
 
@@ -154,7 +159,7 @@ public struct ShowReport: Sendable, Equatable {
             mtu: linkMTU, addresses: tunnel.interfaceAddresses.map(\.description),
             drops: ShowReport.dictionary(deviceDrops),
             peers: peers.sorted { ($0.latestHandshake, $1.publicKey) > ($1.latestHandshake, $0.publicKey) },
-            netns: NetworkNamespace.current(), handshakes: events.handshakes,
+            offload: tunnel.offloadReport, netns: NetworkNamespace.current(), handshakes: events.handshakes,
             cookieRepliesSent: events.cookieRepliesSent)
     }
 

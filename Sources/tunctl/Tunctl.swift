@@ -19,6 +19,7 @@ struct Tunctl: ParsableCommand {
             Genpsk.self,
             Check.self,
             Show.self,
+            BenchDataplane.self,
             Down.self,
             Up.self,
             Userspace.self,
