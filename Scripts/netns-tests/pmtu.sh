@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Path MTU discovery inside the tunnel (issue 17, part 2). An underlay hop with a smaller MTU
+# that drops ICMP and IP fragments black-holes every full-size tunnel packet; tunctl must find
+# the path MTU by itself (padded probes), tell the inner TCP with a synthetic "fragmentation
+# needed" written into its TUN, and clamp the MSS of connections it carries, so that bulk TCP
+# completes both ways with no MTU configured anywhere. Run by Scripts/test with offloads on and off.
+#
+#   A (ns $NS_A) veA 198.18.0.1/30 ==== vrA .2 | R (router) | vrB 198.18.0.5/30 ==== veB .6  B (ns $NS_B)
+#   tunnel 198.18.1.1/24                      nftables: no ICMP,   MTU 1280 (both ends)   tunnel 198.18.1.2/24
+#                                             no fragments, nothing longer than the hop MTU towards B
+#
+# - tunctl on both ends, default MTU 1420: 5 MiB A -> B and B -> A, each intact (SHA-256) within
+#   30 s; show --json reports the path MTU as at most 1280; then the hop is raised to 1500 and
+#   the probing must report more than 1280 again within 40 s.
+# - wireguard-go as B (it knows nothing of probes): the same two transfers within 30 s each.
+set -uo pipefail
+# shellcheck source=../lib/netns.sh
+source "$(dirname "$0")/../lib/netns.sh"
+
+MB=5
+PORT_A=51820
+PORT_B=51821
+DEADLINE=30
+
+# chain_setup B_KIND: A, R and B as drawn above; the R–B hop at MTU 1280, and R's nftables
+# dropping every ICMP message and every IP fragment (at priority -500, before any reassembly).
+# B_KIND is tunctl or wggo. Sets NS_A NS_R NS_B IF_A IF_B KEYS CONF_A CONF_B PID_A PID_B.
+chain_setup() {
+  local kind=$1
+  NS_A=$(ns_name a)
+  NS_R=$(ns_name r)
+  NS_B=$(ns_name b)
+  IF_A=$(if_name a)
+  IF_B=$(if_name b)
+  KEYS="$TT_TEST_DIR/keys"
+  mkdir -p "$KEYS"
+  ns_create "$NS_A" && ns_create "$NS_R" && ns_create "$NS_B" || return 1
+  veth_create "$NS_A" veA "$NS_R" vrA && veth_create "$NS_R" vrB "$NS_B" veB || return 1
+  addr_add "$NS_A" veA 198.18.0.1/30 && addr_add "$NS_R" vrA 198.18.0.2/30 || return 1
+  addr_add "$NS_R" vrB 198.18.0.5/30 && addr_add "$NS_B" veB 198.18.0.6/30 || return 1
+  nsx "$NS_A" ip route add default via 198.18.0.2 && nsx "$NS_B" ip route add default via 198.18.0.5 || return 1
+  nsx "$NS_R" sysctl -qw net.ipv4.ip_forward=1 || return 1
+  nsx "$NS_R" nft -f - <<'EOF' || fail "nft rules on the router" || return 1
+table inet blackhole {
+  chain pre {
+    type filter hook prerouting priority -500; policy accept;
+    ip frag-off & 0x3fff != 0 counter drop
+    meta l4proto { icmp, ipv6-icmp } counter drop
+  }
+  chain fwd {
+    type filter hook forward priority -500; policy accept;
+  }
+  chain out {
+    type filter hook output priority -500; policy accept;
+    meta l4proto { icmp, ipv6-icmp } counter drop
+  }
+}
+EOF
+  hop_mtu 1280 || return 1
+  tt_keypair "$KEYS" a && tt_keypair "$KEYS" b || return 1
+  CONF_A="$TT_TEST_DIR/$IF_A.conf"
+  CONF_B="$TT_TEST_DIR/$IF_B.conf"
+  write_conf "$CONF_A" --key "$KEYS/a.key" --address 198.18.1.1/24 --port "$PORT_A" \
+    --peer "$KEYS/b.pub" --endpoint "198.18.0.6:$PORT_B" --allowed 198.18.1.2/32 || return 1
+  write_conf "$CONF_B" --key "$KEYS/b.key" --address 198.18.1.2/24 --port "$PORT_B" \
+    --peer "$KEYS/a.pub" --endpoint "198.18.0.1:$PORT_A" --allowed 198.18.1.1/32 || return 1
+  start_tunctl "$NS_A" "$CONF_A" || return 1
+  PID_A=$TT_LAST_PID
+  if [[ "$kind" == wggo ]]; then
+    start_wggo "$NS_B" "$IF_B" || return 1
+    PID_B=$TT_LAST_PID
+    wggo_configure "$NS_B" "$IF_B" "$CONF_B" || return 1
+  else
+    start_tunctl "$NS_B" "$CONF_B" || return 1
+    PID_B=$TT_LAST_PID
+  fi
+  ping_until "$NS_A" 198.18.1.2 10 || fail "tunnel not up (small packets do not cross either)" || return 1
+}
+
+# hop_mtu M: the R–B link's MTU, on both of its ends. R would fragment a packet longer than M
+# (one without DF) on its way out, after any hook could drop the fragments: the forward chain
+# drops such a packet whole instead, which is what the fragments' fate would be.
+hop_mtu() {
+  nsx "$NS_R" ip link set vrB mtu "$1" || fail "cannot set the hop MTU to $1" || return 1
+  nsx "$NS_B" ip link set veB mtu "$1" || fail "cannot set B's MTU to $1" || return 1
+  nsx "$NS_R" nft flush chain inet blackhole fwd || return 1
+  nsx "$NS_R" nft add rule inet blackhole fwd oifname vrB ip length "> $1" counter drop ||
+    fail "nft rule for the hop MTU" || return 1
+}
+
+# dropped_by_router: what the router's nftables dropped (ICMP and fragments), for the log.
+dropped_by_router() {
+  nsx "$NS_R" nft list table inet blackhole | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | paste -sd+ | bc
+}
+
+# A's path MTU to B as show --json reports it.
+path_mtu_a() { tunctl_peer_field "$NS_A" "$IF_A" "$KEYS/b.pub" path_mtu; }
+path_mtu_above() { local m; m=$(path_mtu_a) && [[ "$m" =~ ^[0-9]+$ ]] && ((m > $1)); }
+
+# both_ways: 5 MiB A -> B and B -> A, each intact within DEADLINE seconds.
+both_ways() {
+  local f="$TT_TEST_DIR/payload"
+  make_random_file "$f" "$MB" || fail "could not make the payload" || return 1
+  tcp_transfer "$NS_A" "$NS_B" 198.18.1.2 5001 "$f" "$DEADLINE" ||
+    fail "$MB MiB A -> B over the 1280 hop did not complete intact within ${DEADLINE}s" || return 1
+  tcp_transfer "$NS_B" "$NS_A" 198.18.1.1 5002 "$f" "$DEADLINE" ||
+    fail "$MB MiB B -> A over the 1280 hop did not complete intact within ${DEADLINE}s" || return 1
+  rm -f "$f"
+  tt_log "the router dropped $(dropped_by_router) ICMP messages and fragments"
+}
+
+test_tunctl_both_ends() {
+  chain_setup tunctl || return 1
+  both_ways || return 1
+  local m
+  m=$(path_mtu_a) || fail "show --json has no path_mtu for the peer" || return 1
+  tt_log "A's path MTU to B over the 1280 hop: $m"
+  [[ "$m" =~ ^[0-9]+$ ]] && ((m <= 1280 && m >= 1200)) ||
+    fail "show --json path_mtu is '$m' over a 1280 hop, expected 1200..1280" || return 1
+  # Raised: the re-probing finds the larger path (the interface MTU, 1420 + 60 bytes, fits).
+  hop_mtu 1500 || return 1
+  wait_for 40 path_mtu_above 1280 || fail "path_mtu still $(path_mtu_a) 40 s after the hop went to 1500" || return 1
+  tt_log "A's path MTU to B after the hop went to 1500: $(path_mtu_a)"
+  pid_alive "$PID_A" || fail "tunctl A died" || return 1
+  pid_alive "$PID_B" || fail "tunctl B died"
+}
+
+test_wggo_far_end() {
+  chain_setup wggo || return 1
+  both_ways || return 1
+  tt_log "A's path MTU to wireguard-go over the 1280 hop: $(path_mtu_a)"
+  pid_alive "$PID_A" || fail "tunctl died"
+}
+
+tt_require --tunctl wg wireguard-go socat python3 ping ss nft bc
+tt_init
+run_test pmtu-tunctl-both-ends test_tunctl_both_ends
+run_test pmtu-wireguard-go-far-end test_wggo_far_end
+tt_summary
