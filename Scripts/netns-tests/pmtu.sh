@@ -47,7 +47,7 @@ table inet blackhole {
     ip frag-off & 0x3fff != 0 counter drop
     meta l4proto { icmp, ipv6-icmp } counter drop
   }
-  chain fwd {
+  chain hop {
     type filter hook forward priority -500; policy accept;
   }
   chain out {
@@ -83,8 +83,8 @@ EOF
 hop_mtu() {
   nsx "$NS_R" ip link set vrB mtu "$1" || fail "cannot set the hop MTU to $1" || return 1
   nsx "$NS_B" ip link set veB mtu "$1" || fail "cannot set B's MTU to $1" || return 1
-  nsx "$NS_R" nft flush chain inet blackhole fwd || return 1
-  nsx "$NS_R" nft add rule inet blackhole fwd oifname vrB ip length "> $1" counter drop ||
+  nsx "$NS_R" nft flush chain inet blackhole hop || return 1
+  nsx "$NS_R" nft add rule inet blackhole hop oifname vrB ip length "> $1" counter drop ||
     fail "nft rule for the hop MTU" || return 1
 }
 

@@ -14,6 +14,9 @@ public enum OutboundAction: Equatable, Sendable {
     /// Kept until a handshake completes; nothing to do now.
     case staged
     case dropped(DropReason)
+    /// Longer than the peer's path carries (`PathMTU`): dropped and counted as
+    /// `pathMTUExceeded`; the caller writes `ICMPTooBig.write(for:mtu:into:)` into the TUN.
+    case tooBig(mtu: Int)
 }
 
 /// What to do with a datagram read from the UDP socket.
@@ -96,7 +99,9 @@ public final class Device {
 
     /// Scratch for datagrams the core originates (control messages, staged packets). Allocated
     /// once, large enough for any IP packet plus overhead; owned by this device's queue.
-    private let scratch: UnsafeMutableRawBufferPointer
+    let scratch: UnsafeMutableRawBufferPointer
+    /// How many synthetic "packet too big" messages may go into the TUN now (Device+PathMTU.swift).
+    var tooBigBudget = TooBigBudget()
 
     private enum IndexEntry {
         /// Our outstanding initiation to this peer.
@@ -237,7 +242,8 @@ public final class Device {
             publicKey: peer.publicKey, hasPresharedKey: peer.hasPresharedKey, endpoint: peer.endpoint,
             allowedIPs: allowedIPs(of: peer), persistentKeepalive: peer.persistentKeepalive,
             lastHandshakeUnixNanoseconds: peer.lastHandshakeUnixNanoseconds, rxBytes: peer.rxBytes,
-            txBytes: peer.txBytes, drops: peer.drops.nonzero)
+            txBytes: peer.txBytes, drops: peer.drops.nonzero,
+            pathMTU: peer.endpoint.map { peer.pathMTU.pathMTU(ipv4: $0.address.isV4) })
     }
 
     /// The configured preshared key of a peer (for the UAPI `get`; never log it).
@@ -286,6 +292,14 @@ public final class Device {
         guard Device.fitsDatagram(packetLength: packetLength, mtu: mtu, to: endpoint) else {
             return .finished(drop(.packetTooLarge, peer))
         }
+        // The path's limit (issue 17): one comparison per packet; a SYN's MSS is lowered to fit.
+        let pathLimit = peer.pathMTU.limit
+        if packetLength > pathLimit, let verdict = refuseTooBig(packet, limit: pathLimit, peer: peer, now: now) {
+            return .finished(verdict)
+        }
+        ICMPTooBig.clampMSS(
+            UnsafeMutableRawBufferPointer(rebasing: buffer[Device.headroom..<(Device.headroom + packetLength)]),
+            mtu: pathLimit)
         guard let keypair = peer.sendingKeypair(at: now.monotonic) else {
             guard stage(packet, for: peer) else { return .finished(drop(.stagedQueueFull, peer)) }
             initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
@@ -483,15 +497,26 @@ public final class Device {
         peer.rxBytes &+= UInt64(ticket.length)
         authenticatedPacketReceived(peer, now: now)
         keepKeyFreshReceiving(peer, keypair: keypair, now: now, sink: &sink)
+        if peer.pathMTU.received(keepalive: plaintextLength == 0, now: now.monotonic) { armPathMTU(peer) }
         if plaintextLength == 0 { return .consumed }  // keepalive
 
         let plaintext = UnsafeRawBufferPointer(
             rebasing: buffer[TransportMessage.headerSize..<(TransportMessage.headerSize + plaintextLength)])
+        // First byte 0: a path MTU probe or its answer (a padded keepalive), never an IP packet.
+        if let probe = PathMTUProbe.classify(plaintext) {
+            receivedProbe(probe, from: peer, now: now, sink: &sink)
+            return .consumed
+        }
         guard let header = try? IPPacketHeader(parsing: plaintext) else { return drop(.badInnerPacket, peer) }
         guard let owner = routes.lookup(header.source), owner === peer else {
             return drop(.sourceNotAllowed, peer)
         }
         dataReceived(peer, now: now)
+        // A SYN from the peer learns our side's limit too, so this host sends no larger segments.
+        ICMPTooBig.clampMSS(
+            UnsafeMutableRawBufferPointer(
+                rebasing: buffer[TransportMessage.headerSize..<(TransportMessage.headerSize + header.length)]),
+            mtu: peer.pathMTU.limit)
         return .deliver(offset: TransportMessage.headerSize, length: header.length)
     }
 
@@ -742,11 +767,16 @@ public final class Device {
     // MARK: - Timers (wireguard-go device/timers.go, event by event)
 
     /// After a transport packet (data or keepalive) went out under `keypair`.
-    private func dataSent<Sink: DatagramSink>(
+    func dataSent<Sink: DatagramSink>(
         _ peer: Peer, keypair: Keypair, datagramLength: Int, isKeepalive: Bool, now: Instant, sink: inout Sink
     ) {
         peer.txBytes &+= UInt64(datagramLength)
         authenticatedPacketSent(peer, now: now)
+        if !isKeepalive,
+            peer.pathMTU.sent(length: datagramLength - TransportMessage.headerSize - MessageSize.tag, now: now.monotonic)
+        {
+            armPathMTU(peer)
+        }
         if !isKeepalive, peer.newHandshakeAt == nil {
             // timersDataSent: expect an answer within KEEPALIVE + REKEY_TIMEOUT, else rehandshake.
             peer.newHandshakeAt = now.monotonic + Protocol.keepaliveTimeout + Protocol.rekeyTimeout + jitter()
@@ -802,6 +832,8 @@ public final class Device {
         peer.handshakeAttempts = 0
         peer.sentLastMinuteHandshake = false
         peer.lastHandshakeUnixNanoseconds = now.unixNanoseconds
+        // A session: the path MTU search can run (it stops when none is left).
+        if peer.pathMTUAt == nil { armPathMTU(peer) }
     }
 
     private func sessionDerived(_ peer: Peer, now: Instant) {
@@ -880,6 +912,10 @@ public final class Device {
                 peer.persistentKeepaliveAt = nil
                 sendKeepalive(peer, now: now, sink: &sink)
             }
+            if let due = peer.pathMTUAt, time >= due {
+                peer.pathMTUAt = nil
+                stepPathMTU(peer, now: now, sink: &sink)
+            }
             timers.reschedule(peer)
         }
         timers.compact(livePeers: peersByKey.count)
@@ -903,13 +939,13 @@ public final class Device {
         drops.count(reason, times: times)
     }
 
-    private func drop(_ reason: DropReason, _ peer: Peer? = nil) -> OutboundAction {
+    func drop(_ reason: DropReason, _ peer: Peer? = nil) -> OutboundAction {
         drops.count(reason)
         peer?.drops.count(reason)
         return .dropped(reason)
     }
 
-    private func drop(_ reason: DropReason, _ peer: Peer? = nil) -> InboundAction {
+    func drop(_ reason: DropReason, _ peer: Peer? = nil) -> InboundAction {
         drops.count(reason)
         peer?.drops.count(reason)
         return .dropped(reason)
