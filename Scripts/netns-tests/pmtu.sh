@@ -40,6 +40,10 @@ chain_setup() {
   addr_add "$NS_R" vrB 198.18.0.5/30 && addr_add "$NS_B" veB 198.18.0.6/30 || return 1
   nsx "$NS_A" ip route add default via 198.18.0.2 && nsx "$NS_B" ip route add default via 198.18.0.5 || return 1
   nsx "$NS_R" sysctl -qw net.ipv4.ip_forward=1 || return 1
+  # A real hop never carries a UDP GSO super-packet: the veths cut them up before R sees them,
+  # so the length rule below judges each datagram as a router would.
+  nsx "$NS_A" ip link set veA gso_max_segs 1 && nsx "$NS_R" ip link set vrA gso_max_segs 1 || return 1
+  nsx "$NS_R" ip link set vrB gso_max_segs 1 && nsx "$NS_B" ip link set veB gso_max_segs 1 || return 1
   nsx "$NS_R" nft -f - <<'EOF' || fail "nft rules on the router" || return 1
 table inet blackhole {
   chain pre {
