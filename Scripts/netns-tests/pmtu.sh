@@ -103,6 +103,13 @@ path_mtu_a() { tunctl_peer_field "$NS_A" "$IF_A" "$KEYS/b.pub" path_mtu; }
 path_mtu_above() { local m; m=$(path_mtu_a) && [[ "$m" =~ ^[0-9]+$ ]] && ((m > $1)); }
 path_mtu_is() { [[ "$(path_mtu_a)" == "$1" ]]; }
 
+# told_too_big: a 1400-byte ping from A with DF set is refused, and A's kernel has learned the
+# tunnel's 1216 bytes for B from tunctl's synthetic ICMP (the router's own ICMP is dropped).
+told_too_big() {
+  nsx "$NS_A" ping -4 -n -q -c 1 -W 1 -M "do" -s 1372 198.18.1.2 >/dev/null 2>&1
+  nsx "$NS_A" ip -4 route get 198.18.1.2 | has "mtu 1216"
+}
+
 # both_ways: 5 MiB A -> B and B -> A, each intact within DEADLINE seconds.
 both_ways() {
   local f="$TT_TEST_DIR/payload"
@@ -123,6 +130,8 @@ test_tunctl_both_ends() {
   tt_log "A's path MTU to B over the 1280 hop: $m"
   [[ "$m" =~ ^[0-9]+$ ]] && ((m <= 1280 && m >= 1200)) ||
     fail "show --json path_mtu is '$m' over a 1280 hop, expected 1200..1280" || return 1
+  wait_for 15 told_too_big || fail "no packet-too-big reached A's kernel for a 1400-byte packet: $(nsx "$NS_A" ip -4 route get 198.18.1.2)" || return 1
+  (($(tunctl_drops "$NS_A" "$IF_A" path_mtu_exceeded) > 0)) || fail "path_mtu_exceeded not counted" || return 1
   # Raised: the re-probing finds the larger path, up to the interface MTU (1420 + 60 bytes).
   hop_mtu 1500 || return 1
   wait_for 40 path_mtu_is 1480 || fail "path_mtu $(path_mtu_a) 40 s after the hop went to 1500, expected 1480" || return 1

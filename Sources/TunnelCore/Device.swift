@@ -74,7 +74,13 @@ public final class Device {
 
     // Read for every packet, as are `routes` and `indices`: unchecked for the reason on `Peer`.
     @exclusivity(unchecked) public private(set) var local: LocalIdentity?
-    @exclusivity(unchecked) public var mtu: Int
+    /// The interface MTU; a change starts every peer's path MTU search over at the next tick.
+    @exclusivity(unchecked) public var mtu: Int {
+        didSet {
+            guard mtu != oldValue else { return }
+            for peer in peersByKey.values where peer.current != nil { peer.pathMTUAt = 0 }
+        }
+    }
 
     private var peersByKey: [PublicKey: Peer] = [:]
     @exclusivity(unchecked) private var routes = AllowedIPs<Peer>()
@@ -294,7 +300,9 @@ public final class Device {
         }
         // The path's limit (issue 17): one comparison per packet; a SYN's MSS is lowered to fit.
         let pathLimit = peer.pathMTU.limit
-        if packetLength > pathLimit, let verdict = refuseTooBig(packet, limit: pathLimit, peer: peer, now: now) {
+        if peer.pathMTU.refuses(length: packetLength),
+            let verdict = refuseTooBig(packet, limit: pathLimit, peer: peer, now: now)
+        {
             return .finished(verdict)
         }
         ICMPTooBig.clampMSS(

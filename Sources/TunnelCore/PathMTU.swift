@@ -77,6 +77,11 @@ public struct PathMTU: Sendable, Equatable {
     public private(set) var confirmed: Int
     /// The smallest size a probe failed at; nil when none has, or the search started over.
     public private(set) var ceiling: Int?
+    /// The smallest size seen to fail (a probe, or `base + 1` after a black hole) and not crossed
+    /// since: packets from here up are refused with a "packet too big". Below it, a packet above
+    /// `limit` still goes: nothing has shown that it cannot cross (a link MTU just raised, a
+    /// search still running), and a refusal would make the sender cache the low figure.
+    public private(set) var refuseFrom: Int?
     /// Whether the peer answers probes: nil until the first probe's fate is known.
     public private(set) var acknowledges: Bool?
     var probe: Probe?
@@ -96,8 +101,15 @@ public struct PathMTU: Sendable, Equatable {
         nextSearchAt = now
     }
 
-    /// The largest inner packet to send the peer now.
+    /// The largest inner packet known to cross: what the MSS clamp and a "packet too big" name.
     public var limit: Int { min(confirmed, maximum) }
+
+    /// Whether a packet of `length` inner bytes is refused: longer than `limit`, and as long as a
+    /// size seen to fail. One comparison for a packet within `limit`.
+    @inline(__always)
+    public func refuses(length: Int) -> Bool {
+        length > limit && length >= (refuseFrom ?? Int.max)
+    }
 
     /// The outer path MTU the confirmed size stands for (`show`).
     public func pathMTU(ipv4: Bool) -> Int { limit + PathMTU.overhead(ipv4: ipv4) }
@@ -121,8 +133,10 @@ public struct PathMTU: Sendable, Equatable {
     /// The interface MTU or the endpoint's family changed: a new search within the new bounds.
     public mutating func reset(ipv4: Bool, maximum: Int, now: UInt64) {
         let kept = acknowledges
+        let failing = refuseFrom
         self = PathMTU(ipv4: ipv4, maximum: maximum, now: now)
         acknowledges = kept
+        if let failing, failing <= maximum { refuseFrom = failing }
     }
 
     /// A data packet of `length` inner bytes went to the peer. True when the silence check needs
@@ -160,7 +174,10 @@ public struct PathMTU: Sendable, Equatable {
         largeUnansweredSince = nil
         guard let current = probe, current.size == size else {
             // An answer to an earlier attempt, or a size we did not ask about: it still crossed.
-            if size > confirmed, size <= maximum { confirmed = size }
+            if size > confirmed, size <= maximum {
+                confirmed = size
+                if let refuseFrom, refuseFrom <= confirmed { self.refuseFrom = nil }
+            }
             return
         }
         succeed(size, now: now)
@@ -170,6 +187,7 @@ public struct PathMTU: Sendable, Equatable {
         probe = nil
         confirmed = max(confirmed, min(size, maximum))
         if let ceiling, ceiling <= confirmed { self.ceiling = nil }
+        if let refuseFrom, refuseFrom <= confirmed { self.refuseFrom = nil }
         nextSearchAt = now
     }
 
@@ -231,8 +249,12 @@ public struct PathMTU: Sendable, Equatable {
     func nextCandidate() -> Int? {
         guard confirmed < maximum else { return nil }
         guard let ceiling else { return maximum }
-        let middle = (confirmed + ceiling) / 2 / Protocol.paddingMultiple * Protocol.paddingMultiple
-        return middle > confirmed && middle < ceiling ? middle : nil
+        let step = Protocol.paddingMultiple
+        var middle = (confirmed + ceiling) / 2 / step * step
+        // Sizes are multiples of the padding (the peer sees the padded length): the next one up
+        // when halving rounds down to what is confirmed.
+        if middle <= confirmed { middle = (confirmed / step + 1) * step }
+        return middle < ceiling ? middle : nil
     }
 
     private mutating func fail(_ failed: Probe, now: UInt64) {
@@ -240,7 +262,7 @@ public struct PathMTU: Sendable, Equatable {
         nextSearchAt = now
         if failed.passive {
             // A keepalive that could not tell is no verdict: ask again after the next quiet.
-            if !failed.spoiled { ceiling = min(ceiling ?? failed.size, failed.size) }
+            if !failed.spoiled { noteFailure(failed.size) }
             return
         }
         if acknowledges == nil {
@@ -252,10 +274,17 @@ public struct PathMTU: Sendable, Equatable {
             dropToBase(now: now)
             return
         }
-        ceiling = min(ceiling ?? failed.size, failed.size)
+        noteFailure(failed.size)
+    }
+
+    private mutating func noteFailure(_ size: Int) {
+        ceiling = min(ceiling ?? size, size)
+        refuseFrom = min(refuseFrom ?? size, size)
     }
 
     private mutating func dropToBase(now: UInt64) {
+        // Large packets stopped crossing: none above `base` is known to any more.
+        refuseFrom = base + 1
         confirmed = base
         ceiling = nil
         probe = nil

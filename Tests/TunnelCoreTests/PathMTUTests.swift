@@ -45,7 +45,7 @@ final class PathMTUTests: XCTestCase {
     func testAcknowledgingPeerFindsTheLargestSizeThePathCarries() {
         for capacity in [1216, 1250, 1300, 1340, 1419, 1420] {
             var search = PathMTU(maximum: 1420, now: 0)
-            let (probes, _) = run(&search, capacity: capacity, acknowledging: true, seconds: 14)
+            let (probes, _) = run(&search, capacity: capacity, acknowledging: true, seconds: 25)
             XCTAssertEqual(search.acknowledges, true)
             let expected = capacity >= 1420 ? 1420 : capacity / 16 * 16
             XCTAssertEqual(search.limit, expected, "capacity \(capacity), probes \(probes)")
@@ -144,6 +144,17 @@ final class PathMTUTests: XCTestCase {
         XCTAssertEqual(search.limit, 1420)
     }
 
+    func testOnlySizesSeenToFailAreRefused() {
+        var search = PathMTU(maximum: 9000, now: 0)
+        XCTAssertEqual(search.limit, 1216)
+        XCTAssertFalse(search.refuses(length: 8000), "nothing has failed yet: a raised link MTU is not refused")
+        _ = run(&search, capacity: 4000, acknowledging: true, seconds: 30)
+        XCTAssertEqual(search.limit, 4000)
+        XCTAssertFalse(search.refuses(length: 4000))
+        XCTAssertTrue(search.refuses(length: 8000))
+        XCTAssertEqual(search.refuseFrom.map { $0 > 4000 && $0 <= 4016 }, true, "the smallest failed probe")
+    }
+
     func testProbeAndAckWireForms() {
         var ack = [UInt8](repeating: 0xff, count: PathMTUProbe.ackLength)
         ack.withUnsafeMutableBytes { PathMTUProbe.writeAck(size: 1340, into: $0) }
@@ -174,7 +185,7 @@ final class PathMTUTests: XCTestCase {
 
     func testTwoDevicesFindThePathAndRefuseLargerPackets() throws {
         let (network, a, b) = constrainedPair(pathMTU: 1400)
-        network.run(seconds: 10)
+        network.run(seconds: 15)
         let peer = try XCTUnwrap(a.device.peer(b.device.publicKey!))
         XCTAssertEqual(peer.pathMTU.limit, 1328, "floor16(1400 - 60)")
         XCTAssertEqual(a.device.status(of: peer).pathMTU, 1388)
