@@ -63,7 +63,8 @@ extension Device {
                     rebasing: scratch[Device.headroom..<(Device.headroom + PathMTUProbe.ackLength)]))
             let length = Transport.seal(scratch, plaintextLength: PathMTUProbe.ackLength, mtu: mtu, keypair: keypair)
             sink.send(UnsafeRawBufferPointer(rebasing: scratch[0..<length]), to: endpoint)
-            dataSent(peer, keypair: keypair, datagramLength: length, isKeepalive: true, now: now, sink: &sink)
+            // Counted, but no timer's event: the WireGuard timers run as if probing did not exist.
+            peer.txBytes &+= UInt64(length)
         }
     }
 
@@ -81,8 +82,9 @@ extension Device {
             body.initializeMemory(as: UInt8.self, repeating: 0)
             let length = Transport.seal(scratch, plaintextLength: size, mtu: mtu, keypair: keypair)
             sink.send(UnsafeRawBufferPointer(rebasing: scratch[0..<length]), to: endpoint)
-            // Counted as a keepalive: a lost probe must not start a handshake.
-            dataSent(peer, keypair: keypair, datagramLength: length, isKeepalive: true, now: now, sink: &sink)
+            // Counted, but no timer's event: a probe may be lost by design, so it neither stands
+            // for the keepalive we owe nor expects an answer that would start a handshake.
+            peer.txBytes &+= UInt64(length)
         }
         armPathMTU(peer)
     }

@@ -82,7 +82,7 @@ public struct ShowReport: Sendable, Equatable {
             try container.encode(txBytes, forKey: .txBytes)
             try container.encode(persistentKeepalive, forKey: .persistentKeepalive)
             try container.encode(drops, forKey: .drops)
-            try container.encode(pathMTU, forKey: .pathMTU)  // null when unknown
+            try container.encodeIfPresent(pathMTU, forKey: .pathMTU)  // absent without an endpoint
         }
     }
 
