@@ -781,7 +781,8 @@ public final class Device {
         peer.txBytes &+= UInt64(datagramLength)
         authenticatedPacketSent(peer, now: now)
         if !isKeepalive,
-            peer.pathMTU.sent(length: datagramLength - TransportMessage.headerSize - MessageSize.tag, now: now.monotonic)
+            peer.pathMTU.sent(
+                length: datagramLength - TransportMessage.headerSize - MessageSize.tag, now: now.monotonic)
         {
             armPathMTU(peer)
         }

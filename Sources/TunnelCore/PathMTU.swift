@@ -209,7 +209,8 @@ public struct PathMTU: Sendable, Equatable {
                 if acknowledges == true {
                     if now - since >= PathMTU.blackHoleQuietAcknowledging, confirmed > base {
                         largeUnansweredSince = nil
-                        return start(Probe(size: confirmed, sentAt: now, attempts: 1, passive: false, verifiesBlackHole: true))
+                        return start(
+                            Probe(size: confirmed, sentAt: now, attempts: 1, passive: false, verifiesBlackHole: true))
                     }
                 } else if now - since >= PathMTU.blackHoleQuietPassive, confirmed > base {
                     dropToBase(now: now)

@@ -506,7 +506,9 @@ public final class Tunnel: @unchecked Sendable {
         guard case .seal(let ticket) = plan else {
             if case .finished(.dropped(.packetTooLarge)) = plan, packetLength > sendBatchMTU { slotsOutgrown() }
             if case .finished(.tooBig(let mtu)) = plan {
-                tellTooBig(UnsafeRawBufferPointer(rebasing: datagram[Device.headroom..<(Device.headroom + packetLength)]), mtu: mtu)
+                tellTooBig(
+                    UnsafeRawBufferPointer(rebasing: datagram[Device.headroom..<(Device.headroom + packetLength)]),
+                    mtu: mtu)
             }
             return nil
         }
@@ -521,7 +523,10 @@ public final class Tunnel: @unchecked Sendable {
     private func tellTooBig(_ packet: UnsafeRawBufferPointer, mtu: Int) {
         let room = tun.hasVirtioHeader ? VirtioNetHeader.size : 0
         // A zeroed virtio header: no offload, checksums complete.
-        if room > 0 { UnsafeMutableRawBufferPointer(rebasing: tooBigRecord[0..<room]).initializeMemory(as: UInt8.self, repeating: 0) }
+        if room > 0 {
+            UnsafeMutableRawBufferPointer(rebasing: tooBigRecord[0..<room]).initializeMemory(
+                as: UInt8.self, repeating: 0)
+        }
         guard
             let length = ICMPTooBig.write(
                 for: packet, mtu: mtu, into: UnsafeMutableRawBufferPointer(rebasing: tooBigRecord[room...]))

@@ -69,7 +69,8 @@ final class ICMPTooBigTests: XCTestCase {
         error[20] = 3
         XCTAssertNil(message(for: error, mtu: 1216))
         // An echo request does get one.
-        XCTAssertNotNil(message(for: PacketBuilder.icmpEcho(source: a4, destination: b4, identifier: 1, sequence: 1), mtu: 1216))
+        XCTAssertNotNil(
+            message(for: PacketBuilder.icmpEcho(source: a4, destination: b4, identifier: 1, sequence: 1), mtu: 1216))
         // A later fragment.
         var fragment = PacketBuilder.udp(source: a4, sourcePort: 1, destination: b4, destinationPort: 2)
         fragment[6] = 0x20
@@ -77,10 +78,12 @@ final class ICMPTooBigTests: XCTestCase {
         XCTAssertNil(message(for: fragment, mtu: 1216))
         // Sources that must never get an error.
         for source in ["0.0.0.0", "224.0.0.5", "255.255.255.255"] {
-            let packet = PacketBuilder.udp(source: IPAddress(source)!, sourcePort: 1, destination: b4, destinationPort: 2)
+            let packet = PacketBuilder.udp(
+                source: IPAddress(source)!, sourcePort: 1, destination: b4, destinationPort: 2)
             XCTAssertNil(message(for: packet, mtu: 1216), source)
         }
-        let multicast6 = PacketBuilder.udp(source: IPAddress("ff02::1")!, sourcePort: 1, destination: b6, destinationPort: 2)
+        let multicast6 = PacketBuilder.udp(
+            source: IPAddress("ff02::1")!, sourcePort: 1, destination: b6, destinationPort: 2)
         XCTAssertNil(message(for: multicast6, mtu: 1300))
         var error6 = PacketBuilder.icmpEcho(source: a6, destination: b6, identifier: 1, sequence: 1)
         error6[40] = 1
@@ -146,7 +149,9 @@ final class ICMPTooBigTests: XCTestCase {
         XCTAssertEqual(clamped(ack, mtu: 1216), ack, "not a SYN")
         let small = tcp(source: a4, destination: b4, flags: 0x02, options: [2, 4, 0x04, 0x00])
         XCTAssertEqual(clamped(small, mtu: 1216), small, "MSS 1024 already fits")
-        let udp = PacketBuilder.udp(source: a4, sourcePort: 1, destination: b4, destinationPort: 2, payload: [2] + [UInt8](repeating: 2, count: 40))
+        let udp = PacketBuilder.udp(
+            source: a4, sourcePort: 1, destination: b4, destinationPort: 2,
+            payload: [2] + [UInt8](repeating: 2, count: 40))
         XCTAssertEqual(clamped(udp, mtu: 1216), udp)
         // A malformed option list (length 0) stops the walk without a trap.
         let bad = tcp(source: a4, destination: b4, flags: 0x02, options: [3, 0, 2, 4])
