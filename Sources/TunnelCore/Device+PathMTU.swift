@@ -51,8 +51,9 @@ extension Device {
     ) {
         switch probe {
         case .ack(let size):
+            // The next probe at once: the search takes round trips, not timer ticks.
             peer.pathMTU.acknowledged(size: size, now: now.monotonic)
-            armPathMTU(peer)
+            stepPathMTU(peer, now: now, sink: &sink)
         case .probe(let size):
             // Answer at once, with the size that arrived: the prober learns the path, and peers
             // that are not tunctl never send probes, so never get an answer they cannot read.

@@ -305,9 +305,15 @@ public final class Device {
         {
             return .finished(verdict)
         }
-        ICMPTooBig.clampMSS(
+        let isSYN = ICMPTooBig.clampMSS(
             UnsafeMutableRawBufferPointer(rebasing: buffer[Device.headroom..<(Device.headroom + packetLength)]),
             mtu: pathLimit)
+        // The search begins with the first TCP handshake or large packet: its first probe now.
+        if !peer.pathMTU.started, isSYN || packetLength > peer.pathMTU.base,
+            peer.pathMTU.begin(now: now.monotonic)
+        {
+            stepPathMTU(peer, now: now, sink: &sink)
+        }
         guard let keypair = peer.sendingKeypair(at: now.monotonic) else {
             guard stage(packet, for: peer) else { return .finished(drop(.stagedQueueFull, peer)) }
             initiateHandshake(peer, now: now, isRetry: false, sink: &sink)

@@ -122,23 +122,24 @@ public enum ICMPTooBig {
     /// If `packet` is a TCP SYN (IPv4, or IPv6 with TCP as its first next header) whose MSS
     /// option exceeds what `mtu` allows, lowers it in place and updates the checksum
     /// incrementally (RFC 1624). The checksum must be complete, not a partial one. Cheap for
-    /// anything else: a version, protocol and flags test.
-    @inline(__always)
-    public static func clampMSS(_ packet: UnsafeMutableRawBufferPointer, mtu: Int) {
-        guard packet.count >= 40 else { return }
+    /// anything else: a version, protocol and flags test. Returns whether `packet` is a SYN.
+    @inline(__always) @discardableResult
+    public static func clampMSS(_ packet: UnsafeMutableRawBufferPointer, mtu: Int) -> Bool {
+        guard packet.count >= 40 else { return false }
         let version = packet[0] >> 4
         let tcp: Int
         if version == 4 {
             tcp = Int(packet[0] & 0x0f) * 4
-            guard packet[9] == 6, load16(UnsafeRawBufferPointer(packet), 6) & 0x1fff == 0 else { return }
+            guard packet[9] == 6, load16(UnsafeRawBufferPointer(packet), 6) & 0x1fff == 0 else { return false }
         } else if version == 6 {
             tcp = 40
-            guard packet[6] == 6 else { return }
+            guard packet[6] == 6 else { return false }
         } else {
-            return
+            return false
         }
-        guard packet.count >= tcp + 20, packet[tcp + 13] & 0x02 != 0 else { return }
+        guard packet.count >= tcp + 20, packet[tcp + 13] & 0x02 != 0 else { return false }
         lowerMSS(packet, tcp: tcp, to: maximumSegment(mtu: mtu, ipv6: version == 6))
+        return true
     }
 
     private static func lowerMSS(_ packet: UnsafeMutableRawBufferPointer, tcp: Int, to limit: Int) {

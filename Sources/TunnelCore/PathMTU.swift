@@ -21,6 +21,7 @@
 ///   peer 10 s later (`received(keepalive:)`). Slow (one probe per 20–30 s, only while idle) but
 ///   it needs nothing from the peer. Inconclusive when either side sends data meanwhile (retried).
 ///
+/// The search begins with the first TCP handshake or packet above `base` sent to the peer.
 /// Until something is confirmed, the limit is `base` (1280 bytes outer, less overhead): a path
 /// that black-holes larger packets then carries everything at once, and a larger MTU is a
 /// probe's success away. `maximum` (the interface MTU) is probed first, the common case; after a
@@ -94,11 +95,23 @@ public struct PathMTU: Sendable, Equatable {
     /// it lapsed, so a busy link costs one comparison per packet.
     var watchAt: UInt64?
 
+    /// Whether the search has begun (`begin`): not before the peer is sent a TCP handshake or a
+    /// packet above `base`, so a tunnel that only ever carries small packets (pings, DNS, the
+    /// kernel selftest's exact byte counts) sees no probe at all.
+    public private(set) var started = false
+
     public init(ipv4: Bool = true, maximum: Int, now: UInt64) {
         base = PathMTU.base(ipv4: ipv4)
         self.maximum = max(maximum, base)
         confirmed = base
+    }
+
+    /// Starts the search now (true), unless it has started already (false).
+    public mutating func begin(now: UInt64) -> Bool {
+        guard !started else { return false }
+        started = true
         nextSearchAt = now
+        return true
     }
 
     /// The largest inner packet known to cross: what the MSS clamp and a "packet too big" name.
@@ -134,9 +147,11 @@ public struct PathMTU: Sendable, Equatable {
     public mutating func reset(ipv4: Bool, maximum: Int, now: UInt64) {
         let kept = acknowledges
         let failing = refuseFrom
+        let wasStarted = started
         self = PathMTU(ipv4: ipv4, maximum: maximum, now: now)
         acknowledges = kept
         if let failing, failing <= maximum { refuseFrom = failing }
+        if wasStarted { _ = begin(now: now) }
     }
 
     /// A data packet of `length` inner bytes went to the peer. True when the silence check needs

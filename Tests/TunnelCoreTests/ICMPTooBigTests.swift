@@ -125,7 +125,7 @@ final class ICMPTooBigTests: XCTestCase {
 
     private func clamped(_ packet: [UInt8], mtu: Int) -> [UInt8] {
         var copy = packet
-        copy.withUnsafeMutableBytes { ICMPTooBig.clampMSS($0, mtu: mtu) }
+        copy.withUnsafeMutableBytes { _ = ICMPTooBig.clampMSS($0, mtu: mtu) }
         return copy
     }
 

@@ -16,6 +16,7 @@ final class PathMTUTests: XCTestCase {
     ) -> (probes: [Int], now: UInt64) {
         var probes: [Int] = []
         var now = start
+        _ = search.begin(now: start)
         let end = start + UInt64(seconds) * second
         while now < end {
             if let size = search.tick(now: now) {
@@ -38,6 +39,10 @@ final class PathMTUTests: XCTestCase {
     func testStartsAtBaseAndProbesBaseFirst() {
         var search = PathMTU(maximum: 1420, now: 0)
         XCTAssertEqual(search.limit, 1216)
+        XCTAssertNil(search.deadline, "nothing before the search begins")
+        XCTAssertNil(search.tick(now: 0))
+        XCTAssertTrue(search.begin(now: 0))
+        XCTAssertFalse(search.begin(now: 0))
         XCTAssertEqual(search.tick(now: 0), 1216)
         XCTAssertNil(search.acknowledges)
     }
@@ -180,7 +185,30 @@ final class PathMTUTests: XCTestCase {
             source: IPAddress("198.18.1.1")!, destination: IPAddress("198.18.1.2")!, identifier: 1, sequence: 1)
         network.inject(ping, at: a)
         network.pump()
+        // A packet above the base size begins the search.
+        let large = PacketBuilder.icmpEcho(
+            source: IPAddress("198.18.1.1")!, destination: IPAddress("198.18.1.2")!, identifier: 1, sequence: 2,
+            payload: [UInt8](repeating: 1, count: 1240))
+        network.inject(large, at: a)
+        network.pump()
         return (network, a, b)
+    }
+
+    func testSmallPacketsAloneSendNoProbe() throws {
+        let network = InMemoryNetwork()
+        let a = network.addNode()
+        let b = network.addNode()
+        network.connect(a, allowing: [IPPrefix("198.18.1.1/32")!], b, allowing: [IPPrefix("198.18.1.2/32")!])
+        for sequence in 1...10 {
+            network.inject(
+                PacketBuilder.icmpEcho(
+                    source: IPAddress("198.18.1.1")!, destination: IPAddress("198.18.1.2")!, identifier: 1,
+                    sequence: UInt16(sequence)), at: a)
+            network.run(seconds: 0.2)
+        }
+        network.run(seconds: 5)
+        XCTAssertTrue(network.log.allSatisfy { $0.bytes.count < 200 }, "no probe on a tunnel of small packets")
+        XCTAssertFalse(try XCTUnwrap(a.device.peer(b.device.publicKey!)).pathMTU.started)
     }
 
     func testTwoDevicesFindThePathAndRefuseLargerPackets() throws {
