@@ -12,6 +12,8 @@
 # - tunctl on both ends, default MTU 1420: 5 MiB A -> B and B -> A, each intact (SHA-256) within
 #   30 s; show --json reports the path MTU as at most 1280; then the hop is raised to 1500 and
 #   the probing must report 1480 (the interface MTU's packets) within 40 s.
+# - a connection made at 1500 whose hop drops to 1280 mid-transfer: the black hole is noticed and
+#   the sender told with a packet-too-big; the transfer completes intact within 30 s.
 # - wireguard-go as B (it knows nothing of probes): the same two transfers within 30 s each, and
 #   the raised hop found again (confirmed by wireguard-go's passive keepalive, so slower).
 set -uo pipefail
@@ -140,6 +142,55 @@ test_tunctl_both_ends() {
   pid_alive "$PID_B" || fail "tunctl B died"
 }
 
+# A connection made while the hop carried 1500 bytes, with the search done at 1480: the hop drops
+# to 1280 mid-transfer. tunctl notices the silence (large packets out, nothing back), checks the
+# confirmed size with a probe, drops to the base and answers the next full-size segment with a
+# packet-too-big; the sender's TCP lowers its MSS and the transfer completes intact.
+test_black_hole_mid_connection() {
+  chain_setup tunctl || return 1
+  hop_mtu 1500 || return 1
+  # A large ping begins the search; the connection after it is made at the full MSS.
+  nsx "$NS_A" ping -4 -n -q -c 1 -W 1 -s 1300 198.18.1.2 >/dev/null 2>&1
+  wait_for 10 path_mtu_is 1480 || fail "path_mtu $(path_mtu_a) with the hop at 1500, expected 1480" || return 1
+  local f="$TT_TEST_DIR/payload" out="$TT_TEST_DIR/payload.received" flag="$TT_TEST_DIR/go" lpid spid
+  make_random_file "$f" "$MB" || fail "could not make the payload" || return 1
+  ip netns exec "$NS_B" timeout "$DEADLINE" socat -u TCP4-LISTEN:5003,bind=198.18.1.2,reuseaddr "CREATE:$out" &
+  lpid=$!
+  tt_register_pid "$lpid"
+  wait_for 5 sh -c "ip netns exec '$NS_B' ss -Htln 'sport = :5003' | grep -q ." || fail "no listener" || return 1
+  # The first MiB, then a wait for the flag, then the rest, on one connection.
+  ip netns exec "$NS_A" timeout "$DEADLINE" python3 - "$f" "$flag" <<'PY' &
+import os, socket, sys, time
+data = open(sys.argv[1], "rb").read()
+s = socket.create_connection(("198.18.1.2", 5003), timeout=30)
+s.sendall(data[:1 << 20])
+for _ in range(300):
+    if os.path.exists(sys.argv[2]):
+        break
+    time.sleep(0.1)
+s.sendall(data[1 << 20:])
+s.close()
+PY
+  spid=$!
+  tt_register_pid "$spid"
+  local mss=""
+  wait_for 10 sh -c "ip netns exec '$NS_A' ss -Htni dst 198.18.1.2 | grep -q ' mss:'" || fail "no connection" || return 1
+  mss=$(nsx "$NS_A" ss -Htni dst 198.18.1.2 | sed -n 's/.* mss:\([0-9]*\).*/\1/p' | head -1)
+  tt_log "the connection's MSS before the hop shrinks: $mss"
+  [[ "$mss" =~ ^[0-9]+$ ]] && ((mss > 1300)) || fail "MSS '$mss': the connection is not full-size" || return 1
+  hop_mtu 1280 || return 1
+  touch "$flag"
+  local t0=$SECONDS
+  wait_exit "$spid" "$DEADLINE" || fail "the sender did not finish within ${DEADLINE}s of the hop shrinking" || return 1
+  [[ "$TT_EXIT_CODE" == 0 ]] || fail "the sender exited $TT_EXIT_CODE" || return 1
+  wait_exit "$lpid" 10 || fail "the receiver did not finish" || return 1
+  [[ "$(sha256sum <"$f" | cut -d' ' -f1)" == "$(sha256sum <"$out" | cut -d' ' -f1)" ]] ||
+    fail "the data arrived altered ($(stat -c %s "$out") bytes)" || return 1
+  tt_log "the rest crossed the shrunken hop in $((SECONDS - t0)) s; path MTU now $(path_mtu_a)"
+  (($(tunctl_drops "$NS_A" "$IF_A" path_mtu_exceeded) > 0)) ||
+    fail "no full-size segment was refused with a packet-too-big" || return 1
+}
+
 test_wggo_far_end() {
   chain_setup wggo || return 1
   both_ways || return 1
@@ -158,5 +209,6 @@ test_wggo_far_end() {
 tt_require --tunctl wg wireguard-go socat python3 ping ss nft bc
 tt_init
 run_test pmtu-tunctl-both-ends test_tunctl_both_ends
+run_test pmtu-black-hole-mid-connection test_black_hole_mid_connection
 run_test pmtu-wireguard-go-far-end test_wggo_far_end
 tt_summary
