@@ -32,6 +32,7 @@ extension Device {
     /// once the budget is spent, a plain drop. Counted as `pathMTUExceeded` either way.
     func refuseTooBig(_ packet: UnsafeRawBufferPointer, limit: Int, peer: Peer, now: Instant) -> OutboundAction? {
         guard let first = packet.firstByte else { return nil }
+        let isV6 = first >> 4 == 6
         switch first >> 4 {
         case 4:
             guard packet.count >= 20, packet[6] & 0x40 != 0 else { return nil }
@@ -42,7 +43,8 @@ extension Device {
         }
         let refused: OutboundAction = drop(.pathMTUExceeded, peer)
         guard tooBigBudget.take(now: now.monotonic) else { return refused }
-        return .tooBig(mtu: limit)
+        // IPv6 names no MTU below its minimum (RFC 8201 §4); the host would raise it anyway.
+        return .tooBig(mtu: isV6 ? max(limit, Protocol.minimumMTU) : limit)
     }
 
     /// A probe or a probe's answer from `peer` (authenticated, its timers already run).
@@ -74,7 +76,11 @@ extension Device {
     func stepPathMTU<Sink: DatagramSink>(_ peer: Peer, now: Instant, sink: inout Sink) {
         guard let endpoint = peer.endpoint, let keypair = peer.sendingKeypair(at: now.monotonic) else { return }
         let ipv4 = endpoint.address.isV4
-        let maximum = max(min(mtu, Protocol.maximumMTU), PathMTU.base(ipv4: ipv4))
+        // The interface MTU, or less where a UDP datagram cannot carry that much.
+        let datagram = ipv4 ? Protocol.maximumDatagramV4 : Protocol.maximumDatagramV6
+        let carriable =
+            (datagram - Device.headroom - MessageSize.tag) / Protocol.paddingMultiple * Protocol.paddingMultiple
+        let maximum = max(min(mtu, carriable), PathMTU.base(ipv4: ipv4))
         if peer.pathMTU.base != PathMTU.base(ipv4: ipv4) || peer.pathMTU.maximum != maximum {
             peer.pathMTU.reset(ipv4: ipv4, maximum: maximum, now: now.monotonic)
         }

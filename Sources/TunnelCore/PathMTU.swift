@@ -118,10 +118,11 @@ public struct PathMTU: Sendable, Equatable {
     public var limit: Int { min(confirmed, maximum) }
 
     /// Whether a packet of `length` inner bytes is refused: longer than `limit`, and as long as a
-    /// size seen to fail. One comparison for a packet within `limit`.
+    /// size seen to fail (but not beyond `maximum`: what no datagram carries is `packetTooLarge`).
+    /// One comparison for a packet within `limit`.
     @inline(__always)
     public func refuses(length: Int) -> Bool {
-        length > limit && length >= (refuseFrom ?? Int.max)
+        length > limit && length <= maximum && length >= (refuseFrom ?? Int.max)
     }
 
     /// The outer path MTU the confirmed size stands for (`show`).
