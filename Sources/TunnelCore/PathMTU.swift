@@ -10,9 +10,10 @@
 /// probe size): its first byte names no IP version, so wireguard-go and the kernel drop it
 /// after authenticating it, and tunctl counts it as a probe. Confirmation, two ways:
 /// - A peer that is tunctl answers each probe at once with a 16-byte `PathMTUProbe.ack` naming
-///   the size it received (`acknowledged`). The first probe goes out at `base`, which every path
-///   must carry: an answer to it shows the peer acknowledges, and the search then takes a few
-///   round trips (each probe is retried `maximumProbes` times, `probeTimeout` apart).
+///   the size it received (`acknowledged`). The first probe is the maximum: answered, the search
+///   is over in one round trip. Unanswered, a probe at `base`, which every path must carry, tells
+///   whether the peer answers at all; the search then takes a few round trips per step (each
+///   probe is retried `maximumProbes` times, `probeTimeout` apart).
 /// - A peer that never answers (wireguard-go, the kernel) still obeys WireGuard's passive
 ///   keepalive: after a data packet (a probe counts, its plaintext is not empty) it sends a
 ///   keepalive `Protocol.keepaliveTimeout` later unless it sent something meanwhile. So a probe
@@ -86,6 +87,8 @@ public struct PathMTU: Sendable, Equatable {
     /// Whether the peer answers probes: nil until the first probe's fate is known.
     public private(set) var acknowledges: Bool?
     var probe: Probe?
+    /// The first probe (the maximum) went unanswered while it is unknown whether the peer answers.
+    var unansweredMaximum: Int?
     var nextSearchAt: UInt64?
     /// When we last sent a data packet (not a probe, not a keepalive): passive probes need quiet.
     var lastDataSent: UInt64 = 0
@@ -186,6 +189,11 @@ public struct PathMTU: Sendable, Equatable {
 
     /// The peer (tunctl) acknowledged a probe of `size` inner bytes.
     public mutating func acknowledged(size: Int, now: UInt64) {
+        if acknowledges == nil, let unanswered = unansweredMaximum, size < unanswered {
+            // The peer answers, so the maximum's silence was the path's.
+            noteFailure(unanswered)
+        }
+        unansweredMaximum = nil
         acknowledges = true
         largeUnansweredSince = nil
         guard let current = probe, current.size == size else {
@@ -237,7 +245,10 @@ public struct PathMTU: Sendable, Equatable {
         guard probe == nil, let due = nextSearchAt, now >= due else { return nil }
         nextSearchAt = nil
         guard let acknowledges else {
-            return start(Probe(size: base, sentAt: now, attempts: 1, passive: false))
+            // First the maximum (on a clean path to tunctl the search ends in one round trip);
+            // unanswered, `base` tells a small path from a peer that answers nothing.
+            let size = unansweredMaximum == nil && maximum > base ? maximum : base
+            return start(Probe(size: size, sentAt: now, attempts: 1, passive: false))
         }
         guard let size = nextCandidate() else {
             // Done: look again later if the path may have room above.
@@ -283,8 +294,14 @@ public struct PathMTU: Sendable, Equatable {
             return
         }
         if acknowledges == nil {
-            // Not even `base` was answered: the peer does not acknowledge probes.
+            if failed.size > base {
+                unansweredMaximum = failed.size
+                return
+            }
+            // Not even `base` was answered: the peer does not acknowledge probes, and the
+            // maximum's silence said nothing about the path.
             acknowledges = false
+            unansweredMaximum = nil
             return
         }
         if failed.verifiesBlackHole {

@@ -36,15 +36,16 @@ final class PathMTUTests: XCTestCase {
         XCTAssertEqual(PathMTU.base(ipv4: true) % Protocol.paddingMultiple, 0)
     }
 
-    func testStartsAtBaseAndProbesBaseFirst() {
+    func testStartsAtBaseAndProbesTheMaximumThenBase() {
         var search = PathMTU(maximum: 1420, now: 0)
         XCTAssertEqual(search.limit, 1216)
         XCTAssertNil(search.deadline, "nothing before the search begins")
         XCTAssertNil(search.tick(now: 0))
         XCTAssertTrue(search.begin(now: 0))
         XCTAssertFalse(search.begin(now: 0))
-        XCTAssertEqual(search.tick(now: 0), 1216)
+        XCTAssertEqual(search.tick(now: 0), 1420, "the maximum first")
         XCTAssertNil(search.acknowledges)
+        for second in 1...3 { XCTAssertEqual(search.tick(now: UInt64(second) * self.second), second < 3 ? 1420 : 1216) }
     }
 
     func testAcknowledgingPeerFindsTheLargestSizeThePathCarries() {
@@ -54,8 +55,13 @@ final class PathMTUTests: XCTestCase {
             XCTAssertEqual(search.acknowledges, true)
             let expected = capacity >= 1420 ? 1420 : capacity / 16 * 16
             XCTAssertEqual(search.limit, expected, "capacity \(capacity), probes \(probes)")
-            XCTAssertEqual(probes.first, 1216)
-            if capacity < 1420 { XCTAssertEqual(probes[1], 1420, "the maximum is tried first") }
+            XCTAssertEqual(probes.first, 1420, "the maximum is tried first")
+            if capacity < 1420 {
+                XCTAssertEqual(Array(probes[0..<4]), [1420, 1420, 1420, 1216], "then base: does the peer answer?")
+                XCTAssertLessThanOrEqual(search.refuseFrom ?? 0, 1420)
+            } else {
+                XCTAssertEqual(probes, [1420], "one round trip on a clean path")
+            }
         }
     }
 
@@ -70,10 +76,11 @@ final class PathMTUTests: XCTestCase {
 
     func testPassivePeerIsConfirmedByItsKeepaliveAfterAQuietProbe() {
         var search = PathMTU(maximum: 1420, now: 0)
-        // Three unanswered base probes: the peer does not acknowledge.
-        let (probes, now) = run(&search, capacity: 1500, acknowledging: false, seconds: 4)
-        XCTAssertEqual(probes, [1216, 1216, 1216])
+        // Three unanswered maximum probes, then three at base: the peer does not acknowledge.
+        let (probes, now) = run(&search, capacity: 1500, acknowledging: false, seconds: 7)
+        XCTAssertEqual(probes, [1420, 1420, 1420, 1216, 1216, 1216])
         XCTAssertEqual(search.acknowledges, false)
+        XCTAssertNil(search.refuseFrom, "silence from a peer that answers nothing says nothing of the path")
         XCTAssertEqual(search.limit, 1216)
         // No passive probe before the link has been quiet long enough.
         var t = now
@@ -93,7 +100,7 @@ final class PathMTUTests: XCTestCase {
 
     func testPassiveProbeSpoiledByDataIsNoVerdict() {
         var search = PathMTU(maximum: 1420, now: 0)
-        var (_, t) = run(&search, capacity: 1500, acknowledging: false, seconds: 4)
+        var (_, t) = run(&search, capacity: 1500, acknowledging: false, seconds: 7)
         var probe: Int?
         while t < 40 * second, probe == nil {
             probe = search.tick(now: t)
@@ -111,7 +118,7 @@ final class PathMTUTests: XCTestCase {
 
     func testUnansweredPassiveProbeSetsTheCeiling() {
         var search = PathMTU(maximum: 1420, now: 0)
-        var (_, t) = run(&search, capacity: 1500, acknowledging: false, seconds: 4)
+        var (_, t) = run(&search, capacity: 1500, acknowledging: false, seconds: 7)
         var probe: Int?
         while t < 40 * second, probe == nil {
             probe = search.tick(now: t)
