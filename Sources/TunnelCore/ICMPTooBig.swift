@@ -130,7 +130,9 @@ public enum ICMPTooBig {
         let tcp: Int
         if version == 4 {
             tcp = Int(packet[0] & 0x0f) * 4
-            guard packet[9] == 6, load16(UnsafeRawBufferPointer(packet), 6) & 0x1fff == 0 else { return false }
+            guard tcp >= 20, packet[9] == 6, load16(UnsafeRawBufferPointer(packet), 6) & 0x1fff == 0 else {
+                return false
+            }
         } else if version == 6 {
             tcp = 40
             guard packet[6] == 6 else { return false }

@@ -144,6 +144,30 @@ final class PathMTUTests: XCTestCase {
         XCTAssertEqual(probes.prefix(3), [1420, 1420, 1420], "the confirmed size is checked first")
     }
 
+    func testBlackHoleToAPassivePeerDropsToBaseAfterItsKeepaliveWouldHaveCome() {
+        var search = PathMTU(maximum: 1420, now: 0)
+        var (_, t) = run(&search, capacity: 1500, acknowledging: false, seconds: 7)
+        var probe: Int?
+        while t < 40 * second, probe == nil {
+            probe = search.tick(now: t)
+            if probe == nil { t += second / 10 }
+        }
+        XCTAssertTrue(search.received(keepalive: true, now: t + 10 * second))
+        XCTAssertEqual(search.limit, 1420)
+        // Full-size packets go out; the peer, which answers any data within 10 s, stays silent.
+        var now = t + 11 * second
+        _ = search.sent(length: 1420, now: now)
+        let start = now
+        while search.limit == 1420, now < start + 20 * second {
+            now += second / 10
+            _ = search.sent(length: 1420, now: now)
+            _ = search.tick(now: now)
+        }
+        XCTAssertEqual(search.limit, 1216)
+        XCTAssertGreaterThanOrEqual(now - start, PathMTU.blackHoleQuietPassive, "not before its keepalive was due")
+        XCTAssertTrue(search.refuses(length: 1420), "full-size packets are now refused with a packet-too-big")
+    }
+
     func testTrafficBothWaysIsNoBlackHole() {
         var search = PathMTU(maximum: 1420, now: 0)
         var (_, now) = run(&search, capacity: 1500, acknowledging: true, seconds: 3)
