@@ -121,7 +121,7 @@ public final class Tunnel: @unchecked Sendable {
     /// Outbound: a synthetic "packet too big" for the TUN (virtio header room included), built by
     /// `tellTooBig`. Owned by `outboundQueue`.
     private let tooBigRecord = UnsafeMutableRawBufferPointer.allocate(
-        byteCount: VirtioNetHeader.size + ICMPTooBig.maximumLength, alignment: 16)
+        byteCount: max(VirtioNetHeader.size, TunnelVirtioHeader.size) + ICMPTooBig.maximumLength, alignment: 16)
     let offload: OffloadSettings
     /// The TUN's virtio-net header size: `TunnelVirtioHeader.size` when the kernel took UDP tunnel
     /// GSO (VXLAN super-packets), else `VirtioNetHeader.size`. Fixed at start-up.
@@ -563,7 +563,8 @@ public final class Tunnel: @unchecked Sendable {
     /// that `mtu` bytes fit (issue 17), with an ICMP error written into the TUN. Best effort: a
     /// TUN that will not take it now loses it, as a router's rate limit would.
     private func tellTooBig(_ packet: UnsafeRawBufferPointer, mtu: Int) {
-        let room = tun.hasVirtioHeader ? VirtioNetHeader.size : 0
+        // The header the TUN was set up with (`tunHeaderSize`: larger with UDP tunnel GSO).
+        let room = tun.hasVirtioHeader ? tunHeaderSize : 0
         // A zeroed virtio header: no offload, checksums complete.
         if room > 0 {
             UnsafeMutableRawBufferPointer(rebasing: tooBigRecord[0..<room]).initializeMemory(
