@@ -85,6 +85,8 @@ public struct ShowReport: Sendable, Equatable {
         /// Seconds; 0 = off.
         public var persistentKeepalive: UInt16
         public var drops: [String: UInt64]
+        /// The outer path MTU probing has confirmed to the peer (issue 17); nil without a session.
+        public var pathMTU: Int? = nil
 
         enum CodingKeys: String, CodingKey {
             case publicKey = "public_key"
@@ -98,6 +100,7 @@ public struct ShowReport: Sendable, Equatable {
                 txBytes = "tx_bytes"
             case persistentKeepalive = "persistent_keepalive"
             case drops
+            case pathMTU = "path_mtu"
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -111,6 +114,7 @@ public struct ShowReport: Sendable, Equatable {
             try container.encode(txBytes, forKey: .txBytes)
             try container.encode(persistentKeepalive, forKey: .persistentKeepalive)
             try container.encode(drops, forKey: .drops)
+            try container.encodeIfPresent(pathMTU, forKey: .pathMTU)  // absent without an endpoint
         }
     }
 
@@ -152,7 +156,8 @@ public struct ShowReport: Sendable, Equatable {
                 endpoint: status.endpoint?.description, allowedIPs: status.allowedIPs.map(\.description),
                 latestHandshake: status.lastHandshakeUnixNanoseconds / 1_000_000_000,
                 rxBytes: status.rxBytes, txBytes: status.txBytes,
-                persistentKeepalive: status.persistentKeepalive, drops: ShowReport.dictionary(status.drops))
+                persistentKeepalive: status.persistentKeepalive, drops: ShowReport.dictionary(status.drops),
+                pathMTU: status.pathMTU)
         }
         interface = Interface(
             name: tunnel.name, publicKey: publicKey?.base64, listenPort: tunnel.listenPort,

@@ -118,6 +118,10 @@ public final class Tunnel: @unchecked Sendable {
     /// Outbound, with a virtio header only: one TUN read (header + up to 64 KiB), segmented into
     /// send slots from here. Owned by `outboundQueue`.
     private let tunRecord: UnsafeMutableRawBufferPointer
+    /// Outbound: a synthetic "packet too big" for the TUN (virtio header room included), built by
+    /// `tellTooBig`. Owned by `outboundQueue`.
+    private let tooBigRecord = UnsafeMutableRawBufferPointer.allocate(
+        byteCount: max(VirtioNetHeader.size, TunnelVirtioHeader.size) + ICMPTooBig.maximumLength, alignment: 16)
     let offload: OffloadSettings
     /// The TUN's virtio-net header size: `TunnelVirtioHeader.size` when the kernel took UDP tunnel
     /// GSO (VXLAN super-packets), else `VirtioNetHeader.size`. Fixed at start-up.
@@ -356,6 +360,7 @@ public final class Tunnel: @unchecked Sendable {
 
     deinit {
         tunRecord.deallocate()
+        tooBigRecord.deallocate()
         openScratch.deallocate()
     }
 
@@ -542,11 +547,38 @@ public final class Tunnel: @unchecked Sendable {
         let plan = withEngine { $0.prepareSend(datagram, packetLength: packetLength, now: now, sink: &sink) }
         guard case .seal(let ticket) = plan else {
             if case .finished(.dropped(.packetTooLarge)) = plan, packetLength > sendBatchMTU { slotsOutgrown() }
+            if case .finished(.tooBig(let mtu)) = plan {
+                tellTooBig(
+                    UnsafeRawBufferPointer(rebasing: datagram[Device.headroom..<(Device.headroom + packetLength)]),
+                    mtu: mtu)
+            }
             return nil
         }
         let length = Device.seal(slot, datagramAt: Device.sealingRoom, ticket)
         withEngine { $0.completeSend(ticket, datagramLength: length, now: now, sink: &sink) }
         return (length, ticket.endpoint)
+    }
+
+    /// On `outboundQueue`: tells the sender of `packet`, refused as longer than its peer's path,
+    /// that `mtu` bytes fit (issue 17), with an ICMP error written into the TUN. Best effort: a
+    /// TUN that will not take it now loses it, as a router's rate limit would.
+    private func tellTooBig(_ packet: UnsafeRawBufferPointer, mtu: Int) {
+        // The header the TUN was set up with (`tunHeaderSize`: larger with UDP tunnel GSO).
+        let room = tun.hasVirtioHeader ? tunHeaderSize : 0
+        // A zeroed virtio header: no offload, checksums complete.
+        if room > 0 {
+            UnsafeMutableRawBufferPointer(rebasing: tooBigRecord[0..<room]).initializeMemory(
+                as: UInt8.self, repeating: 0)
+        }
+        guard
+            let length = ICMPTooBig.write(
+                for: packet, mtu: mtu, into: UnsafeMutableRawBufferPointer(rebasing: tooBigRecord[room...]))
+        else { return }
+        do {
+            _ = try tun.write(UnsafeRawBufferPointer(rebasing: tooBigRecord[0..<(room + length)]))
+        } catch {
+            logger.debug("\(name): packet-too-big write failed: \(error)")
+        }
     }
 
     /// Opens `datagram` (a view of `storage`, starting at `offset`) in place, the decryption
