@@ -73,6 +73,9 @@ public final class Tunnel: @unchecked Sendable {
     static let defaultFullTunnelTable: UInt32 = 51820
     private var control: ControlServer?
 
+    /// Runs the handshakes the inbound queue hands it, off the data path (HandshakeWorker.swift).
+    /// Set on `queue` before the UDP source starts, never changed after: the inbound queue reads it.
+    private var handshakeWorker: HandshakeWorker?
     private var tunSource: DispatchSourceRead?
     private var udpSource: DispatchSourceRead?
     /// One-shot, re-armed for the device's next timer deadline. Set and re-armed under
@@ -286,6 +289,7 @@ public final class Tunnel: @unchecked Sendable {
         tunSource.setEventHandler { [unowned self] in self.drainTun() }
         tunSource.resume()
         self.tunSource = tunSource
+        handshakeWorker = HandshakeWorker(tunnel: self, name: name, logger: logger)
         startSocketSource()
 
         // The timers: a one-shot source fired at the device's next deadline, not a fixed scan.
@@ -599,13 +603,21 @@ public final class Tunnel: @unchecked Sendable {
             }
             if received == 0 { return }
             let now = currentInstant()
+            var handedOff = false
             receiveBatch.forEachDatagramInStorage { storage, range, source in
                 let datagram = UnsafeMutableRawBufferPointer(rebasing: storage[range])
+                // Handshakes go to their worker: a copy into its ring, no crypto and no engine lock here.
+                if let worker = handshakeWorker, HandshakeWorker.takes(UnsafeRawBufferPointer(datagram)) {
+                    worker.enqueue(UnsafeRawBufferPointer(datagram), from: source)
+                    handedOff = true
+                    return
+                }
                 let action = open(datagram, at: range.lowerBound, in: storage, from: source, now: now, sink: &sink)
                 if case .deliver(let offset, let length) = action {
                     writer.add(UnsafeMutableRawBufferPointer(rebasing: datagram[offset..<(offset + length)]), tun: tun)
                 }
             }
+            if handedOff { handshakeWorker?.signal() }
             // Before the next receive reuses the slots the writer points into.
             writer.flush(tun: tun)
             let refused = writer.takeRefused()
@@ -839,11 +851,15 @@ public final class Tunnel: @unchecked Sendable {
 
     // MARK: - Control and shutdown (on `queue`)
 
-    /// Runs `body` on the control queue while both data queues are held, first waking a handler
-    /// parked in `poll` so the wait is for its current batch only.
+    /// Runs `body` on the control queue while both data queues and the handshake worker's are
+    /// held, first waking a handler parked in `poll` so the wait is for its current batch only.
     private func holdingDataQueues(_ body: () -> Void) {
         wakeup.raise()
-        outboundQueue.sync { inboundQueue.sync { body() } }
+        outboundQueue.sync {
+            inboundQueue.sync {
+                if let worker = handshakeWorker { worker.queue.sync(execute: body) } else { body() }
+            }
+        }
         wakeup.lower()
     }
 
@@ -965,6 +981,7 @@ public final class Tunnel: @unchecked Sendable {
         linkMonitor?.cancel()
         // Wait out any data-path handler still running before closing what it uses.
         holdingDataQueues {}
+        handshakeWorker?.stop()
         try? tun.close()
         // A non-persistent TUN disappears when its last descriptor closes; make sure of it. No
         // route is deleted one by one: they go with the link.
