@@ -129,7 +129,7 @@ final class HandshakeWorker: @unchecked Sendable {
             finishBatch()
         }
         // More may be waiting: come back after the other work Dispatch has for this queue.
-        wake.add(data: 1)
+        if !stopped { wake.add(data: 1) }
     }
 
     private func handleBatch(count: Int, depthAfter: Int) {

@@ -37,7 +37,8 @@ struct SocketSink: DatagramSink {
 ///
 /// Threading, which is why the `@unchecked Sendable` below is sound:
 /// - `outboundQueue` owns `sendBatch` and the TUN read source (TUN → seal → UDP);
-/// - `inboundQueue` owns `receiveBatch` and the UDP read source (UDP → open → TUN);
+/// - `inboundQueue` owns `receiveBatch` and the UDP read source (UDP → open → TUN), and hands
+///   handshake messages to `handshakeWorker`, whose own queue runs them (HandshakeWorker.swift);
 /// - `queue` (control) owns everything else: timer, signals, control socket, link events, shutdown.
 /// - `link` owns the link's addresses and routes on its own queue, off the timers' path.
 /// - `device` is shared by all three and touched only inside `withEngine` (one lock; system
