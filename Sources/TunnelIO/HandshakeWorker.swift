@@ -97,7 +97,18 @@ final class HandshakeWorker: @unchecked Sendable {
     /// On the inbound queue: copies `datagram` into the ring, or counts it dropped when the ring
     /// is full. Call `signal` after the batch.
     func enqueue(_ datagram: UnsafeRawBufferPointer, from source: Endpoint) {
-        ringLock.withLock { _ in ring.push(datagram, from: source) }
+        withRing { $0.push(datagram, from: source) }
+    }
+
+    /// Runs `body` on `ring` under `ringLock`, the lock made visible to the thread sanitizer as
+    /// the engine lock is (SanitizerAnnotations).
+    private func withRing<R>(_ body: (inout HandshakeRing) -> R) -> R {
+        ringLock.withLock { _ in
+            let token = UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque())
+            SanitizerAnnotations.acquired(token)
+            defer { SanitizerAnnotations.releasing(token) }
+            return body(&ring)
+        }
     }
 
     /// On the inbound queue, after a batch that enqueued something: wakes the worker.
@@ -117,7 +128,7 @@ final class HandshakeWorker: @unchecked Sendable {
         // Bounded: at most the ring's capacity per wake-up in batches, then yield to Dispatch
         // (a flood keeps `wake` raised, so the worker comes straight back).
         for _ in 0..<(HandshakeWorker.capacity / HandshakeWorker.batch) where !stopped {
-            let (count, depth, refused) = ringLock.withLock { _ in
+            let (count, depth, refused) = withRing { ring in
                 ring.pop(into: taken, sources: &takenSources, lengths: &takenLengths, max: HandshakeWorker.batch)
             }
             if refused > 0 { drops.count(.handshakeQueueFull, times: refused) }
