@@ -82,6 +82,15 @@ public final class Device {
     /// mac1, mac2 and the rate limit for `decapsulate`'s handshakes. The tunnel's handshake
     /// worker has its own, off the engine lock (HandshakeWorker.swift).
     private var gate: HandshakeGate?
+    /// Set by an owner with a handshake worker: an initiation due is queued here rather than made
+    /// (two X25519) under the owner's lock; the worker takes, makes and commits it
+    /// (HandshakeSteps.swift). Off: made and sent at once, as `InMemoryNetwork` tests expect.
+    public var defersInitiations = false
+    /// The peers whose initiation is due, in order, each once (`pendingInitiationIDs`).
+    var pendingInitiations: [Peer] = []
+    var pendingInitiationIDs = Set<ObjectIdentifier>()
+    /// Whether the owner was told of the pending initiations (`announcesPendingInitiations`).
+    var initiationsAnnounced = false
     private var timerJitter = TimerJitter()
     /// Every peer's earliest armed timer, so that `tick` visits only the peers that are due.
     private let timers = TimerQueue()
@@ -608,6 +617,7 @@ public final class Device {
             if since < Protocol.rekeyInitiationMinimumInterval { return }
         }
         if !isRetry { peer.handshakeAttempts = 0 }
+        if defersInitiations { return deferInitiation(peer, now: now) }
         if let old = peer.initiation { indices[old.senderIndex] = nil }
         let index = newIndex()
         let message = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<InitiationMessage.size])
@@ -660,7 +670,7 @@ public final class Device {
         }
     }
 
-    private func jitter() -> UInt64 { timerJitter.draw() }
+    func jitter() -> UInt64 { timerJitter.draw() }
 
     // MARK: - Timers (wireguard-go device/timers.go, event by event)
 
@@ -702,7 +712,7 @@ public final class Device {
     }
 
     /// timersAnyAuthenticatedPacketSent + Traversal.
-    private func authenticatedPacketSent(_ peer: Peer, now: Instant) {
+    func authenticatedPacketSent(_ peer: Peer, now: Instant) {
         peer.sendKeepaliveAt = nil
         traversal(peer, now: now)
     }

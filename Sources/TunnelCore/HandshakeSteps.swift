@@ -196,3 +196,89 @@ extension Device {
         _ = drop(reason, peer) as InboundAction
     }
 }
+
+/// An initiation the device decided to send, to be made outside it (`Device.prepareInitiation`).
+public struct InitiationRequest {
+    public let peer: Peer
+    let local: LocalIdentity
+    let remote: RemoteIdentity
+    let cookies: CookieGenerator
+}
+
+/// An initiation made outside the device, waiting for `Device.commitInitiationSent`.
+public struct PreparedInitiation {
+    let request: InitiationRequest
+    let state: InitiationState
+    let mac1: Bytes16
+}
+
+extension Device {
+    /// Under `defersInitiations`: the timers and rate rules of an initiation apply now (so
+    /// nothing asks for a second one meanwhile); the peer waits in `pendingInitiations` for the
+    /// owner's worker to make it.
+    func deferInitiation(_ peer: Peer, now: Instant) {
+        peer.lastInitiationSent = now.monotonic
+        // timersHandshakeInitiated
+        peer.retransmitHandshakeAt = now.monotonic + Protocol.rekeyTimeout + jitter()
+        if pendingInitiationIDs.insert(ObjectIdentifier(peer)).inserted { pendingInitiations.append(peer) }
+    }
+
+    /// True once per run of pending initiations: the owner should wake its worker (after
+    /// releasing its lock). Cheap: called after every engine call.
+    public func announcesPendingInitiations() -> Bool {
+        guard !pendingInitiations.isEmpty, !initiationsAnnounced else { return false }
+        initiationsAnnounced = true
+        return true
+    }
+
+    /// Step 1 of sending an initiation, with the device: the pending ones (cleared), as requests
+    /// carrying what making them needs, appended to `requests`.
+    public func takePendingInitiations(into requests: inout [InitiationRequest]) {
+        defer {
+            pendingInitiations.removeAll(keepingCapacity: true)
+            pendingInitiationIDs.removeAll(keepingCapacity: true)
+            initiationsAnnounced = false
+        }
+        guard let local else { return }
+        for peer in pendingInitiations where peersByKey[peer.publicKey] === peer {
+            requests.append(InitiationRequest(peer: peer, local: local, remote: peer.remote, cookies: peer.cookies))
+        }
+    }
+
+    /// Step 2, outside the device: writes the initiation, MACs included, into `out` (148 bytes).
+    /// Nil when the peer's key is low-order (no initiation can be made).
+    public static func prepareInitiation(
+        _ request: InitiationRequest, now: Instant, into out: UnsafeMutableRawBufferPointer
+    ) -> PreparedInitiation? {
+        // Random, and checked free at the commit (as for responses).
+        guard
+            let state = Noise.createInitiation(
+                local: request.local, remote: request.remote, senderIndex: SecureRandom.uint32(),
+                timestamp: now.tai64n, ephemeral: .generate(), into: out)
+        else { return nil }
+        var cookies = request.cookies
+        let mac1 = cookies.addMACs(
+            to: UnsafeMutableRawBufferPointer(rebasing: out[0..<InitiationMessage.size]), now: now.monotonic)
+        return PreparedInitiation(request: request, state: state, mac1: mac1)
+    }
+
+    /// Step 3, with the device: the initiation becomes the peer's outstanding one (a response to
+    /// the one before no longer completes) and is counted as sent; returns where to send it, or
+    /// nil when the peer, its keys or our key changed meanwhile or the index is taken (the
+    /// retransmit timer makes a new one).
+    public func commitInitiationSent(_ prepared: PreparedInitiation, now: Instant) -> Endpoint? {
+        let peer = prepared.request.peer
+        guard peersByKey[peer.publicKey] === peer, let endpoint = peer.endpoint,
+            local?.publicKey == prepared.request.local.publicKey,
+            peer.remote.presharedKey == prepared.request.remote.presharedKey,
+            indices[prepared.state.senderIndex] == nil
+        else { return nil }
+        if let old = peer.initiation { indices[old.senderIndex] = nil }
+        peer.initiation = prepared.state
+        indices[prepared.state.senderIndex] = .handshake(peer)
+        peer.cookies.recordSent(mac1: prepared.mac1)
+        peer.txBytes &+= UInt64(InitiationMessage.size)
+        authenticatedPacketSent(peer, now: now)
+        return endpoint
+    }
+}

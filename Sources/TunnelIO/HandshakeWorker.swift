@@ -51,6 +51,8 @@ final class HandshakeWorker: @unchecked Sendable {
     /// (small, in `outgoing`) and packets that waited for the handshake (in `large`, rare).
     private var outgoing: SendBatch
     private var large: [([UInt8], Endpoint)] = []
+    /// Initiations the device decided to send (`Device.defersInitiations`), taken each round.
+    private var initiations: [InitiationRequest] = []
     /// Drops decided here, counted into the device once per batch.
     private var drops = DropCounters()
     /// Where a response or a cookie reply is made before it is queued.
@@ -132,19 +134,40 @@ final class HandshakeWorker: @unchecked Sendable {
                 ring.pop(into: taken, sources: &takenSources, lengths: &takenLengths, max: HandshakeWorker.batch)
             }
             if refused > 0 { drops.count(.handshakeQueueFull, times: refused) }
+            // One hold: our identity for the batch, and the initiations the device wants sent.
+            let local = tunnel.withEngine { device -> LocalIdentity? in
+                device.takePendingInitiations(into: &initiations)
+                return device.local
+            }
+            sendInitiations()
             if count == 0 {
                 finishBatch()
                 return
             }
-            handleBatch(count: count, depthAfter: depth)
+            handleBatch(count: count, depthAfter: depth, local: local)
             finishBatch()
         }
         // More may be waiting: come back after the other work Dispatch has for this queue.
         if !stopped { wake.add(data: 1) }
     }
 
-    private func handleBatch(count: Int, depthAfter: Int) {
-        guard let local = tunnel.withEngine({ $0.local }) else {
+    /// Makes each initiation taken (two X25519) outside the engine lock, commits it under the
+    /// lock, and queues it to be sent.
+    private func sendInitiations() {
+        guard !initiations.isEmpty else { return }
+        let message = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<InitiationMessage.size])
+        for request in initiations where !stopped {
+            let now = currentInstant()
+            guard let prepared = Device.prepareInitiation(request, now: now, into: message) else { continue }
+            if let endpoint = tunnel.withEngine({ $0.commitInitiationSent(prepared, now: now) }) {
+                queue(UnsafeRawBufferPointer(message), to: endpoint)
+            }
+        }
+        initiations.removeAll(keepingCapacity: true)
+    }
+
+    private func handleBatch(count: Int, depthAfter: Int, local: LocalIdentity?) {
+        guard let local else {
             drops.count(.noPrivateKey, times: UInt64(count))
             return
         }

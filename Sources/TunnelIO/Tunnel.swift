@@ -74,8 +74,9 @@ public final class Tunnel: @unchecked Sendable {
     static let defaultFullTunnelTable: UInt32 = 51820
     private var control: ControlServer?
 
-    /// Runs the handshakes the inbound queue hands it, off the data path (HandshakeWorker.swift).
-    /// Set on `queue` before the UDP source starts, never changed after: the inbound queue reads it.
+    /// Runs the handshakes the inbound queue hands it and makes the initiations the engine wants,
+    /// off the data path (HandshakeWorker.swift). Set on `queue` before any source starts, never
+    /// changed after: the data queues read it.
     private var handshakeWorker: HandshakeWorker?
     private var tunSource: DispatchSourceRead?
     private var udpSource: DispatchSourceRead?
@@ -228,14 +229,19 @@ public final class Tunnel: @unchecked Sendable {
 
     /// Runs `body` with exclusive use of the protocol engine. The sanitizer calls make the lock
     /// visible to the thread sanitizer (CLinuxSanitizer.h); without it they are empty.
+    /// Initiations the engine decided on are made by the handshake worker, woken here once the
+    /// lock is released.
     func withEngine<R>(_ body: (Device) throws -> R) rethrows -> R {
-        try engineLock.withLock { _ in
+        var initiationsDue = false
+        defer { if initiationsDue { handshakeWorker?.signal() } }
+        return try engineLock.withLock { _ in
             let token = UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque())
             SanitizerAnnotations.acquired(token)
             defer { SanitizerAnnotations.releasing(token) }
             if socket.hasVanishedSources { forgetVanishedSources() }
             defer {
                 if let due = device.timerLowerBound, due < timerArmedFor { armTimer(now: currentInstant().monotonic) }
+                initiationsDue = device.announcesPendingInitiations()
             }
             return try body(device)
         }
@@ -286,11 +292,13 @@ public final class Tunnel: @unchecked Sendable {
     }
 
     private func startSources() {
+        // Before any data source: they read it. From here on initiations are made off the lock.
+        handshakeWorker = HandshakeWorker(tunnel: self, name: name, logger: logger)
+        withEngine { $0.defersInitiations = true }
         let tunSource = DispatchSource.makeReadSource(fileDescriptor: tun.fileDescriptor, queue: outboundQueue)
         tunSource.setEventHandler { [unowned self] in self.drainTun() }
         tunSource.resume()
         self.tunSource = tunSource
-        handshakeWorker = HandshakeWorker(tunnel: self, name: name, logger: logger)
         startSocketSource()
 
         // The timers: a one-shot source fired at the device's next deadline, not a fixed scan.

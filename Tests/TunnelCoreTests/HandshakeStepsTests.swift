@@ -166,4 +166,43 @@ import TunnelTestSupport
         network.pump()
         #expect(b.delivered.count == 1)
     }
+
+    /// With `defersInitiations`, a packet without a session queues an initiation instead of
+    /// making it (no X25519 under the owner's lock); taken, made outside and committed, it is the
+    /// one a response must answer, and the handshake completes. A second packet asks for none.
+    @Test func deferredInitiationIsMadeOutsideAndCompletes() throws {
+        let network = InMemoryNetwork()
+        let a = network.addNode()
+        let b = network.addNode()
+        network.connect(a, allowing: [IPPrefix("198.18.1.1/32")!], b, allowing: [IPPrefix("198.18.1.2/32")!])
+        a.device.defersInitiations = true
+        let ping = PacketBuilder.icmpEcho(
+            source: IPAddress("198.18.1.1")!, destination: IPAddress("198.18.1.2")!, identifier: 7, sequence: 1,
+            payload: [UInt8](repeating: 1, count: 56))
+        #expect(network.inject(ping, at: a) == .staged)
+        #expect(network.inject(ping, at: a) == .staged)
+        #expect(network.wire.isEmpty, "an initiation was made under the device's owner")
+        #expect(a.device.announcesPendingInitiations())
+        #expect(!a.device.announcesPendingInitiations(), "announced twice")
+
+        var requests: [InitiationRequest] = []
+        a.device.takePendingInitiations(into: &requests)
+        #expect(requests.count == 1)
+        let request = try #require(requests.first)
+        var message = [UInt8](repeating: 0, count: InitiationMessage.size)
+        let now = network.clock.now
+        let prepared = try #require(
+            message.withUnsafeMutableBytes { Device.prepareInitiation(request, now: now, into: $0) })
+        let endpoint = try #require(a.device.commitInitiationSent(prepared, now: now))
+        #expect(endpoint == b.endpoint)
+        network.wire.append(WireDatagram(bytes: message, from: a.endpoint, to: endpoint))
+        network.pump()
+        // Both pings waited for the handshake and went through.
+        #expect(b.delivered.count == 2)
+
+        // A peer removed before the commit: nothing to send.
+        a.device.takePendingInitiations(into: &requests)
+        a.device.removePeer(b.device.publicKey!)
+        #expect(a.device.commitInitiationSent(prepared, now: now) == nil)
+    }
 }
