@@ -86,11 +86,12 @@ public final class Device {
     /// (two X25519) under the owner's lock; the worker takes, makes and commits it
     /// (HandshakeSteps.swift). Off: made and sent at once, as `InMemoryNetwork` tests expect.
     public var defersInitiations = false
-    /// The peers whose initiation is due, in order, each once (`pendingInitiationIDs`).
-    var pendingInitiations: [Peer] = []
+    /// The peers whose initiation is due, in order, each once (`pendingInitiationIDs`). Read after
+    /// every engine call, as `initiationsAnnounced` is: unchecked for the reason on `Peer`.
+    @exclusivity(unchecked) var pendingInitiations: [Peer] = []
     var pendingInitiationIDs = Set<ObjectIdentifier>()
     /// Whether the owner was told of the pending initiations (`announcesPendingInitiations`).
-    var initiationsAnnounced = false
+    @exclusivity(unchecked) var initiationsAnnounced = false
     private var timerJitter = TimerJitter()
     /// Every peer's earliest armed timer, so that `tick` visits only the peers that are due.
     private let timers = TimerQueue()
