@@ -1,5 +1,4 @@
 import Dispatch
-import Logging
 import Synchronization
 import TunnelCore
 import TunnelCrypto
@@ -14,10 +13,11 @@ import TunnelCrypto
 /// that waited) after releasing it, with one sendmmsg per batch. "Under load", when the gate asks
 /// for cookies, is the ring's depth as wireguard-go measures it: at least 1/8 of `capacity`
 /// waiting, and for a second after. A full ring drops the message (`handshakeQueueFull`).
+/// The initiations the engine decides to send (`Device.defersInitiations`) are made here too.
 ///
 /// Ownership, which is why the `@unchecked Sendable` is sound: `ring` is shared and only touched
-/// under `ringLock`; everything else mutable (`gate`, `outgoing`, `large`, `pending*`, `drops`,
-/// `stopped`) belongs to `queue`. The tunnel holds `queue` (`sync`) while it swaps the socket and
+/// under `ringLock`; everything else mutable (`gate`, `taken*`, `outgoing`, `large`, `initiations`,
+/// `drops`, `stopped`) belongs to `queue`. The tunnel holds `queue` (`sync`) while it swaps the socket and
 /// at teardown, as it does the data queues.
 final class HandshakeWorker: @unchecked Sendable {
     /// Messages the ring holds: the kernel's MAX_QUEUED_INCOMING_HANDSHAKES (wireguard-go's is
@@ -32,7 +32,6 @@ final class HandshakeWorker: @unchecked Sendable {
 
     let queue: DispatchQueue
     private unowned let tunnel: Tunnel
-    private let logger: Logger
     /// Guards `ring`, shared by the inbound queue (push) and `queue` (pop); held for a copy only.
     private let ringLock = Mutex<Void>(())
     /// Touched only under `ringLock` (unchecked: the lock already serialises every access).
@@ -61,13 +60,12 @@ final class HandshakeWorker: @unchecked Sendable {
 
     /// Datagrams up to this size go into `outgoing`; larger ones (staged packets) into `large`.
     static let smallDatagram = 256
-    /// Room `outgoing` keeps free before a commit, which may send every staged packet's
-    /// keepalive-sized neighbours: a commit never has to flush (a system call) under the lock.
+    /// Free slots `outgoing` keeps before a commit (it is flushed first otherwise). What a commit
+    /// sends beyond them goes to `large`: a commit never sends (a system call) under the lock.
     static let commitRoom = 8
 
-    init(tunnel: Tunnel, name: String, logger: Logger) {
+    init(tunnel: Tunnel, name: String) {
         self.tunnel = tunnel
-        self.logger = logger
         queue = DispatchQueue(label: "tunctl.\(name).handshake")
         wake = DispatchSource.makeUserDataAddSource(queue: queue)
         taken = .allocate(byteCount: HandshakeWorker.batch * HandshakeWorker.slotSize, alignment: 16)

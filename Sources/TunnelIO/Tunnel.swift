@@ -293,7 +293,7 @@ public final class Tunnel: @unchecked Sendable {
 
     private func startSources() {
         // Before any data source: they read it. From here on initiations are made off the lock.
-        handshakeWorker = HandshakeWorker(tunnel: self, name: name, logger: logger)
+        handshakeWorker = HandshakeWorker(tunnel: self, name: name)
         withEngine { $0.defersInitiations = true }
         let tunSource = DispatchSource.makeReadSource(fileDescriptor: tun.fileDescriptor, queue: outboundQueue)
         tunSource.setEventHandler { [unowned self] in self.drainTun() }
