@@ -613,7 +613,7 @@ public final class Device {
     ) {
         guard let local, let endpoint = peer.endpoint else { return }
         if let last = peer.lastInitiationSent {
-            let since = now.monotonic &- last
+            let since = now.elapsed(since: last)
             if !isRetry && since < Protocol.rekeyTimeout { return }
             if since < Protocol.rekeyInitiationMinimumInterval { return }
         }
@@ -686,7 +686,7 @@ public final class Device {
             peer.newHandshakeAt = now.monotonic + Protocol.keepaliveTimeout + Protocol.rekeyTimeout + jitter()
         }
         // keepKeyFresh (sending side).
-        let age = now.monotonic &- keypair.created
+        let age = now.elapsed(since: keypair.created)
         if keypair.sendCounter > Protocol.rekeyAfterMessages || (keypair.isInitiator && age >= Protocol.rekeyAfterTime)
         {
             initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
@@ -697,7 +697,7 @@ public final class Device {
         _ peer: Peer, keypair: Keypair, now: Instant, sink: inout Sink
     ) {
         guard keypair === peer.current, keypair.isInitiator, !peer.sentLastMinuteHandshake,
-            now.monotonic &- keypair.created >= Protocol.rekeyOnReceiveAfterTime
+            now.elapsed(since: keypair.created) >= Protocol.rekeyOnReceiveAfterTime
         else { return }
         peer.sentLastMinuteHandshake = true
         initiateHandshake(peer, now: now, isRetry: false, sink: &sink)

@@ -55,7 +55,7 @@ extension Device {
             _ = drop(.handshakeFailed) as InboundAction
             return .failure(HandshakeDropped(reason: .handshakeFailed))
         }
-        if let last = peer.lastInitiationConsumed, now.monotonic &- last < Protocol.rekeyInitiationMinimumInterval {
+        if let last = peer.lastInitiationConsumed, now.elapsed(since: last) < Protocol.rekeyInitiationMinimumInterval {
             _ = drop(.initiationFlood, peer) as InboundAction
             return .failure(HandshakeDropped(reason: .initiationFlood))
         }
@@ -100,7 +100,7 @@ extension Device {
         if let latest = peer.latestTimestamp, prepared.initiation.timestamp <= latest {
             return drop(.staleTimestamp, peer)
         }
-        if let last = peer.lastInitiationConsumed, now.monotonic &- last < Protocol.rekeyInitiationMinimumInterval {
+        if let last = peer.lastInitiationConsumed, now.elapsed(since: last) < Protocol.rekeyInitiationMinimumInterval {
             return drop(.initiationFlood, peer)
         }
         peer.latestTimestamp = prepared.initiation.timestamp

@@ -20,6 +20,8 @@ public struct ShowReport: Sendable, Equatable {
         public var drops: [String: UInt64]
         /// Most recent handshake first, as `wg show` orders them.
         public var peers: [PeerReport]
+        /// Which TUN offload path runs; nil from a daemon that does not say.
+        public var offload: TunOffloadReport? = nil
 
         enum CodingKeys: String, CodingKey {
             case name = "interface"
@@ -27,6 +29,7 @@ public struct ShowReport: Sendable, Equatable {
             case listenPort = "listen_port"
             case mtu, addresses,
                 drops, peers
+            case offload
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -38,6 +41,7 @@ public struct ShowReport: Sendable, Equatable {
             try container.encode(addresses, forKey: .addresses)
             try container.encode(drops, forKey: .drops)
             try container.encode(peers, forKey: .peers)
+            try container.encodeIfPresent(offload, forKey: .offload)
         }
     }
 
@@ -124,7 +128,8 @@ public struct ShowReport: Sendable, Equatable {
             name: tunnel.name, publicKey: publicKey?.base64, listenPort: tunnel.listenPort,
             mtu: linkMTU, addresses: tunnel.interfaceAddresses.map(\.description),
             drops: ShowReport.dictionary(deviceDrops),
-            peers: peers.sorted { ($0.latestHandshake, $1.publicKey) > ($1.latestHandshake, $0.publicKey) })
+            peers: peers.sorted { ($0.latestHandshake, $1.publicKey) > ($1.latestHandshake, $0.publicKey) },
+            offload: tunnel.offloadReport)
     }
 
     /// Decodes what the daemon sent for `tunctl-show=1` (the blank line after it may be included).

@@ -124,6 +124,11 @@ public final class Tunnel: @unchecked Sendable {
     /// send slots from here. Owned by `outboundQueue`.
     private let tunRecord: UnsafeMutableRawBufferPointer
     let offload: OffloadSettings
+    /// The TUN's virtio-net header size: `TunnelVirtioHeader.size` when the kernel took UDP tunnel
+    /// GSO (VXLAN super-packets), else `VirtioNetHeader.size`. Fixed at start-up.
+    let tunHeaderSize: Int
+    /// Which offload path runs, for `show --json`.
+    let offloadReport: TunOffloadReport
     /// Reads per wake-up before yielding to the other sources (fairness; bounded work per event).
     static let burst = 64
     /// TUN reads per wake-up when each may be a 64 KiB super-packet.
@@ -174,33 +179,53 @@ public final class Tunnel: @unchecked Sendable {
         linkMTU = Atomic(mtu)
         offload = OffloadSettings.fromEnvironment()
         tunRecord = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: offload.tun ? VirtioNetHeader.size + OffloadLayout.maximumIPPacket : 0, alignment: 16)
+            byteCount: offload.tun ? TunnelVirtioHeader.size + OffloadLayout.maximumIPPacket : 0, alignment: 16)
 
         let tun = try TunDevice.open(name: name, virtioHeader: offload.tun)
         self.tun = tun
         // TSO, USO and checksum offload: the kernel may hand us TCP and UDP super-packets, which
         // we cut up, and a kernel that knows USO (6.2 and later) takes UDP super-packets on write.
         // Without USO, TCP alone; if it refuses even that, reads still carry a (plain) virtio header.
+        // First choice, where the kernel has it (6.17+): UDP tunnel GSO as well, so VXLAN inside the
+        // tunnel crosses the TUN as super-packets too (TunTunnelOffload.swift).
         var udpSuperPackets = false
+        var udpTunnelGSO = false
+        var tunSegmentation = false
         if offload.tun {
             let tcp: TunDevice.Offloads = [.checksum, .tcpSegmentationV4, .tcpSegmentationV6, .tcpSegmentationECN]
             do {
-                try tun.setOffloads(tcp.union([.udpSegmentationV4, .udpSegmentationV6]))
+                try tun.enableUDPTunnelOffload(tcp.union([.udpSegmentationV4, .udpSegmentationV6]))
                 udpSuperPackets = true
+                udpTunnelGSO = true
+                tunSegmentation = true
             } catch {
+                logger.info(
+                    "\(name): TUN UDP tunnel offload unavailable (\(error)); tunnel datagrams come one per read")
+            }
+            if !udpTunnelGSO {
                 do {
-                    try tun.setOffloads(tcp)
-                    logger.info("\(name): TUN UDP offload unavailable (\(error)); UDP goes one datagram per write")
+                    try tun.setOffloads(tcp.union([.udpSegmentationV4, .udpSegmentationV6]))
+                    udpSuperPackets = true
+                    tunSegmentation = true
                 } catch {
-                    logger.info("\(name): TUN offloads unavailable (\(error)); packets go one by one")
+                    do {
+                        try tun.setOffloads(tcp)
+                        tunSegmentation = true
+                        logger.info("\(name): TUN UDP offload unavailable (\(error)); UDP goes one datagram per write")
+                    } catch {
+                        logger.info("\(name): TUN offloads unavailable (\(error)); packets go one by one")
+                    }
                 }
             }
         }
+        tunHeaderSize = udpTunnelGSO ? TunnelVirtioHeader.size : VirtioNetHeader.size
+        offloadReport = TunOffloadReport(tunSegmentation: tunSegmentation, udpTunnelGSO: udpTunnelGSO)
         // Up to one super-packet per receive slot (a batch carries at most 64 slots of 64 KiB),
         // so full-size TCP seldom passes segments through one by one; with 8 it did. A
         // super-packet costs only its list of pieces: it is written from the slots themselves.
         writer = TunWriter(
-            capacity: Tunnel.burst * 48, superPackets: Tunnel.burst, virtio: offload.tun, mergesUDP: udpSuperPackets)
+            capacity: Tunnel.burst * 48, superPackets: Tunnel.burst, virtio: offload.tun, mergesUDP: udpSuperPackets,
+            headerSize: tunHeaderSize)
         do {
             socket = try UDPSocket(
                 port: config?.interface.listenPort ?? 0, offload: offload.udp ? [.segmentation, .coalescing] : [])
@@ -438,8 +463,17 @@ public final class Tunnel: @unchecked Sendable {
                 handleTunError(error)
                 return
             }
-            let record = UnsafeMutableRawBufferPointer(rebasing: tunRecord[0..<recordLength])
+            var record = UnsafeMutableRawBufferPointer(rebasing: tunRecord[0..<recordLength])
             do {
+                if tunHeaderSize == TunnelVirtioHeader.size {
+                    switch try interpretTunnelTUNRead(record) {
+                    case .classic(let classic):
+                        record = classic
+                    case .tunnelSuperPacket(var segmenter):
+                        sealSegments(&segmenter, now: now, sink: &sink)
+                        continue
+                    }
+                }
                 switch try interpretTUNRead(record) {
                 case .packet(let length):
                     // The one copy on this path: a read cannot know in advance whether it will be a
@@ -453,30 +487,38 @@ public final class Tunnel: @unchecked Sendable {
                         return packet.count
                     }
                 case .superPacket(var segmenter):
-                    var failure: OffloadError?
-                    while sealIntoBatch(
-                        now: now, sink: &sink,
-                        { area in
-                            do throws(OffloadError) {
-                                return try segmenter.next(into: area)
-                            } catch {
-                                failure = error
-                                return nil
-                            }
-                        })
-                    {}
-                    if let failure {
-                        // A segment longer than a slot (as above) is too large, not malformed.
-                        var reason = DropReason.badOffloadPacket
-                        if case .destinationTooSmall = failure { reason = .packetTooLarge }
-                        withEngine { $0.countDrop(reason) }
-                    }
+                    sealSegments(&segmenter, now: now, sink: &sink)
                 }
             } catch {
                 withEngine { $0.countDrop(.badOffloadPacket) }
             }
         }
         flushSendBatch()
+    }
+
+    /// Cuts a super-packet (TCP/UDP, or a UDP tunnel's) into segments straight into send slots,
+    /// each sealed in place; a failure is counted once.
+    private func sealSegments<Segmenter: PacketSegmenter>(
+        _ segmenter: inout Segmenter, now: Instant, sink: inout SocketSink
+    ) {
+        var failure: OffloadError?
+        while sealIntoBatch(
+            now: now, sink: &sink,
+            { area in
+                do throws(OffloadError) {
+                    return try segmenter.next(into: area)
+                } catch {
+                    failure = error
+                    return nil
+                }
+            })
+        {}
+        if let failure {
+            // A segment longer than a slot (as above) is too large, not malformed.
+            var reason = DropReason.badOffloadPacket
+            if case .destinationTooSmall = failure { reason = .packetTooLarge }
+            withEngine { $0.countDrop(reason) }
+        }
     }
 
     /// Puts one plaintext packet into the next send slot (`produce` writes it at the header room

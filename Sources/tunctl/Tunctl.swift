@@ -17,6 +17,7 @@ struct Tunctl: ParsableCommand {
             Genpsk.self,
             Check.self,
             Show.self,
+            BenchDataplane.self,
             Down.self,
             Up.self,
             Userspace.self,
