@@ -101,6 +101,7 @@ public final class Device {
     /// Peers `tick` has visited since the device was made (tests count the work a tick does).
     public private(set) var timerVisits = 0
     public private(set) var drops = DropCounters()
+    public internal(set) var events = DeviceEvents()
 
     /// Scratch for datagrams the core originates (control messages, staged packets). Allocated
     /// once, large enough for any IP packet plus overhead; owned by this device's queue.
@@ -516,6 +517,7 @@ public final class Device {
         if case .drop(let reason, let cookieReply) = verdict {
             if cookieReply {
                 sink.send(UnsafeRawBufferPointer(rebasing: scratch[0..<CookieReplyMessage.size]), to: source)
+                events.cookieRepliesSent &+= 1
             }
             return drop(reason)
         }
@@ -739,6 +741,7 @@ public final class Device {
     }
 
     func sessionDerived(_ peer: Peer, now: Instant) {
+        events.handshakes &+= 1
         peer.zeroKeyMaterialAt = now.monotonic + Protocol.zeroKeysAfter
     }
 

@@ -186,9 +186,11 @@ extension Device {
         receiveCookieReply(message, now: now)
     }
 
-    /// Counts drops decided off the device (the handshake worker counts in batches).
-    public func countDrops(_ counters: DropCounters) {
+    /// Counts drops decided off the device and the cookie replies sent from there (the handshake
+    /// worker counts in batches).
+    public func countDrops(_ counters: DropCounters, cookieRepliesSent: UInt64 = 0) {
         for (reason, times) in counters.nonzero { countDrop(reason, times: times) }
+        events.cookieRepliesSent &+= cookieRepliesSent
     }
 
     /// Counts a drop of `peer`'s decided off the device.

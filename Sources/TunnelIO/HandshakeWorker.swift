@@ -52,8 +52,9 @@ final class HandshakeWorker: @unchecked Sendable {
     private var large: [([UInt8], Endpoint)] = []
     /// Initiations the device decided to send (`Device.defersInitiations`), taken each round.
     private var initiations: [InitiationRequest] = []
-    /// Drops decided here, counted into the device once per batch.
+    /// Drops decided here and cookie replies made here, counted into the device once per batch.
     private var drops = DropCounters()
+    private var cookieReplies: UInt64 = 0
     /// Where a response or a cookie reply is made before it is queued.
     private let scratch: UnsafeMutableRawBufferPointer
     private var stopped = false
@@ -191,7 +192,10 @@ final class HandshakeWorker: @unchecked Sendable {
             cookieReply: reply)
         if case .drop(let reason, let cookieReply) = verdict {
             drops.count(reason)
-            if cookieReply { queue(UnsafeRawBufferPointer(reply), to: source) }
+            if cookieReply {
+                queue(UnsafeRawBufferPointer(reply), to: source)
+                cookieReplies += 1
+            }
             return
         }
         if type == .initiation {
@@ -242,10 +246,12 @@ final class HandshakeWorker: @unchecked Sendable {
 
     /// After a batch: the drops into the device (one lock hold), then the sends.
     private func finishBatch() {
-        if drops.total > 0 {
+        if drops.total > 0 || cookieReplies > 0 {
             let counted = drops
+            let replies = cookieReplies
             drops = DropCounters()
-            tunnel.withEngine { $0.countDrops(counted) }
+            cookieReplies = 0
+            tunnel.withEngine { $0.countDrops(counted, cookieRepliesSent: replies) }
         }
         flushSends()
     }

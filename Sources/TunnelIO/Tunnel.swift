@@ -981,14 +981,24 @@ public final class Tunnel: @unchecked Sendable {
             if errno == 0, configPath != nil { syncRoutes() }
             reply.append("errno=\(errno)\n\n")
         case .show:
-            // The kernel's MTU now (`ip link set mtu` may not have reached us yet), read outside the lock.
-            let mtu = (try? tun.mtu()) ?? linkMTU.load(ordering: .relaxed)
             // The report takes the engine in pieces itself; the JSON is encoded outside the lock.
-            reply.append(ShowReport(tunnel: self, linkMTU: mtu).json + "\n\n")
+            reply.append(showReport().json + "\n\n")
         case .down:
             queue.async { [unowned self] in self.shutdown(status: 0, linkGone: false) }
             reply.append("errno=0\n\n")
         }
+    }
+
+    /// The `show` report, on `queue`. The kernel's MTU now (`ip link set mtu` may not have reached
+    /// us yet), read outside the lock.
+    private func showReport() -> ShowReport {
+        ShowReport(tunnel: self, linkMTU: (try? tun.mtu()) ?? linkMTU.load(ordering: .relaxed))
+    }
+
+    /// A `show` report made on `queue` as for `tunctl show`, handed to `done` there (the metrics
+    /// endpoint: a snapshot, so a scrape holds the engine no longer than `tunctl show` does).
+    public func report(_ done: @escaping @Sendable (ShowReport) -> Void) {
+        queue.async { [self] in done(showReport()) }
     }
 
     /// Shuts down from any thread but `queue`, at once and without the shutdown steps (used when
