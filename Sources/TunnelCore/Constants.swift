@@ -33,8 +33,6 @@ public enum Protocol {
     /// Handshakes accepted per second from one source while under load, and the burst.
     public static let underLoadHandshakesPerSecond: UInt64 = 20
     public static let underLoadHandshakeBurst: UInt64 = 5
-    /// Queued handshakes above which the device counts itself "under load" and demands cookies.
-    public static let underLoadQueueThreshold = 128
 
     /// Replay window: 8192 bits in 64-bit blocks, of which 8128 are usable.
     public static let replayWindowBits = 8192

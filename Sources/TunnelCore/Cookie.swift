@@ -29,7 +29,10 @@ public struct CookieGenerator: Sendable {
     /// Writes mac1, and mac2 when we hold a cookie younger than `Protocol.cookieRefreshTime`
     /// (zeros otherwise), into a complete initiation or response. Anything else traps: the
     /// caller built the message.
-    public mutating func addMACs(to message: UnsafeMutableRawBufferPointer, now: UInt64) {
+    /// Returns mac1, which `recordSent(mac1:)` takes when the MACs were added to a copy of the
+    /// generator (the handshake worker adds them outside the engine lock).
+    @discardableResult
+    public mutating func addMACs(to message: UnsafeMutableRawBufferPointer, now: UInt64) -> Bytes16 {
         guard let layout = MACLayout.of(UnsafeRawBufferPointer(message)) else {
             preconditionFailure("addMACs needs a complete initiation or response")
         }
@@ -47,6 +50,12 @@ public struct CookieGenerator: Sendable {
         } else {
             mac2Field.initializeMemory(as: UInt8.self, repeating: 0)
         }
+        return mac1
+    }
+
+    /// The message whose mac1 this is was sent: a cookie reply to it may be taken in.
+    public mutating func recordSent(mac1: Bytes16) {
+        lastMAC1 = mac1
     }
 
     /// Takes in a cookie reply (the caller routed it to this peer by its receiver index).

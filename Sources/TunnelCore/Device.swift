@@ -82,17 +82,25 @@ public final class Device {
         }
     }
 
-    private var peersByKey: [PublicKey: Peer] = [:]
+    var peersByKey: [PublicKey: Peer] = [:]
     @exclusivity(unchecked) private var routes = AllowedIPs<Peer>()
     /// Each peer's prefixes in `routes`, so that one peer's are found without walking the whole
     /// table (with 10,000 peers, start-up and shutdown were quadratic: seconds in `entries`).
     private var prefixesByPeer: [ObjectIdentifier: Set<IPPrefix>] = [:]
-    @exclusivity(unchecked) private var indices: [UInt32: IndexEntry] = [:]
-    private var cookieChecker: CookieChecker?
-    private var rateLimiter = RateLimiter()
-    private var loadWindowStart: UInt64 = 0
-    private var loadWindowCount = 0
-    private var underLoadUntil: UInt64 = 0
+    @exclusivity(unchecked) var indices: [UInt32: IndexEntry] = [:]
+    /// mac1, mac2 and the rate limit for `decapsulate`'s handshakes. The tunnel's handshake
+    /// worker has its own, off the engine lock (HandshakeWorker.swift).
+    private var gate: HandshakeGate?
+    /// Set by an owner with a handshake worker: an initiation due is queued here rather than made
+    /// (two X25519) under the owner's lock; the worker takes, makes and commits it
+    /// (HandshakeSteps.swift). Off: made and sent at once, as `InMemoryNetwork` tests expect.
+    public var defersInitiations = false
+    /// The peers whose initiation is due, in order, each once (`pendingInitiationIDs`). Read after
+    /// every engine call, as `initiationsAnnounced` is: unchecked for the reason on `Peer`.
+    @exclusivity(unchecked) var pendingInitiations: [Peer] = []
+    var pendingInitiationIDs = Set<ObjectIdentifier>()
+    /// Whether the owner was told of the pending initiations (`announcesPendingInitiations`).
+    @exclusivity(unchecked) var initiationsAnnounced = false
     private var timerJitter = TimerJitter()
     /// Every peer's earliest armed timer, so that `tick` visits only the peers that are due.
     private let timers = TimerQueue()
@@ -102,7 +110,7 @@ public final class Device {
     /// Peers `tick` has visited since the device was made (tests count the work a tick does).
     public private(set) var timerVisits = 0
     public private(set) var drops = DropCounters()
-    public private(set) var events = DeviceEvents()
+    public internal(set) var events = DeviceEvents()
 
     /// Scratch for datagrams the core originates (control messages, staged packets). Allocated
     /// once, large enough for any IP packet plus overhead; owned by this device's queue.
@@ -110,7 +118,7 @@ public final class Device {
     /// How many synthetic "packet too big" messages may go into the TUN now (Device+PathMTU.swift).
     var tooBigBudget = TooBigBudget()
 
-    private enum IndexEntry {
+    enum IndexEntry {
         /// Our outstanding initiation to this peer.
         case handshake(Peer)
         case keypair(Peer, Keypair)
@@ -137,7 +145,7 @@ public final class Device {
     public func setPrivateKey(_ key: PrivateKey?) {
         if let key, let current = local?.privateKey, current == key { return }
         local = key.map(LocalIdentity.init(privateKey:))
-        cookieChecker = local.map(CookieChecker.init(local:))
+        gate = local.map { HandshakeGate(local: $0) }
         if let own = local?.publicKey { removePeer(own) }
         for peer in peersByKey.values {
             clearSessions(peer)
@@ -535,105 +543,47 @@ public final class Device {
         return .deliver(offset: TransportMessage.headerSize, length: header.length)
     }
 
+    /// A handshake message handled at once, in the steps the handshake worker runs apart
+    /// (HandshakeSteps.swift). No queue stands in front of it, so it is never under load.
     private func receiveHandshake<Sink: DatagramSink>(
         _ message: UnsafeRawBufferPointer, type: MessageType, from source: Endpoint, now: Instant,
         sink: inout Sink
     ) -> InboundAction {
-        guard let local, let cookieChecker else { return drop(.noPrivateKey) }
-        guard cookieChecker.checkMAC1(message) else { return drop(.badMAC1) }
-        if isUnderLoad(now: now.monotonic) {
-            guard cookieChecker.checkMAC2(message, source: source, now: now.monotonic) else {
-                sendCookieReply(to: message, source: source, now: now, sink: &sink)
-                return drop(.cookieRequired)
+        guard let local, gate != nil else { return drop(.noPrivateKey) }
+        let verdict = gate!.check(
+            message, from: source, queueDepth: 0, capacity: 1, now: now.monotonic,
+            cookieReply: UnsafeMutableRawBufferPointer(rebasing: scratch[0..<CookieReplyMessage.size]))
+        if case .drop(let reason, let cookieReply) = verdict {
+            if cookieReply {
+                sink.send(UnsafeRawBufferPointer(rebasing: scratch[0..<CookieReplyMessage.size]), to: source)
+                events.cookieRepliesSent &+= 1
             }
-            guard rateLimiter.allow(source.address, now: now.monotonic) else { return drop(.rateLimited) }
+            return drop(reason)
         }
         if type == .initiation {
-            return receiveInitiation(message, local: local, from: source, now: now, sink: &sink)
+            guard let identity = Noise.decryptInitiationIdentity(local: local, message: message) else {
+                return drop(.handshakeFailed)
+            }
+            let initiator: InitiatorLookup
+            switch lookUpInitiator(identity, now: now) {
+            case .success(let found): initiator = found
+            case .failure(let dropped): return .dropped(dropped.reason)
+            }
+            let response = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<ResponseMessage.size])
+            guard let prepared = Device.prepareResponse(to: identity, initiator, now: now, into: response) else {
+                return drop(.handshakeFailed, initiator.peer)
+            }
+            return commitInitiation(
+                prepared, response: UnsafeRawBufferPointer(response), from: source, now: now, sink: &sink)
         }
-        return receiveResponse(message, local: local, from: source, now: now, sink: &sink)
+        guard let initiation = lookUpResponse(message) else { return .dropped(.unknownReceiver) }
+        guard let keys = Device.consumeResponse(message, initiation) else {
+            return drop(.handshakeFailed, initiation.peer)
+        }
+        return commitResponse(initiation, keys: keys, messageLength: message.count, from: source, now: now, sink: &sink)
     }
 
-    private func receiveInitiation<Sink: DatagramSink>(
-        _ message: UnsafeRawBufferPointer, local: LocalIdentity, from source: Endpoint, now: Instant,
-        sink: inout Sink
-    ) -> InboundAction {
-        var found: Peer?
-        guard
-            let consumed = Noise.consumeInitiation(
-                local: local, message: message,
-                lookup: { key in
-                    found = self.peersByKey[key]
-                    return found?.remote
-                }), let peer = found
-        else { return drop(.handshakeFailed) }
-        if let latest = peer.latestTimestamp, consumed.timestamp <= latest { return drop(.staleTimestamp, peer) }
-        if let last = peer.lastInitiationConsumed, now.elapsed(since: last) < Protocol.rekeyInitiationMinimumInterval {
-            return drop(.initiationFlood, peer)
-        }
-        let localIndex = newIndex()
-        let response = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<ResponseMessage.size])
-        guard
-            let keys = Noise.createResponse(
-                for: consumed, remote: peer.remote, senderIndex: localIndex, ephemeral: .generate(), into: response)
-        else { return drop(.handshakeFailed, peer) }
-        peer.latestTimestamp = consumed.timestamp
-        peer.lastInitiationConsumed = now.monotonic
-        peer.cookies.addMACs(to: response, now: now.monotonic)
-
-        let keypair = Keypair(keys: keys, isInitiator: false, created: now.monotonic)
-        if let stale = peer.next { indices[stale.localIndex] = nil }
-        peer.next = keypair
-        indices[localIndex] = .keypair(peer, keypair)
-
-        peer.endpoint = source
-        peer.rxBytes &+= UInt64(message.count)
-        authenticatedPacketReceived(peer, now: now)
-        sessionDerived(peer, now: now)
-        transmit(UnsafeRawBufferPointer(response), to: source, peer: peer, now: now, sink: &sink)
-        return .consumed
-    }
-
-    private func receiveResponse<Sink: DatagramSink>(
-        _ message: UnsafeRawBufferPointer, local: LocalIdentity, from source: Endpoint, now: Instant,
-        sink: inout Sink
-    ) -> InboundAction {
-        guard let receiver = LittleEndian.readUInt32(message, at: ResponseMessage.receiverOffset),
-            case .handshake(let peer) = indices[receiver], let state = peer.initiation,
-            state.senderIndex == receiver
-        else { return drop(.unknownReceiver) }
-        guard let keys = Noise.consumeResponse(state: state, local: local, remote: peer.remote, message: message)
-        else { return drop(.handshakeFailed, peer) }
-        indices[receiver] = nil
-        peer.initiation = nil
-
-        let keypair = Keypair(keys: keys, isInitiator: true, created: now.monotonic)
-        // Crossing initiations: the peer may already be sending under the keypair we derived as
-        // its responder (`next`, unconfirmed here). Demote it to `previous` rather than drop it,
-        // so those packets still open; it takes the place `current` would have taken
-        // (wireguard-go noise-protocol.go, BeginSymmetricSession).
-        if let old = peer.previous { indices[old.localIndex] = nil }
-        if let unconfirmed = peer.next {
-            if let displaced = peer.current { indices[displaced.localIndex] = nil }
-            peer.previous = unconfirmed
-            peer.next = nil
-        } else {
-            peer.previous = peer.current
-        }
-        peer.current = keypair
-        indices[keys.localIndex] = .keypair(peer, keypair)
-
-        peer.endpoint = source
-        peer.rxBytes &+= UInt64(message.count)
-        handshakeComplete(peer, now: now)
-        sessionDerived(peer, now: now)
-        authenticatedPacketReceived(peer, now: now)
-        // Key confirmation for the responder: staged packets, or else a keepalive, go out now.
-        if !flushStaged(peer, now: now, sink: &sink) { sendKeepalive(peer, now: now, sink: &sink) }
-        return .consumed
-    }
-
-    private func receiveCookieReply(_ message: UnsafeRawBufferPointer, now: Instant) -> InboundAction {
+    func receiveCookieReply(_ message: UnsafeRawBufferPointer, now: Instant) -> InboundAction {
         guard let receiver = LittleEndian.readUInt32(message, at: CookieReplyMessage.receiverOffset) else {
             return drop(.tooShort)
         }
@@ -644,31 +594,14 @@ public final class Device {
         case nil: return drop(.unknownReceiver)
         }
         guard peer.cookies.consumeReply(message, now: now.monotonic) else { return drop(.badCookieReply, peer) }
+        // The responder is under load and wants our initiation again with mac2: the retransmit
+        // timer sends it as soon as the 50-per-second spacing allows, rather than REKEY_TIMEOUT
+        // later, and counts it as one of the attempts. One reply per initiation sent (the
+        // generator forgets its mac1), so a reply cannot be replayed into more initiations.
+        if peer.initiation != nil, let sent = peer.lastInitiationSent {
+            peer.retransmitHandshakeAt = max(now.monotonic, sent + Protocol.rekeyInitiationMinimumInterval)
+        }
         return .consumed
-    }
-
-    private func sendCookieReply<Sink: DatagramSink>(
-        to message: UnsafeRawBufferPointer, source: Endpoint, now: Instant, sink: inout Sink
-    ) {
-        guard cookieChecker != nil else { return }
-        let reply = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<CookieReplyMessage.size])
-        guard cookieChecker!.createReply(to: message, source: source, now: now.monotonic, into: reply) else { return }
-        sink.send(UnsafeRawBufferPointer(reply), to: source)
-        events.cookieRepliesSent &+= 1
-    }
-
-    /// "Under load" as wireguard-go means it (a backlog of handshakes): here, more than
-    /// `underLoadQueueThreshold` handshake messages within one second; it lasts one second more.
-    private func isUnderLoad(now: UInt64) -> Bool {
-        if now &- loadWindowStart >= Protocol.nanosecondsPerSecond {
-            loadWindowStart = now
-            loadWindowCount = 0
-        }
-        loadWindowCount += 1
-        if loadWindowCount > Protocol.underLoadQueueThreshold {
-            underLoadUntil = now + Protocol.nanosecondsPerSecond
-        }
-        return now < underLoadUntil
     }
 
     // MARK: - Sessions
@@ -687,7 +620,7 @@ public final class Device {
     }
 
     /// Sends every staged packet under the current keypair; false when there were none.
-    private func flushStaged<Sink: DatagramSink>(_ peer: Peer, now: Instant, sink: inout Sink) -> Bool {
+    func flushStaged<Sink: DatagramSink>(_ peer: Peer, now: Instant, sink: inout Sink) -> Bool {
         guard !peer.staged.isEmpty, let endpoint = peer.endpoint else { return false }
         let packets = peer.staged
         peer.staged.removeAll(keepingCapacity: true)
@@ -702,7 +635,7 @@ public final class Device {
         return true
     }
 
-    private func sendKeepalive<Sink: DatagramSink>(_ peer: Peer, now: Instant, sink: inout Sink) {
+    func sendKeepalive<Sink: DatagramSink>(_ peer: Peer, now: Instant, sink: inout Sink) {
         guard let endpoint = peer.endpoint else { return }
         guard let keypair = peer.sendingKeypair(at: now.monotonic) else {
             // No session: a handshake brings one up, and its completion sends the keepalive.
@@ -726,6 +659,7 @@ public final class Device {
             if since < Protocol.rekeyInitiationMinimumInterval { return }
         }
         if !isRetry { peer.handshakeAttempts = 0 }
+        if defersInitiations { return deferInitiation(peer, now: now) }
         if let old = peer.initiation { indices[old.senderIndex] = nil }
         let index = newIndex()
         let message = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<InitiationMessage.size])
@@ -747,7 +681,7 @@ public final class Device {
     }
 
     /// Sends a handshake message and applies the "authenticated packet sent" timer events.
-    private func transmit<Sink: DatagramSink>(
+    func transmit<Sink: DatagramSink>(
         _ datagram: UnsafeRawBufferPointer, to endpoint: Endpoint, peer: Peer, now: Instant, sink: inout Sink
     ) {
         sink.send(datagram, to: endpoint)
@@ -771,14 +705,14 @@ public final class Device {
     }
 
     /// A fresh random index not in use (collisions are retried; 2^32 space, few in use).
-    private func newIndex() -> UInt32 {
+    func newIndex() -> UInt32 {
         while true {
             let candidate = SecureRandom.uint32()
             if indices[candidate] == nil { return candidate }
         }
     }
 
-    private func jitter() -> UInt64 { timerJitter.draw() }
+    func jitter() -> UInt64 { timerJitter.draw() }
 
     // MARK: - Timers (wireguard-go device/timers.go, event by event)
 
@@ -826,13 +760,13 @@ public final class Device {
     }
 
     /// timersAnyAuthenticatedPacketSent + Traversal.
-    private func authenticatedPacketSent(_ peer: Peer, now: Instant) {
+    func authenticatedPacketSent(_ peer: Peer, now: Instant) {
         peer.sendKeepaliveAt = nil
         traversal(peer, now: now)
     }
 
     /// timersAnyAuthenticatedPacketReceived + Traversal.
-    private func authenticatedPacketReceived(_ peer: Peer, now: Instant) {
+    func authenticatedPacketReceived(_ peer: Peer, now: Instant) {
         peer.newHandshakeAt = nil
         traversal(peer, now: now)
     }
@@ -844,7 +778,7 @@ public final class Device {
         }
     }
 
-    private func handshakeComplete(_ peer: Peer, now: Instant) {
+    func handshakeComplete(_ peer: Peer, now: Instant) {
         peer.retransmitHandshakeAt = nil
         peer.handshakeAttempts = 0
         peer.sentLastMinuteHandshake = false
@@ -853,7 +787,7 @@ public final class Device {
         if peer.pathMTUAt == nil { armPathMTU(peer) }
     }
 
-    private func sessionDerived(_ peer: Peer, now: Instant) {
+    func sessionDerived(_ peer: Peer, now: Instant) {
         events.handshakes &+= 1
         peer.zeroKeyMaterialAt = now.monotonic + Protocol.zeroKeysAfter
     }
@@ -937,7 +871,7 @@ public final class Device {
             timers.reschedule(peer)
         }
         timers.compact(livePeers: peersByKey.count)
-        rateLimiter.collectGarbage(now: time)
+        gate?.collectGarbage(now: time)
     }
 
     /// The earliest armed timer over all peers, or nil when none is armed (a scan of every

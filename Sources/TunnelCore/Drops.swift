@@ -8,6 +8,8 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     case badMAC1
     case cookieRequired
     case rateLimited
+    /// A handshake message that found the handshake worker's queue full.
+    case handshakeQueueFull
     case handshakeFailed
     case staleTimestamp
     case initiationFlood
@@ -45,6 +47,7 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .badMAC1: return "bad_mac1"
         case .cookieRequired: return "cookie_required"
         case .rateLimited: return "rate_limited"
+        case .handshakeQueueFull: return "handshake_queue_full"
         case .handshakeFailed: return "handshake_failed"
         case .staleTimestamp: return "stale_timestamp"
         case .initiationFlood: return "initiation_flood"

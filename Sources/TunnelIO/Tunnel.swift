@@ -37,7 +37,8 @@ struct SocketSink: DatagramSink {
 ///
 /// Threading, which is why the `@unchecked Sendable` below is sound:
 /// - `outboundQueue` owns `sendBatch` and the TUN read source (TUN → seal → UDP);
-/// - `inboundQueue` owns `receiveBatch` and the UDP read source (UDP → open → TUN);
+/// - `inboundQueue` owns `receiveBatch` and the UDP read source (UDP → open → TUN), and hands
+///   handshake messages to `handshakeWorker`, whose own queue runs them (HandshakeWorker.swift);
 /// - `queue` (control) owns everything else: timer, signals, control socket, link events, shutdown.
 /// - `link` owns the link's addresses and routes on its own queue, off the timers' path.
 /// - `device` is shared by all three and touched only inside `withEngine` (one lock; system
@@ -73,6 +74,10 @@ public final class Tunnel: @unchecked Sendable {
     static let defaultFullTunnelTable: UInt32 = 51820
     private var control: ControlServer?
 
+    /// Runs the handshakes the inbound queue hands it and makes the initiations the engine wants,
+    /// off the data path (HandshakeWorker.swift). Set on `queue` before any source starts, never
+    /// changed after: the data queues read it.
+    private var handshakeWorker: HandshakeWorker?
     private var tunSource: DispatchSourceRead?
     private var udpSource: DispatchSourceRead?
     /// One-shot, re-armed for the device's next timer deadline. Set and re-armed under
@@ -253,14 +258,19 @@ public final class Tunnel: @unchecked Sendable {
 
     /// Runs `body` with exclusive use of the protocol engine. The sanitizer calls make the lock
     /// visible to the thread sanitizer (CLinuxSanitizer.h); without it they are empty.
+    /// Initiations the engine decided on are made by the handshake worker, woken here once the
+    /// lock is released.
     func withEngine<R>(_ body: (Device) throws -> R) rethrows -> R {
-        try engineLock.withLock { _ in
+        var initiationsDue = false
+        defer { if initiationsDue { handshakeWorker?.signal() } }
+        return try engineLock.withLock { _ in
             let token = UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque())
             SanitizerAnnotations.acquired(token)
             defer { SanitizerAnnotations.releasing(token) }
             if socket.hasVanishedSources { forgetVanishedSources() }
             defer {
                 if let due = device.timerLowerBound, due < timerArmedFor { armTimer(now: currentInstant().monotonic) }
+                initiationsDue = device.announcesPendingInitiations()
             }
             return try body(device)
         }
@@ -311,6 +321,9 @@ public final class Tunnel: @unchecked Sendable {
     }
 
     private func startSources() {
+        // Before any data source: they read it. From here on initiations are made off the lock.
+        handshakeWorker = HandshakeWorker(tunnel: self, name: name)
+        withEngine { $0.defersInitiations = true }
         let tunSource = DispatchSource.makeReadSource(fileDescriptor: tun.fileDescriptor, queue: outboundQueue)
         tunSource.setEventHandler { [unowned self] in self.drainTun() }
         tunSource.resume()
@@ -673,13 +686,21 @@ public final class Tunnel: @unchecked Sendable {
             }
             if received == 0 { return }
             let now = currentInstant()
+            var handedOff = false
             receiveBatch.forEachDatagramInStorage { storage, range, source in
                 let datagram = UnsafeMutableRawBufferPointer(rebasing: storage[range])
+                // Handshakes go to their worker: a copy into its ring, no crypto and no engine lock here.
+                if let worker = handshakeWorker, HandshakeWorker.takes(UnsafeRawBufferPointer(datagram)) {
+                    worker.enqueue(UnsafeRawBufferPointer(datagram), from: source)
+                    handedOff = true
+                    return
+                }
                 let action = open(datagram, at: range.lowerBound, in: storage, from: source, now: now, sink: &sink)
                 if case .deliver(let offset, let length) = action {
                     writer.add(UnsafeMutableRawBufferPointer(rebasing: datagram[offset..<(offset + length)]), tun: tun)
                 }
             }
+            if handedOff { handshakeWorker?.signal() }
             // Before the next receive reuses the slots the writer points into.
             writer.flush(tun: tun)
             let refused = writer.takeRefused()
@@ -913,11 +934,15 @@ public final class Tunnel: @unchecked Sendable {
 
     // MARK: - Control and shutdown (on `queue`)
 
-    /// Runs `body` on the control queue while both data queues are held, first waking a handler
-    /// parked in `poll` so the wait is for its current batch only.
+    /// Runs `body` on the control queue while both data queues and the handshake worker's are
+    /// held, first waking a handler parked in `poll` so the wait is for its current batch only.
     private func holdingDataQueues(_ body: () -> Void) {
         wakeup.raise()
-        outboundQueue.sync { inboundQueue.sync { body() } }
+        outboundQueue.sync {
+            inboundQueue.sync {
+                if let worker = handshakeWorker { worker.queue.sync(execute: body) } else { body() }
+            }
+        }
         wakeup.lower()
     }
 
@@ -1049,6 +1074,7 @@ public final class Tunnel: @unchecked Sendable {
         linkMonitor?.cancel()
         // Wait out any data-path handler still running before closing what it uses.
         holdingDataQueues {}
+        handshakeWorker?.stop()
         try? tun.close()
         // A non-persistent TUN disappears when its last descriptor closes; make sure of it. No
         // route is deleted one by one: they go with the link.
