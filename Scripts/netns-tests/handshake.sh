@@ -13,7 +13,8 @@ set -uo pipefail
 source "$(dirname "$0")/../lib/netns.sh"
 
 ROUNDS=5       # crossed rounds wanted
-MAX_ROUNDS=12  # rounds tried at most (the scheduler decides which daemon runs first)
+MAX_ROUNDS=20  # rounds tried at most (the scheduler decides which daemon runs first; the handshake
+               # worker, one thread hop later, lets the other side's initiation win more often)
 
 # ms_since T0: whole milliseconds from T0 (date +%s%N) to now.
 ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
