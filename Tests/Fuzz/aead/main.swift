@@ -1,0 +1,6 @@
+import FuzzSupport
+import TunnelCrypto
+
+runFuzzer { data, size in
+    0
+}

@@ -1,0 +1,6 @@
+import FuzzSupport
+import TunnelCore
+
+runFuzzer { data, size in
+    0
+}
