@@ -12,8 +12,8 @@ public func runFuzzer(_ body: @convention(c) (UnsafePointer<UInt8>?, Int) -> CIn
 /// as a crash and saves the input as a reproducer (`crash-…`).
 public func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
     if !condition() {
-        let line = "INVARIANT BROKEN: \(message())\n"
-        _ = line.withCString { write(2, $0, strlen($0)) }
+        var line = "INVARIANT BROKEN: \(message())\n"
+        _ = line.withUTF8 { write(2, $0.baseAddress, $0.count) }
         abort()
     }
 }
