@@ -16,6 +16,11 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // The Prometheus text exposition (`tunctl show --format prometheus`, the metrics endpoint).
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // The loopback HTTP endpoint for metrics: no SwiftNIO, so it adds seconds, not minutes, to
+        // a clean build (README, "Operating").
+        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
     ],
     targets: [
         .systemLibrary(
@@ -32,6 +37,7 @@ let package = Package(
             dependencies: [
                 "TunnelCore", "CLinuxShim",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]),
         // Test support only: replaces malloc with a counting wrapper so tests can prove a hot path
         // allocates nothing. Linked into the test bundle through TunnelTestSupport, nowhere else.
@@ -43,7 +49,12 @@ let package = Package(
                 "TunnelIO", "TunnelCore", "TunnelCrypto",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]),
+                .product(name: "FlyingFox", package: "FlyingFox"),
+            ],
+            plugins: ["BuildInfo"]),
+        // Writes BuildInfo.swift (the git commit `tunctl --version` prints) before every build;
+        // "unknown" without git or a .git directory.
+        .plugin(name: "BuildInfo", capability: .buildTool()),
         // Test support: a UDP relay that drops, reorders and duplicates datagrams between two
         // namespaces, standing in for netem (not available on these machines).
         .executableTarget(name: "udprelay", dependencies: ["TunnelCore"], path: "Sources/udprelay"),

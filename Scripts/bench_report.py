@@ -38,6 +38,19 @@ SYSTEM_INFO = {
         "carries": "L3 IP packets (TUN)",
         "encrypts": True,
     },
+    # Flannel-style VXLAN (MTU 1370) inside each encrypted tunnel, measured through the VXLAN.
+    "vxlan-in-tunctl": {
+        "label": "VXLAN inside tunctl",
+        "runs_in": "userspace",
+        "carries": "L2 frames in VXLAN in L3 (TUN)",
+        "encrypts": True,
+    },
+    "vxlan-in-wireguard-go-modern": {
+        "label": "VXLAN inside wireguard-go 0.0.20231211",
+        "runs_in": "userspace",
+        "carries": "L2 frames in VXLAN in L3 (TUN)",
+        "encrypts": True,
+    },
     # Debian 12's build predates those offloads: kept as the older anchor.
     "wireguard-go": {
         "label": "wireguard-go 0.0.20220316 (Debian 12)",
@@ -72,6 +85,10 @@ RATIO_LABELS = {
     "peak_rss_mib": "peak RSS (lower is better)",
 }
 RATIO_OTHERS = ("wireguard-go-modern", "wireguard-go", "vxlan")
+# VXLAN inside the tunnel: against TCP straight over the same tunnel (the goal is >= 0.8) and
+# against the same overlay inside wireguard-go.
+VXLAN_RATIOS = (("vxlan-in-tunctl", "tunctl"), ("vxlan-in-tunctl", "vxlan-in-wireguard-go-modern"),
+                ("vxlan-in-wireguard-go-modern", "wireguard-go-modern"))
 
 
 def read_env(path):
@@ -356,6 +373,10 @@ def build(raw_dir):
         for other in RATIO_OTHERS:
             a, b = med("tunctl", key), med(other, key)
             ratios[f"{key}.tunctl/{other}"] = a / b if a is not None and b else None
+    for key in ("tcp1_gbps", "tcp4_gbps"):
+        for one, other in VXLAN_RATIOS:
+            a, b = med(one, key), med(other, key)
+            ratios[f"{key}.{one}/{other}"] = a / b if a is not None and b else None
     doc["ratios"] = ratios
     return doc
 
@@ -442,6 +463,12 @@ def markdown(doc):
             r = doc["ratios"][f"{key}.tunctl/{other}"]
             parts.append(f"tunctl/{other} {'n/a' if r is None else f'{r:.2f}×'}")
         lines.append(f"- {label}: " + ", ".join(parts))
+    for one, other in VXLAN_RATIOS:
+        parts = []
+        for key in ("tcp1_gbps", "tcp4_gbps"):
+            r = doc["ratios"].get(f"{key}.{one}/{other}")
+            parts.append(f"{RATIO_LABELS[key]} {'n/a' if r is None else f'{r:.2f}×'}")
+        lines.append(f"- {one}/{other}: " + ", ".join(parts))
     c = doc["ceiling"]
     lines += ["", "Ceiling, ChaCha20-Poly1305 seal on one core (Gbit/s of plaintext per second of CPU time):", ""]
     lines += ["| Through | 1420 B | 64 KB |", "|---|--:|--:|"]
@@ -481,8 +508,9 @@ def nice_step(top, ticks=5):
 
 def svg(doc):
     systems = list(doc["systems"].items())
-    W, H = 820, 500
-    left, right, top, bottom = 70, 20, 106, 110
+    # Wider and taller once the VXLAN-inside rows (and their ratio line) are there.
+    W, H = (820, 500) if len(systems) <= 5 else (1100, 520)
+    left, right, top, bottom = 70, 20, 106 if len(systems) <= 5 else 124, 110
     pw, ph = W - left - right, H - top - bottom
     series = [("tcp1_gbps", "TCP, 1 stream", "#4c72b0"), ("tcp4_gbps", "TCP, 4 streams", "#dd8452")]
     ceiling = (doc["ceiling"]["libsodium"] or {}).get("1420")
@@ -515,6 +543,12 @@ def svg(doc):
             r = doc["ratios"][f"{key}.tunctl/{other}"]
             parts.append(f"{name} {'n/a' if r is None else f'{r:.2f}×'}")
         ratio_lines.append(f"tunctl / {label}: " + ", ".join(parts))
+    r = doc["ratios"].get("tcp1_gbps.vxlan-in-tunctl/tunctl")
+    w = doc["ratios"].get("tcp1_gbps.vxlan-in-tunctl/vxlan-in-wireguard-go-modern")
+    if r is not None or w is not None:
+        ratio_lines.append(
+            "VXLAN inside tunctl, 1 stream: / tunctl " + ("n/a" if r is None else f"{r:.2f}×")
+            + ", / VXLAN inside wireguard-go " + ("n/a" if w is None else f"{w:.2f}×"))
     for i, text in enumerate(ratio_lines):
         out.append(f'<text x="{W / 2}" y="{62 + i * 16}" text-anchor="middle" font-weight="bold">{escape(text)}</text>')
     # Axis and grid.

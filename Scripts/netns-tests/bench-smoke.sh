@@ -77,7 +77,8 @@ if "libsodium" not in doc["ceiling"] or "tunctl" not in doc["ceiling"]:
     problems.append("ceiling.libsodium / ceiling.tunctl absent")
 elif not doc["ceiling"]["libsodium"] or not doc["ceiling"]["libsodium"].get("1420"):
     problems.append(f"libsodium ceiling not measured: {doc['ceiling']['notes']}")
-for key in ("tcp1_gbps.tunctl/wireguard-go-modern", "tcp1_gbps.tunctl/wireguard-go", "tcp1_gbps.tunctl/vxlan"):
+for key in ("tcp1_gbps.tunctl/wireguard-go-modern", "tcp1_gbps.tunctl/wireguard-go", "tcp1_gbps.tunctl/vxlan",
+            "tcp1_gbps.vxlan-in-tunctl/tunctl", "tcp1_gbps.vxlan-in-tunctl/vxlan-in-wireguard-go-modern"):
     if key not in doc["ratios"]:
         problems.append(f"ratio {key} absent")
 
@@ -119,9 +120,10 @@ test_quick_run_is_complete() {
 }
 
 # Both wireguard-go anchors beside tunctl, as the full benchmark runs them: Debian 13's build is
-# fetched (once, into the cache) by Scripts/lib/fetch-wireguard-go.sh.
+# fetched (once, into the cache) by Scripts/lib/fetch-wireguard-go.sh. With the VXLAN-inside rows
+# (flannel-style VXLAN over tunctl and over the modern wireguard-go).
 test_anchors_measure() {
-  local out="$TT_TEST_DIR/out" bpid systems=tunctl,wireguard-go-modern,wireguard-go
+  local out="$TT_TEST_DIR/out" bpid systems=tunctl,vxlan-in-tunctl,wireguard-go-modern,vxlan-in-wireguard-go-modern,wireguard-go
   "$BENCH" --quick --systems "$systems" --out "$out" >"$TT_TEST_DIR/bench-stdout.log" 2>"$TT_TEST_DIR/bench.log" &
   bpid=$!
   tt_register_pid "$bpid"
@@ -132,7 +134,7 @@ test_anchors_measure() {
   [[ -z "$left" ]] || fail "bench left behind: $left" || return 1
   check_results "$out" "$systems" 2>>"$TT_TEST_DIR/bench.log" || fail "results incomplete (see the tail of bench.log)" || return 1
   grep -q "modern anchor wireguard-go_0.0.2023" "$out/results.md" || fail "results.md does not name the modern anchor's package" || return 1
-  tt_log "anchors: $(grep -E '^\| (tunctl|wireguard-go[^|]*) \|' "$out/results.md" | cut -d'|' -f2,6 | tr '\n' ';')"
+  tt_log "anchors: $(grep -E '^\| (tunctl|wireguard-go[^|]*|VXLAN inside[^|]*) \|' "$out/results.md" | cut -d'|' -f2,6 | tr '\n' ';')"
 }
 
 test_interrupted_run_cleans_up() {

@@ -33,7 +33,7 @@ initiations() { tcpdump -nn -r "$1" "src host $2 and udp and udp[8] = 1" 2>/dev/
 test_crossing_initiations() {
   two_nodes_setup || return 1
   ping_ok "$NS_A" 198.18.1.2 || fail "no tunnel before the rounds" || return 1
-  local round cap tpid pa pb ra rb crossed=0 missed=0 t0 ms
+  local round cap tpid pa pb ra rb crossed=0 t0 ms
   for ((round = 1; round <= MAX_ROUNDS && crossed < ROUNDS; round++)); do
     readd_peer "$NS_A" "$IF_A" "$KEYS/b.pub" "$U_B:$PORT_B" 198.18.1.2/32 || fail "round $round: re-adding B at A" || return 1
     readd_peer "$NS_B" "$IF_B" "$KEYS/a.pub" "$U_A:$PORT_A" 198.18.1.1/32 || fail "round $round: re-adding A at B" || return 1
@@ -72,17 +72,8 @@ test_crossing_initiations() {
       tt_log "drops A: $(tunctl_json "$NS_A" "$IF_A" drops) $(tunctl_json "$NS_A" "$IF_A" peers.0.drops)"
       tt_log "drops B: $(tunctl_json "$NS_B" "$IF_B" drops) $(tunctl_json "$NS_B" "$IF_B" peers.0.drops)"
     fi
-    if ((ra != 0 || rb != 0)); then
-      # A known intermittent loss (seen in about one run in ten since the issue-15 merges, with no
-      # drop counted at either end: see the closing note of the issue-14/15 stop). One such round
-      # is logged and not counted; a second fails the test, as the unfixed crossing (every round
-      # after the first) would.
-      missed=$((missed + 1))
-      tt_log "round $round: KNOWN INTERMITTENT LOSS: a first ping got no reply (A rc $ra, B rc $rb); $missed so far"
-      ((missed <= 1)) || fail "round $round: first pings unanswered in $missed rounds" || return 1
-      crossed=$((crossed - (from_a > 0 && from_b > 0 ? 1 : 0)))
-      continue
-    fi
+    ((ra == 0)) || fail "round $round: A's first ping got no reply" || return 1
+    ((rb == 0)) || fail "round $round: B's first ping got no reply" || return 1
     ((ms < 1000)) || fail "round $round: both first pings answered only after $ms ms (goal: under 1 s)" || return 1
     # And the sessions both work on, with no further wait.
     nsx "$NS_A" ping -n -q -c 3 -i 0.2 -W 1 198.18.1.2 >/dev/null || fail "round $round: A -> B after the crossing" || return 1

@@ -57,11 +57,17 @@ public struct InterfaceConfig: Sendable {
     /// `FwMark =`; nil when absent, `off` or 0. Parsed and kept here; the socket mark is applied
     /// by the policy-routing code.
     public let fwMark: UInt32?
+    /// `MetricsListen =`: a loopback address and port to serve Prometheus metrics on; nil when absent.
+    public let metricsListen: Endpoint?
+    /// The `ListenPort` and `MetricsListen` lines, for errors about them at start-up (port in use).
+    public let listenPortLocation: ConfigLocation?
+    public let metricsListenLocation: ConfigLocation?
 
     public init(
         privateKey: KeySource<PrivateKey>, addresses: [IPPrefix], listenPort: UInt16?, mtu: Int?,
         location: ConfigLocation, dns: DNSSettings = DNSSettings(), hooks: Hooks = Hooks(), saveConfig: Bool = false,
-        table: RoutingTable? = nil, fwMark: UInt32? = nil
+        table: RoutingTable? = nil, fwMark: UInt32? = nil, metricsListen: Endpoint? = nil,
+        listenPortLocation: ConfigLocation? = nil, metricsListenLocation: ConfigLocation? = nil
     ) {
         self.privateKey = privateKey
         self.addresses = addresses
@@ -73,13 +79,17 @@ public struct InterfaceConfig: Sendable {
         self.saveConfig = saveConfig
         self.table = table
         self.fwMark = fwMark
+        self.metricsListen = metricsListen
+        self.listenPortLocation = listenPortLocation
+        self.metricsListenLocation = metricsListenLocation
     }
 
     /// This interface with another private key (the rest unchanged).
     public func with(privateKey: KeySource<PrivateKey>) -> InterfaceConfig {
         InterfaceConfig(
             privateKey: privateKey, addresses: addresses, listenPort: listenPort, mtu: mtu, location: location,
-            dns: dns, hooks: hooks, saveConfig: saveConfig, table: table, fwMark: fwMark)
+            dns: dns, hooks: hooks, saveConfig: saveConfig, table: table, fwMark: fwMark, metricsListen: metricsListen,
+            listenPortLocation: listenPortLocation, metricsListenLocation: metricsListenLocation)
     }
 }
 
@@ -263,11 +273,12 @@ public enum ConfigKey: String, Hashable, Sendable, CaseIterable {
     case preDown = "PreDown"
     case postDown = "PostDown"
     case saveConfig = "SaveConfig"
+    case metricsListen = "MetricsListen"
 
     public var section: ConfigSection {
         switch self {
         case .privateKey, .privateKeyFile, .address, .listenPort, .mtu, .dns, .table, .fwMark, .preUp, .postUp,
-            .preDown, .postDown, .saveConfig:
+            .preDown, .postDown, .saveConfig, .metricsListen:
             return .interface
         case .publicKey, .presharedKey, .presharedKeyFile, .endpoint, .allowedIPs, .persistentKeepalive:
             return .peer
@@ -308,6 +319,7 @@ public enum ValueProblem: Hashable, Sendable {
     case notBool
     case notTable
     case notFwMark
+    case notLoopbackEndpoint
 }
 
 /// Everything that can be wrong with a config's text, each naming the file, line, section and key
@@ -453,6 +465,12 @@ public enum ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
             return ("is not a routing table", "use off, auto or a table number from 1 to 4294967295")
         case .notFwMark:
             return ("is not a firewall mark", "use off, or a number from 1 to 4294967295 in decimal or 0x hex")
+        case .notLoopbackEndpoint:
+            return (
+                "is not a loopback address and port",
+                "use 127.0.0.1:PORT or [::1]:PORT, e.g. 127.0.0.1:9586; metrics are served on loopback only, "
+                    + "put a proxy in front to publish them"
+            )
         }
     }
 
@@ -601,6 +619,7 @@ struct ConfigParser {
     private var saveConfig: (value: Bool, line: Int)?
     private var table: (value: RoutingTable, line: Int)?
     private var fwMark: (value: UInt32?, line: Int)?
+    private var metricsListen: (value: Endpoint, line: Int)?
 
     // The [Peer] being read.
     private var peer = PeerDraft(line: 0)
@@ -799,6 +818,12 @@ struct ConfigParser {
             }
             guard let parsed = ConfigParser.parseFwMark(value) else { throw invalid(.notFwMark) }
             fwMark = (parsed == 0 ? nil : parsed, line)
+        case .metricsListen:
+            if let previous = metricsListen {
+                throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
+            }
+            guard let endpoint = Endpoint(loopback: value) else { throw invalid(.notLoopbackEndpoint) }
+            metricsListen = (endpoint, line)
         case .persistentKeepalive:
             if let previous = peer.keepalive {
                 throw .repeatedKey(at(line), section, key: key, firstLine: previous.line)
@@ -846,7 +871,9 @@ struct ConfigParser {
             interface: InterfaceConfig(
                 privateKey: privateKey.source, addresses: addresses, listenPort: listenPort?.value,
                 mtu: mtu?.value, location: at(interfaceLine), dns: dns, hooks: hooks,
-                saveConfig: saveConfig?.value ?? false, table: table?.value, fwMark: fwMark?.value ?? nil),
+                saveConfig: saveConfig?.value ?? false, table: table?.value, fwMark: fwMark?.value ?? nil,
+                metricsListen: metricsListen?.value, listenPortLocation: listenPort.map { at($0.line) },
+                metricsListenLocation: metricsListen.map { at($0.line) }),
             peers: peers)
         try config.checkNoPeerIsSelf()
         return config
@@ -959,4 +986,20 @@ struct ConfigParser {
 struct EndpointProblem: Error {
     let problem: ValueProblem
     init(_ problem: ValueProblem) { self.problem = problem }
+}
+
+extension Endpoint {
+    /// A numeric loopback endpoint with a port other than 0: `127.0.0.0/8:PORT` or `[::1]:PORT`
+    /// (`MetricsListen`, `--metrics-listen`). Metrics name every peer's key and traffic, so they
+    /// are never served beyond the host.
+    public init?(loopback text: some StringProtocol) {
+        guard text.utf8.count <= 64, let endpoint = Endpoint(text), endpoint.port != 0, endpoint.scopeID == 0 else {
+            return nil
+        }
+        switch endpoint.address {
+        case .v4(let bits) where bits >> 24 == 127: self = endpoint
+        case .v6 where endpoint.address == IPAddress("::1"): self = endpoint
+        default: return nil
+        }
+    }
 }

@@ -22,6 +22,7 @@ extension TunnelConfig {
         if let table = interface.table { lines.append("Table = \(table)") }
         if let mark = interface.fwMark { lines.append("FwMark = 0x\(String(mark, radix: 16))") }
         if interface.saveConfig { lines.append("SaveConfig = true") }
+        if let metrics = interface.metricsListen { lines.append("MetricsListen = \(metrics)") }
         let hooks = interface.hooks
         for (key, list) in [("PreUp", hooks.preUp), ("PostUp", hooks.postUp), ("PreDown", hooks.preDown)] {
             for hook in list { lines.append("\(key) = \(hook.command)") }

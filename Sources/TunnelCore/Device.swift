@@ -14,6 +14,9 @@ public enum OutboundAction: Equatable, Sendable {
     /// Kept until a handshake completes; nothing to do now.
     case staged
     case dropped(DropReason)
+    /// Longer than the peer's path carries (`PathMTU`): dropped and counted as
+    /// `pathMTUExceeded`; the caller writes `ICMPTooBig.write(for:mtu:into:)` into the TUN.
+    case tooBig(mtu: Int)
 }
 
 /// What to do with a datagram read from the UDP socket.
@@ -71,7 +74,13 @@ public final class Device {
 
     // Read for every packet, as are `routes` and `indices`: unchecked for the reason on `Peer`.
     @exclusivity(unchecked) public private(set) var local: LocalIdentity?
-    @exclusivity(unchecked) public var mtu: Int
+    /// The interface MTU; a change starts every peer's path MTU search over at the next tick.
+    @exclusivity(unchecked) public var mtu: Int {
+        didSet {
+            guard mtu != oldValue else { return }
+            for peer in peersByKey.values where peer.current != nil { peer.pathMTUAt = 0 }
+        }
+    }
 
     private var peersByKey: [PublicKey: Peer] = [:]
     @exclusivity(unchecked) private var routes = AllowedIPs<Peer>()
@@ -93,10 +102,13 @@ public final class Device {
     /// Peers `tick` has visited since the device was made (tests count the work a tick does).
     public private(set) var timerVisits = 0
     public private(set) var drops = DropCounters()
+    public private(set) var events = DeviceEvents()
 
     /// Scratch for datagrams the core originates (control messages, staged packets). Allocated
     /// once, large enough for any IP packet plus overhead; owned by this device's queue.
-    private let scratch: UnsafeMutableRawBufferPointer
+    let scratch: UnsafeMutableRawBufferPointer
+    /// How many synthetic "packet too big" messages may go into the TUN now (Device+PathMTU.swift).
+    var tooBigBudget = TooBigBudget()
 
     private enum IndexEntry {
         /// Our outstanding initiation to this peer.
@@ -237,7 +249,8 @@ public final class Device {
             publicKey: peer.publicKey, hasPresharedKey: peer.hasPresharedKey, endpoint: peer.endpoint,
             allowedIPs: allowedIPs(of: peer), persistentKeepalive: peer.persistentKeepalive,
             lastHandshakeUnixNanoseconds: peer.lastHandshakeUnixNanoseconds, rxBytes: peer.rxBytes,
-            txBytes: peer.txBytes, drops: peer.drops.nonzero)
+            txBytes: peer.txBytes, drops: peer.drops.nonzero,
+            pathMTU: peer.endpoint.map { peer.pathMTU.pathMTU(ipv4: $0.address.isV4) })
     }
 
     /// The configured preshared key of a peer (for the UAPI `get`; never log it).
@@ -285,6 +298,22 @@ public final class Device {
         guard let endpoint = peer.endpoint else { return .finished(drop(.noEndpoint, peer)) }
         guard Device.fitsDatagram(packetLength: packetLength, mtu: mtu, to: endpoint) else {
             return .finished(drop(.packetTooLarge, peer))
+        }
+        // The path's limit (issue 17): one comparison per packet; a SYN's MSS is lowered to fit.
+        let pathLimit = peer.pathMTU.limit
+        if peer.pathMTU.refuses(length: packetLength),
+            let verdict = refuseTooBig(packet, limit: pathLimit, peer: peer, now: now)
+        {
+            return .finished(verdict)
+        }
+        let isSYN = ICMPTooBig.clampMSS(
+            UnsafeMutableRawBufferPointer(rebasing: buffer[Device.headroom..<(Device.headroom + packetLength)]),
+            mtu: pathLimit)
+        // The search begins with the first TCP handshake or large packet: its first probe now.
+        if !peer.pathMTU.started, isSYN || packetLength > peer.pathMTU.base,
+            peer.pathMTU.begin(now: now.monotonic)
+        {
+            stepPathMTU(peer, now: now, sink: &sink)
         }
         guard let keypair = peer.sendingKeypair(at: now.monotonic) else {
             guard stage(packet, for: peer) else { return .finished(drop(.stagedQueueFull, peer)) }
@@ -483,15 +512,26 @@ public final class Device {
         peer.rxBytes &+= UInt64(ticket.length)
         authenticatedPacketReceived(peer, now: now)
         keepKeyFreshReceiving(peer, keypair: keypair, now: now, sink: &sink)
+        if peer.pathMTU.received(keepalive: plaintextLength == 0, now: now.monotonic) { armPathMTU(peer) }
         if plaintextLength == 0 { return .consumed }  // keepalive
 
         let plaintext = UnsafeRawBufferPointer(
             rebasing: buffer[TransportMessage.headerSize..<(TransportMessage.headerSize + plaintextLength)])
+        // First byte 0: a path MTU probe or its answer (a padded keepalive), never an IP packet.
+        if let probe = PathMTUProbe.classify(plaintext) {
+            receivedProbe(probe, from: peer, now: now, sink: &sink)
+            return .consumed
+        }
         guard let header = try? IPPacketHeader(parsing: plaintext) else { return drop(.badInnerPacket, peer) }
         guard let owner = routes.lookup(header.source), owner === peer else {
             return drop(.sourceNotAllowed, peer)
         }
         dataReceived(peer, now: now)
+        // A SYN from the peer learns our side's limit too, so this host sends no larger segments.
+        ICMPTooBig.clampMSS(
+            UnsafeMutableRawBufferPointer(
+                rebasing: buffer[TransportMessage.headerSize..<(TransportMessage.headerSize + header.length)]),
+            mtu: peer.pathMTU.limit)
         return .deliver(offset: TransportMessage.headerSize, length: header.length)
     }
 
@@ -528,7 +568,7 @@ public final class Device {
                 }), let peer = found
         else { return drop(.handshakeFailed) }
         if let latest = peer.latestTimestamp, consumed.timestamp <= latest { return drop(.staleTimestamp, peer) }
-        if let last = peer.lastInitiationConsumed, now.monotonic &- last < Protocol.rekeyInitiationMinimumInterval {
+        if let last = peer.lastInitiationConsumed, now.elapsed(since: last) < Protocol.rekeyInitiationMinimumInterval {
             return drop(.initiationFlood, peer)
         }
         let localIndex = newIndex()
@@ -614,6 +654,7 @@ public final class Device {
         let reply = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<CookieReplyMessage.size])
         guard cookieChecker!.createReply(to: message, source: source, now: now.monotonic, into: reply) else { return }
         sink.send(UnsafeRawBufferPointer(reply), to: source)
+        events.cookieRepliesSent &+= 1
     }
 
     /// "Under load" as wireguard-go means it (a backlog of handshakes): here, more than
@@ -680,7 +721,7 @@ public final class Device {
     ) {
         guard let local, let endpoint = peer.endpoint else { return }
         if let last = peer.lastInitiationSent {
-            let since = now.monotonic &- last
+            let since = now.elapsed(since: last)
             if !isRetry && since < Protocol.rekeyTimeout { return }
             if since < Protocol.rekeyInitiationMinimumInterval { return }
         }
@@ -742,17 +783,23 @@ public final class Device {
     // MARK: - Timers (wireguard-go device/timers.go, event by event)
 
     /// After a transport packet (data or keepalive) went out under `keypair`.
-    private func dataSent<Sink: DatagramSink>(
+    func dataSent<Sink: DatagramSink>(
         _ peer: Peer, keypair: Keypair, datagramLength: Int, isKeepalive: Bool, now: Instant, sink: inout Sink
     ) {
         peer.txBytes &+= UInt64(datagramLength)
         authenticatedPacketSent(peer, now: now)
+        if !isKeepalive,
+            peer.pathMTU.sent(
+                length: datagramLength - TransportMessage.headerSize - MessageSize.tag, now: now.monotonic)
+        {
+            armPathMTU(peer)
+        }
         if !isKeepalive, peer.newHandshakeAt == nil {
             // timersDataSent: expect an answer within KEEPALIVE + REKEY_TIMEOUT, else rehandshake.
             peer.newHandshakeAt = now.monotonic + Protocol.keepaliveTimeout + Protocol.rekeyTimeout + jitter()
         }
         // keepKeyFresh (sending side).
-        let age = now.monotonic &- keypair.created
+        let age = now.elapsed(since: keypair.created)
         if keypair.sendCounter > Protocol.rekeyAfterMessages || (keypair.isInitiator && age >= Protocol.rekeyAfterTime)
         {
             initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
@@ -763,7 +810,7 @@ public final class Device {
         _ peer: Peer, keypair: Keypair, now: Instant, sink: inout Sink
     ) {
         guard keypair === peer.current, keypair.isInitiator, !peer.sentLastMinuteHandshake,
-            now.monotonic &- keypair.created >= Protocol.rekeyOnReceiveAfterTime
+            now.elapsed(since: keypair.created) >= Protocol.rekeyOnReceiveAfterTime
         else { return }
         peer.sentLastMinuteHandshake = true
         initiateHandshake(peer, now: now, isRetry: false, sink: &sink)
@@ -802,9 +849,12 @@ public final class Device {
         peer.handshakeAttempts = 0
         peer.sentLastMinuteHandshake = false
         peer.lastHandshakeUnixNanoseconds = now.unixNanoseconds
+        // A session: the path MTU search can run (it stops when none is left).
+        if peer.pathMTUAt == nil { armPathMTU(peer) }
     }
 
     private func sessionDerived(_ peer: Peer, now: Instant) {
+        events.handshakes &+= 1
         peer.zeroKeyMaterialAt = now.monotonic + Protocol.zeroKeysAfter
     }
 
@@ -880,6 +930,10 @@ public final class Device {
                 peer.persistentKeepaliveAt = nil
                 sendKeepalive(peer, now: now, sink: &sink)
             }
+            if let due = peer.pathMTUAt, time >= due {
+                peer.pathMTUAt = nil
+                stepPathMTU(peer, now: now, sink: &sink)
+            }
             timers.reschedule(peer)
         }
         timers.compact(livePeers: peersByKey.count)
@@ -903,13 +957,13 @@ public final class Device {
         drops.count(reason, times: times)
     }
 
-    private func drop(_ reason: DropReason, _ peer: Peer? = nil) -> OutboundAction {
+    func drop(_ reason: DropReason, _ peer: Peer? = nil) -> OutboundAction {
         drops.count(reason)
         peer?.drops.count(reason)
         return .dropped(reason)
     }
 
-    private func drop(_ reason: DropReason, _ peer: Peer? = nil) -> InboundAction {
+    func drop(_ reason: DropReason, _ peer: Peer? = nil) -> InboundAction {
         drops.count(reason)
         peer?.drops.count(reason)
         return .dropped(reason)

@@ -29,6 +29,9 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// A packet that cannot be carried: longer than the send slot it was read into (the link MTU
     /// rose before the slots were re-sized), or sealed into a datagram longer than UDP allows.
     case packetTooLarge
+    /// A packet longer than the peer's path carries (issue 17): the sender was told with a
+    /// synthetic ICMP "fragmentation needed" / "packet too big" (rate-limited).
+    case pathMTUExceeded
     // Packets to the TUN.
     /// A decrypted packet (or coalesced super-packet, counted once) the TUN would not take: its
     /// queue was full, as a full link's would be.
@@ -59,6 +62,7 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .handshakeTimedOut: return "handshake_timed_out"
         case .badOffloadPacket: return "bad_offload_packet"
         case .packetTooLarge: return "packet_too_large"
+        case .pathMTUExceeded: return "path_mtu_exceeded"
         case .tunWriteRefused: return "tun_write_refused"
         }
     }

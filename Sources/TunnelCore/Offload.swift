@@ -109,6 +109,9 @@ public enum OffloadError: Error, Hashable, Sendable, CustomStringConvertible {
     case segmentTooLarge
     /// The caller's destination buffer is smaller than the segment (`needed` bytes).
     case destinationTooSmall(needed: Int)
+    /// A UDP tunnel super-packet whose outer transport / inner network offsets do not name the
+    /// outer UDP header and a header after it (`TunnelOffload.swift`).
+    case badTunnelOffsets
 
     public var description: String {
         switch self {
@@ -130,6 +133,7 @@ public enum OffloadError: Error, Hashable, Sendable, CustomStringConvertible {
         case .badChecksumLocation: return "bad_checksum_location"
         case .segmentTooLarge: return "segment_too_large"
         case .destinationTooSmall(let needed): return "destination_too_small(\(needed))"
+        case .badTunnelOffsets: return "bad_tunnel_offsets"
         }
     }
 }
@@ -690,6 +694,8 @@ public struct GROCoalescer: ~Copyable {
     public let trustChecksums: Bool
     /// Merge UDP datagrams too (see `init`).
     public let mergesUDP: Bool
+    /// Bytes of virtio-net header written in front of a super-packet (see `init`).
+    public let headerRoom: Int
     /// Segments per super-packet at most, TCP or UDP. For UDP it is the kernel's own GRO limit
     /// (`UDP_GRO_CNT_MAX` in `net/ipv4/udp_offload.c`); full-size TCP reaches 64 KiB first (47
     /// segments of 1368 bytes), and for small segments the cap keeps a super-packet within one
@@ -762,12 +768,18 @@ public struct GROCoalescer: ~Copyable {
     ///   `wg_packet_consume_data_done`). Off by default: then a segment that fails is never merged.
     /// - Parameter mergesUDP: build UDP super-packets too; only for a kernel that takes gso_type
     ///   UDP_L4 from a TUN (one that accepted `TUN_F_USO4`/`TUN_F_USO6`). Otherwise UDP passes through.
+    /// - Parameter headerRoom: the TUN's virtio-net header size: `VirtioNetHeader.size`, or
+    ///   `TunnelVirtioHeader.size` once UDP tunnel offload is on (the 14 bytes past the classic
+    ///   header are then written as zeros). Every added packet must have this many writable bytes
+    ///   in front of it.
     public init(
         maximumPackets: Int, maximumFlows: Int = 8, maximumSuperPackets: Int = 8, trustChecksums: Bool = false,
-        mergesUDP: Bool = true
+        mergesUDP: Bool = true, headerRoom: Int = VirtioNetHeader.size
     ) {
         precondition(
             maximumPackets > 0 && maximumFlows > 0 && maximumSuperPackets > 0, "GROCoalescer sizes must be positive")
+        precondition(headerRoom == VirtioNetHeader.size || headerRoom == TunnelVirtioHeader.size, "unknown header size")
+        self.headerRoom = headerRoom
         self.trustChecksums = trustChecksums
         self.mergesUDP = mergesUDP
         self.maximumPackets = maximumPackets
@@ -836,7 +848,7 @@ public struct GROCoalescer: ~Copyable {
     }
 
     /// Adds the next packet of the batch (an IP packet, trimmed to its length field), which the
-    /// caller keeps in the slot it calls `slot`, with `VirtioNetHeader.size` writable bytes in
+    /// caller keeps in the slot it calls `slot`, with `headerRoom` writable bytes in
     /// front of it, until its output is written. Returns true when the packet was merged into an
     /// earlier one (it gets no output of its own). The first packet of a super-packet has its
     /// headers rewritten, and the virtio header written in front of it, by `finish()` or earlier.
@@ -1061,8 +1073,8 @@ public struct GROCoalescer: ~Copyable {
             group.superPacket = superPacketCount
             group.lastPiece = appendPiece(
                 UnsafeRawBufferPointer(
-                    start: group.first.baseAddress.map { $0 - VirtioNetHeader.size },
-                    count: VirtioNetHeader.size + group.first.count))
+                    start: group.first.baseAddress.map { $0 - headerRoom },
+                    count: headerRoom + group.first.count))
             superPackets[group.superPacket] = (first: group.lastPiece, count: 1)
             superPacketCount += 1
             outputs[group.outputIndex] = -1 - group.superPacket
@@ -1135,9 +1147,9 @@ public struct GROCoalescer: ~Copyable {
             flags: VirtioNetHeader.Flags.needsChecksum, gsoType: gsoType,
             headerLength: UInt16(group.headers.headerLength), gsoSize: UInt16(group.segmentSize),
             checksumStart: UInt16(transport), checksumOffset: UInt16(group.headers.checksumOffset))
-        // Sound: `add` requires `VirtioNetHeader.size` writable bytes in front of every packet.
-        header.store(
-            into: UnsafeMutableRawBufferPointer(start: firstBytes - VirtioNetHeader.size, count: VirtioNetHeader.size))
+        // Sound: `add` requires `headerRoom` writable bytes in front of every packet.
+        header.store(into: UnsafeMutableRawBufferPointer(start: firstBytes - headerRoom, count: VirtioNetHeader.size))
+        if headerRoom > VirtioNetHeader.size { TunnelVirtioHeader.clearExtension(firstBytes - headerRoom) }
     }
 }
 

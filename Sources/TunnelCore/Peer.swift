@@ -57,6 +57,12 @@ public final class Peer {
     @exclusivity(unchecked) var persistentKeepaliveAt: UInt64? {
         didSet { if let persistentKeepaliveAt { timerQueue?.armed(self, at: persistentKeepaliveAt) } }
     }
+    /// The path MTU search's next step (`PathMTU.deadline`), armed once a session is up.
+    @exclusivity(unchecked) var pathMTUAt: UInt64? {
+        didSet { if let pathMTUAt { timerQueue?.armed(self, at: pathMTUAt) } }
+    }
+    /// The largest inner packet the path to this peer carries, as far as probes have shown.
+    @exclusivity(unchecked) public internal(set) var pathMTU = PathMTU(maximum: Protocol.defaultMTU, now: 0)
     /// The device's timer queue while the peer belongs to a device; nil once removed.
     @exclusivity(unchecked) var timerQueue: TimerQueue?
     /// The deadline of this peer's live entry in `timerQueue`, nil when it has none.
@@ -95,7 +101,7 @@ public final class Peer {
         }
         return earlier(
             earlier(earlier(retransmitHandshakeAt, sendKeepaliveAt), earlier(newHandshakeAt, zeroKeyMaterialAt)),
-            persistentKeepaliveAt)
+            earlier(persistentKeepaliveAt, pathMTUAt))
     }
 
     /// Whether a usable sending keypair exists now.
@@ -121,4 +127,6 @@ public struct PeerStatus: Sendable {
     public let rxBytes: UInt64
     public let txBytes: UInt64
     public let drops: [(DropReason, UInt64)]
+    /// The outer path MTU probing has confirmed (`PathMTU.pathMTU`); nil without an endpoint.
+    public var pathMTU: Int? = nil
 }

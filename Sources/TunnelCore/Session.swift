@@ -11,6 +11,14 @@ public struct Instant: Sendable, Hashable {
         self.unixNanoseconds = unixNanoseconds
     }
 
+    /// Nanoseconds from `earlier` to this instant on the monotonic clock, 0 when `earlier` is
+    /// later. Threads hand the engine instants read at different moments (the outbound path
+    /// reads the clock once per burst), so an instant may be older than a state change another
+    /// thread made meanwhile: such an age is 0, never a wrapped-around eternity.
+    public func elapsed(since earlier: UInt64) -> UInt64 {
+        monotonic > earlier ? monotonic - earlier : 0
+    }
+
     /// The same instant `nanoseconds` later on both clocks.
     public func advanced(by nanoseconds: UInt64) -> Instant {
         Instant(monotonic: monotonic + nanoseconds, unixNanoseconds: unixNanoseconds + nanoseconds)
@@ -54,7 +62,7 @@ final class Keypair {
     }
 
     func isExpired(at now: UInt64) -> Bool {
-        now &- created >= Protocol.rejectAfterTime
+        now > created && now - created >= Protocol.rejectAfterTime
     }
 
     /// Takes the next send counter (the caller checked `canSend`).

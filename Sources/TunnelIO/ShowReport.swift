@@ -20,13 +20,41 @@ public struct ShowReport: Sendable, Equatable {
         public var drops: [String: UInt64]
         /// Most recent handshake first, as `wg show` orders them.
         public var peers: [PeerReport]
+        /// The daemon's network namespace (`NetworkNamespace`); nil from a daemon older than this field.
+        public var netns: UInt64?
+        /// `DeviceEvents.handshakes`; nil from an older daemon.
+        public var handshakes: UInt64?
+        /// `DeviceEvents.cookieRepliesSent`; nil from an older daemon.
+        public var cookieRepliesSent: UInt64?
+        /// Which TUN offload path runs; nil from a daemon that does not say.
+        public var offload: TunOffloadReport? = nil
 
         enum CodingKeys: String, CodingKey {
             case name = "interface"
             case publicKey = "public_key"
             case listenPort = "listen_port"
             case mtu, addresses,
-                drops, peers
+                drops, peers, netns, handshakes
+            case cookieRepliesSent = "cookie_replies_sent"
+            case offload
+        }
+
+        public init(
+            name: String, publicKey: String?, listenPort: UInt16, mtu: Int, addresses: [String],
+            drops: [String: UInt64], peers: [PeerReport], offload: TunOffloadReport? = nil, netns: UInt64? = nil,
+            handshakes: UInt64? = nil, cookieRepliesSent: UInt64? = nil
+        ) {
+            self.name = name
+            self.publicKey = publicKey
+            self.listenPort = listenPort
+            self.mtu = mtu
+            self.addresses = addresses
+            self.drops = drops
+            self.peers = peers
+            self.offload = offload
+            self.netns = netns
+            self.handshakes = handshakes
+            self.cookieRepliesSent = cookieRepliesSent
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -38,6 +66,10 @@ public struct ShowReport: Sendable, Equatable {
             try container.encode(addresses, forKey: .addresses)
             try container.encode(drops, forKey: .drops)
             try container.encode(peers, forKey: .peers)
+            try container.encode(netns, forKey: .netns)
+            try container.encode(handshakes, forKey: .handshakes)
+            try container.encode(cookieRepliesSent, forKey: .cookieRepliesSent)
+            try container.encodeIfPresent(offload, forKey: .offload)
         }
     }
 
@@ -53,6 +85,8 @@ public struct ShowReport: Sendable, Equatable {
         /// Seconds; 0 = off.
         public var persistentKeepalive: UInt16
         public var drops: [String: UInt64]
+        /// The outer path MTU probing has confirmed to the peer (issue 17); nil without a session.
+        public var pathMTU: Int? = nil
 
         enum CodingKeys: String, CodingKey {
             case publicKey = "public_key"
@@ -66,6 +100,7 @@ public struct ShowReport: Sendable, Equatable {
                 txBytes = "tx_bytes"
             case persistentKeepalive = "persistent_keepalive"
             case drops
+            case pathMTU = "path_mtu"
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -79,6 +114,7 @@ public struct ShowReport: Sendable, Equatable {
             try container.encode(txBytes, forKey: .txBytes)
             try container.encode(persistentKeepalive, forKey: .persistentKeepalive)
             try container.encode(drops, forKey: .drops)
+            try container.encodeIfPresent(pathMTU, forKey: .pathMTU)  // absent without an endpoint
         }
     }
 
@@ -94,10 +130,12 @@ public struct ShowReport: Sendable, Equatable {
     init(tunnel: Tunnel, linkMTU: Int) {
         var publicKey: PublicKey?
         var deviceDrops: [(DropReason, UInt64)] = []
+        var events = DeviceEvents()
         var keys: [PublicKey] = []
         tunnel.withEngine { device in
             publicKey = device.publicKey
             deviceDrops = device.drops.nonzero
+            events = device.events
             keys = device.peerKeys
         }
         var statuses: [PeerStatus] = []
@@ -118,13 +156,16 @@ public struct ShowReport: Sendable, Equatable {
                 endpoint: status.endpoint?.description, allowedIPs: status.allowedIPs.map(\.description),
                 latestHandshake: status.lastHandshakeUnixNanoseconds / 1_000_000_000,
                 rxBytes: status.rxBytes, txBytes: status.txBytes,
-                persistentKeepalive: status.persistentKeepalive, drops: ShowReport.dictionary(status.drops))
+                persistentKeepalive: status.persistentKeepalive, drops: ShowReport.dictionary(status.drops),
+                pathMTU: status.pathMTU)
         }
         interface = Interface(
             name: tunnel.name, publicKey: publicKey?.base64, listenPort: tunnel.listenPort,
             mtu: linkMTU, addresses: tunnel.interfaceAddresses.map(\.description),
             drops: ShowReport.dictionary(deviceDrops),
-            peers: peers.sorted { ($0.latestHandshake, $1.publicKey) > ($1.latestHandshake, $0.publicKey) })
+            peers: peers.sorted { ($0.latestHandshake, $1.publicKey) > ($1.latestHandshake, $0.publicKey) },
+            offload: tunnel.offloadReport, netns: NetworkNamespace.current(), handshakes: events.handshakes,
+            cookieRepliesSent: events.cookieRepliesSent)
     }
 
     /// Decodes what the daemon sent for `tunctl-show=1` (the blank line after it may be included).

@@ -25,12 +25,17 @@ public struct OffloadSettings: Sendable, Equatable {
 /// as it comes.
 ///
 /// Ownership: `add` keeps only views of packets that live in the caller's receive batch, so the
-/// caller must `flush` before that batch is reused. Each packet must have
-/// `VirtioNetHeader.size` writable bytes in front of it (the transport header's room).
+/// caller must `flush` before that batch is reused. Each packet must have `headerSize` writable
+/// bytes in front of it (the transport header's room: at least 64 bytes, `Device.openingRoom`
+/// and the 16-byte transport header, or for a later datagram of a UDP GRO slot its own header and
+/// the previous datagram's 16-byte tag).
 /// Owned by the inbound queue; nothing here allocates after `init`.
 struct TunWriter: ~Copyable {
     let virtio: Bool
     let capacity: Int
+    /// The TUN's virtio-net header size: `VirtioNetHeader.size`, or `TunnelVirtioHeader.size` with
+    /// UDP tunnel offload on.
+    let headerSize: Int
     private var coalescer: GROCoalescer
     private let bases: UnsafeMutablePointer<UnsafeMutableRawPointer>
     private let lengths: UnsafeMutablePointer<Int>
@@ -44,15 +49,17 @@ struct TunWriter: ~Copyable {
     ///   - capacity: packets queued between flushes.
     ///   - superPackets: super-packets one flush may build; past them, packets go one by one.
     ///   - mergesUDP: whether the TUN takes UDP super-packets (it accepted USO).
-    init(capacity: Int, superPackets: Int, virtio: Bool, mergesUDP: Bool) {
+    ///   - headerSize: the TUN's virtio-net header size.
+    init(capacity: Int, superPackets: Int, virtio: Bool, mergesUDP: Bool, headerSize: Int = VirtioNetHeader.size) {
         self.virtio = virtio
         self.capacity = capacity
+        self.headerSize = headerSize
         // Every packet here passed its Poly1305 tag, which proves it is what the peer sealed, so
         // checksums are not verified again: not by the coalescer, and not by the kernel
         // (DATA_VALID below), as the kernel's WireGuard does for what it decrypts.
         coalescer = GROCoalescer(
             maximumPackets: capacity, maximumFlows: 8, maximumSuperPackets: superPackets, trustChecksums: true,
-            mergesUDP: mergesUDP)
+            mergesUDP: mergesUDP, headerRoom: headerSize)
         bases = .allocate(capacity: capacity)
         lengths = .allocate(capacity: capacity)
         vectors = .allocate(capacity: GROCoalescer.maximumSegments)
@@ -92,10 +99,11 @@ struct TunWriter: ~Copyable {
         for output in 0..<coalescer.outputCount {
             switch coalescer.output(at: output) {
             case .packet(let slot):
-                // Sound: the caller guarantees VirtioNetHeader.size writable bytes before each packet.
+                // Sound: the caller guarantees `headerSize` writable bytes before each packet.
                 let record = UnsafeMutableRawBufferPointer(
-                    start: bases[slot] - VirtioNetHeader.size, count: lengths[slot] + VirtioNetHeader.size)
+                    start: bases[slot] - headerSize, count: lengths[slot] + headerSize)
                 try? TunWriter.authenticated.write(to: record)
+                if headerSize > VirtioNetHeader.size { TunnelVirtioHeader.clearExtension(bases[slot] - headerSize) }
                 write(UnsafeRawBufferPointer(record), tun: tun)
             case .merged(let superPacket):
                 write(coalescer.pieces(ofSuperPacket: superPacket), tun: tun)

@@ -118,7 +118,16 @@ public final class Tunnel: @unchecked Sendable {
     /// Outbound, with a virtio header only: one TUN read (header + up to 64 KiB), segmented into
     /// send slots from here. Owned by `outboundQueue`.
     private let tunRecord: UnsafeMutableRawBufferPointer
+    /// Outbound: a synthetic "packet too big" for the TUN (virtio header room included), built by
+    /// `tellTooBig`. Owned by `outboundQueue`.
+    private let tooBigRecord = UnsafeMutableRawBufferPointer.allocate(
+        byteCount: max(VirtioNetHeader.size, TunnelVirtioHeader.size) + ICMPTooBig.maximumLength, alignment: 16)
     let offload: OffloadSettings
+    /// The TUN's virtio-net header size: `TunnelVirtioHeader.size` when the kernel took UDP tunnel
+    /// GSO (VXLAN super-packets), else `VirtioNetHeader.size`. Fixed at start-up.
+    let tunHeaderSize: Int
+    /// Which offload path runs, for `show --json`.
+    let offloadReport: TunOffloadReport
     /// Reads per wake-up before yielding to the other sources (fairness; bounded work per event).
     static let burst = 64
     /// TUN reads per wake-up when each may be a 64 KiB super-packet.
@@ -169,33 +178,53 @@ public final class Tunnel: @unchecked Sendable {
         linkMTU = Atomic(mtu)
         offload = OffloadSettings.fromEnvironment()
         tunRecord = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: offload.tun ? VirtioNetHeader.size + OffloadLayout.maximumIPPacket : 0, alignment: 16)
+            byteCount: offload.tun ? TunnelVirtioHeader.size + OffloadLayout.maximumIPPacket : 0, alignment: 16)
 
         let tun = try TunDevice.open(name: name, virtioHeader: offload.tun)
         self.tun = tun
         // TSO, USO and checksum offload: the kernel may hand us TCP and UDP super-packets, which
         // we cut up, and a kernel that knows USO (6.2 and later) takes UDP super-packets on write.
         // Without USO, TCP alone; if it refuses even that, reads still carry a (plain) virtio header.
+        // First choice, where the kernel has it (6.17+): UDP tunnel GSO as well, so VXLAN inside the
+        // tunnel crosses the TUN as super-packets too (TunTunnelOffload.swift).
         var udpSuperPackets = false
+        var udpTunnelGSO = false
+        var tunSegmentation = false
         if offload.tun {
             let tcp: TunDevice.Offloads = [.checksum, .tcpSegmentationV4, .tcpSegmentationV6, .tcpSegmentationECN]
             do {
-                try tun.setOffloads(tcp.union([.udpSegmentationV4, .udpSegmentationV6]))
+                try tun.enableUDPTunnelOffload(tcp.union([.udpSegmentationV4, .udpSegmentationV6]))
                 udpSuperPackets = true
+                udpTunnelGSO = true
+                tunSegmentation = true
             } catch {
+                logger.info(
+                    "\(name): TUN UDP tunnel offload unavailable (\(error)); tunnel datagrams come one per read")
+            }
+            if !udpTunnelGSO {
                 do {
-                    try tun.setOffloads(tcp)
-                    logger.info("\(name): TUN UDP offload unavailable (\(error)); UDP goes one datagram per write")
+                    try tun.setOffloads(tcp.union([.udpSegmentationV4, .udpSegmentationV6]))
+                    udpSuperPackets = true
+                    tunSegmentation = true
                 } catch {
-                    logger.info("\(name): TUN offloads unavailable (\(error)); packets go one by one")
+                    do {
+                        try tun.setOffloads(tcp)
+                        tunSegmentation = true
+                        logger.info("\(name): TUN UDP offload unavailable (\(error)); UDP goes one datagram per write")
+                    } catch {
+                        logger.info("\(name): TUN offloads unavailable (\(error)); packets go one by one")
+                    }
                 }
             }
         }
+        tunHeaderSize = udpTunnelGSO ? TunnelVirtioHeader.size : VirtioNetHeader.size
+        offloadReport = TunOffloadReport(tunSegmentation: tunSegmentation, udpTunnelGSO: udpTunnelGSO)
         // Up to one super-packet per receive slot (a batch carries at most 64 slots of 64 KiB),
         // so full-size TCP seldom passes segments through one by one; with 8 it did. A
         // super-packet costs only its list of pieces: it is written from the slots themselves.
         writer = TunWriter(
-            capacity: Tunnel.burst * 48, superPackets: Tunnel.burst, virtio: offload.tun, mergesUDP: udpSuperPackets)
+            capacity: Tunnel.burst * 48, superPackets: Tunnel.burst, virtio: offload.tun, mergesUDP: udpSuperPackets,
+            headerSize: tunHeaderSize)
         do {
             socket = try UDPSocket(
                 port: config?.interface.listenPort ?? 0, offload: offload.udp ? [.segmentation, .coalescing] : [])
@@ -331,6 +360,7 @@ public final class Tunnel: @unchecked Sendable {
 
     deinit {
         tunRecord.deallocate()
+        tooBigRecord.deallocate()
         openScratch.deallocate()
     }
 
@@ -425,8 +455,17 @@ public final class Tunnel: @unchecked Sendable {
                 handleTunError(error)
                 return
             }
-            let record = UnsafeMutableRawBufferPointer(rebasing: tunRecord[0..<recordLength])
+            var record = UnsafeMutableRawBufferPointer(rebasing: tunRecord[0..<recordLength])
             do {
+                if tunHeaderSize == TunnelVirtioHeader.size {
+                    switch try interpretTunnelTUNRead(record) {
+                    case .classic(let classic):
+                        record = classic
+                    case .tunnelSuperPacket(var segmenter):
+                        sealSegments(&segmenter, now: now, sink: &sink)
+                        continue
+                    }
+                }
                 switch try interpretTUNRead(record) {
                 case .packet(let length):
                     // The one copy on this path: a read cannot know in advance whether it will be a
@@ -440,30 +479,38 @@ public final class Tunnel: @unchecked Sendable {
                         return packet.count
                     }
                 case .superPacket(var segmenter):
-                    var failure: OffloadError?
-                    while sealIntoBatch(
-                        now: now, sink: &sink,
-                        { area in
-                            do throws(OffloadError) {
-                                return try segmenter.next(into: area)
-                            } catch {
-                                failure = error
-                                return nil
-                            }
-                        })
-                    {}
-                    if let failure {
-                        // A segment longer than a slot (as above) is too large, not malformed.
-                        var reason = DropReason.badOffloadPacket
-                        if case .destinationTooSmall = failure { reason = .packetTooLarge }
-                        withEngine { $0.countDrop(reason) }
-                    }
+                    sealSegments(&segmenter, now: now, sink: &sink)
                 }
             } catch {
                 withEngine { $0.countDrop(.badOffloadPacket) }
             }
         }
         flushSendBatch()
+    }
+
+    /// Cuts a super-packet (TCP/UDP, or a UDP tunnel's) into segments straight into send slots,
+    /// each sealed in place; a failure is counted once.
+    private func sealSegments<Segmenter: PacketSegmenter>(
+        _ segmenter: inout Segmenter, now: Instant, sink: inout SocketSink
+    ) {
+        var failure: OffloadError?
+        while sealIntoBatch(
+            now: now, sink: &sink,
+            { area in
+                do throws(OffloadError) {
+                    return try segmenter.next(into: area)
+                } catch {
+                    failure = error
+                    return nil
+                }
+            })
+        {}
+        if let failure {
+            // A segment longer than a slot (as above) is too large, not malformed.
+            var reason = DropReason.badOffloadPacket
+            if case .destinationTooSmall = failure { reason = .packetTooLarge }
+            withEngine { $0.countDrop(reason) }
+        }
     }
 
     /// Puts one plaintext packet into the next send slot (`produce` writes it at the header room
@@ -500,11 +547,38 @@ public final class Tunnel: @unchecked Sendable {
         let plan = withEngine { $0.prepareSend(datagram, packetLength: packetLength, now: now, sink: &sink) }
         guard case .seal(let ticket) = plan else {
             if case .finished(.dropped(.packetTooLarge)) = plan, packetLength > sendBatchMTU { slotsOutgrown() }
+            if case .finished(.tooBig(let mtu)) = plan {
+                tellTooBig(
+                    UnsafeRawBufferPointer(rebasing: datagram[Device.headroom..<(Device.headroom + packetLength)]),
+                    mtu: mtu)
+            }
             return nil
         }
         let length = Device.seal(slot, datagramAt: Device.sealingRoom, ticket)
         withEngine { $0.completeSend(ticket, datagramLength: length, now: now, sink: &sink) }
         return (length, ticket.endpoint)
+    }
+
+    /// On `outboundQueue`: tells the sender of `packet`, refused as longer than its peer's path,
+    /// that `mtu` bytes fit (issue 17), with an ICMP error written into the TUN. Best effort: a
+    /// TUN that will not take it now loses it, as a router's rate limit would.
+    private func tellTooBig(_ packet: UnsafeRawBufferPointer, mtu: Int) {
+        // The header the TUN was set up with (`tunHeaderSize`: larger with UDP tunnel GSO).
+        let room = tun.hasVirtioHeader ? tunHeaderSize : 0
+        // A zeroed virtio header: no offload, checksums complete.
+        if room > 0 {
+            UnsafeMutableRawBufferPointer(rebasing: tooBigRecord[0..<room]).initializeMemory(
+                as: UInt8.self, repeating: 0)
+        }
+        guard
+            let length = ICMPTooBig.write(
+                for: packet, mtu: mtu, into: UnsafeMutableRawBufferPointer(rebasing: tooBigRecord[room...]))
+        else { return }
+        do {
+            _ = try tun.write(UnsafeRawBufferPointer(rebasing: tooBigRecord[0..<(room + length)]))
+        } catch {
+            logger.debug("\(name): packet-too-big write failed: \(error)")
+        }
     }
 
     /// Opens `datagram` (a view of `storage`, starting at `offset`) in place, the decryption
@@ -914,14 +988,24 @@ public final class Tunnel: @unchecked Sendable {
             if errno == 0, configPath != nil { syncRoutes() }
             reply.append("errno=\(errno)\n\n")
         case .show:
-            // The kernel's MTU now (`ip link set mtu` may not have reached us yet), read outside the lock.
-            let mtu = (try? tun.mtu()) ?? linkMTU.load(ordering: .relaxed)
             // The report takes the engine in pieces itself; the JSON is encoded outside the lock.
-            reply.append(ShowReport(tunnel: self, linkMTU: mtu).json + "\n\n")
+            reply.append(showReport().json + "\n\n")
         case .down:
             queue.async { [unowned self] in self.shutdown(status: 0, linkGone: false) }
             reply.append("errno=0\n\n")
         }
+    }
+
+    /// The `show` report, on `queue`. The kernel's MTU now (`ip link set mtu` may not have reached
+    /// us yet), read outside the lock.
+    private func showReport() -> ShowReport {
+        ShowReport(tunnel: self, linkMTU: (try? tun.mtu()) ?? linkMTU.load(ordering: .relaxed))
+    }
+
+    /// A `show` report made on `queue` as for `tunctl show`, handed to `done` there (the metrics
+    /// endpoint: a snapshot, so a scrape holds the engine no longer than `tunctl show` does).
+    public func report(_ done: @escaping @Sendable (ShowReport) -> Void) {
+        queue.async { [self] in done(showReport()) }
     }
 
     /// Shuts down from any thread but `queue`, at once and without the shutdown steps (used when

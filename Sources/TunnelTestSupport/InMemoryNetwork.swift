@@ -100,13 +100,14 @@ public final class InMemoryNetwork {
     }
 
     /// The packet `packet` enters `node`'s TUN: encapsulated; the datagram (if any) goes on the wire.
+    /// `now` (the clock's by default) may be an instant read earlier, as a batching thread's is.
     @discardableResult
-    public func inject(_ packet: [UInt8], at node: Node) -> OutboundAction {
+    public func inject(_ packet: [UInt8], at node: Node, now: Instant? = nil) -> OutboundAction {
         var buffer = [UInt8](repeating: 0, count: Device.headroom + packet.count + Device.tailroom)
         buffer.replaceSubrange(Device.headroom..<(Device.headroom + packet.count), with: packet)
         var sink = WireSink(from: node.endpoint)
         let action = buffer.withUnsafeMutableBytes { raw in
-            let action = node.device.encapsulate(raw, packetLength: packet.count, now: clock.now, sink: &sink)
+            let action = node.device.encapsulate(raw, packetLength: packet.count, now: now ?? clock.now, sink: &sink)
             if case .send(let length, let endpoint) = action {
                 sink.sent.append(WireDatagram(bytes: Array(raw[0..<length]), from: node.endpoint, to: endpoint))
             }

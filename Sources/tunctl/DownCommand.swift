@@ -18,6 +18,9 @@ struct Down: ParsableCommand {
     var interface: String
 
     func run() throws {
+        // Never stop another namespace's interface that happens to share the name (and so the
+        // socket path).
+        try ControlCommand.requireSameNamespace(interface, command: "down")
         let reply = try ControlCommand.request(interface, "tunctl-down=1\n\n", command: "down")
         guard reply.hasPrefix("errno=0\n") else {
             throw ControlCommandError.refused(

@@ -7,29 +7,59 @@ struct Show: ParsableCommand {
         abstract: "Show running interfaces: keys, endpoints, handshakes, transfer and drops.",
         discussion: """
             Asks the daemon over /var/run/wireguard/IFACE.sock. Without IFACE, shows every \
-            interface whose socket there answers (interfaces run by wireguard-go are skipped: use \
-            wg show for those). Prints no secrets. --json prints one object for IFACE, or an array \
-            of them without it.
+            interface in this network namespace whose socket there answers (interfaces run by \
+            wireguard-go are skipped: use wg show for those; the socket directory is shared by all \
+            namespaces, and those of other namespaces are left out, as wg show leaves them out). \
+            The MTU is the link's, as the kernel has it. Prints no secrets. --format json prints \
+            one object for IFACE, or an array of them without it; --format prometheus prints the \
+            Prometheus text exposition (for node_exporter's textfile collector).
             """
     )
 
-    @Argument(help: "The interface, e.g. tt0. Default: all interfaces run by tunctl.")
+    enum Format: String, ExpressibleByArgument, CaseIterable {
+        case text, json, prometheus
+    }
+
+    @Argument(help: "The interface, e.g. tt0. Default: all interfaces run by tunctl in this network namespace.")
     var interface: String?
 
-    @Flag(help: "Print JSON (the same object the daemon sends).")
+    @Option(help: "text, json (the same object the daemon sends) or prometheus.")
+    var format: Format = .text
+
+    @Flag(help: "The same as --format json.")
     var json = false
 
     func run() throws {
+        let format = json ? .json : format
+        let reports: [ShowReport]
         if let interface {
-            let report = try ControlCommand.show(interface, command: "show")
-            print(json ? report.json : report.text, terminator: json ? "\n" : "")
-            return
-        }
-        let reports = ControlCommand.runningInterfaces().compactMap { try? ControlCommand.show($0, command: "show") }
-        if json {
-            print("[" + reports.map(\.json).joined(separator: ",") + "]")
+            reports = [try ControlCommand.show(interface, command: "show")]
         } else {
+            let here = NetworkNamespace.current()
+            // Another namespace's daemons are left out before they are asked for a report (their
+            // socket's credentials say where they run); the report's own netns decides the rest.
+            let local = ControlCommand.runningInterfaces().filter { name in
+                guard let here, let there = ControlSocketProbe.listenerNamespace(path: controlSocketPath(name)) else {
+                    return true
+                }
+                return here == there
+            }
+            reports = local.compactMap {
+                try? ControlCommand.show($0, command: "show", anyNamespace: true)
+            }.filter { report in
+                guard let here, let there = report.interface.netns else { return true }
+                return here == there
+            }
+        }
+        switch format {
+        case .json where interface != nil:
+            print(reports[0].json)
+        case .json:
+            print("[" + reports.map(\.json).joined(separator: ",") + "]")
+        case .text:
             print(reports.map(\.text).joined(separator: "\n"), terminator: "")
+        case .prometheus:
+            print(MetricsExposition.text(reports), terminator: "")
         }
     }
 }
@@ -55,15 +85,41 @@ enum ControlCommand {
     }
 
     /// The daemon's report for `interface`; `command` names the subcommand in error messages.
-    static func show(_ interface: String, command: String) throws(ControlCommandError) -> ShowReport {
+    /// Unless `anyNamespace`, a daemon in another network namespace is an error: its socket is in
+    /// the shared directory, but the interface is not this namespace's.
+    static func show(
+        _ interface: String, command: String, anyNamespace: Bool = false
+    ) throws(ControlCommandError) -> ShowReport {
         let reply = try request(interface, "tunctl-show=1\n\n", command: command)
         if reply.hasPrefix("errno=") {
             throw .refused(command: command, interface: interface, reply: firstLine(of: reply))
         }
+        let report: ShowReport
         do {
-            return try ShowReport(json: reply)
+            report = try ShowReport(json: reply)
         } catch {
             throw .badReply(command: command, interface: interface)
+        }
+        if !anyNamespace, let here = NetworkNamespace.current(), let there = report.interface.netns, here != there {
+            throw .otherNamespace(command: command, interface: interface, daemon: there, caller: here)
+        }
+        return report
+    }
+
+    /// The network namespace of the daemon serving `interface`: from the socket's credentials, or
+    /// failing that (its pid not visible here) from its report. nil when that cannot be told.
+    static func daemonNamespace(_ interface: String) -> UInt64? {
+        guard isInterfaceName(interface) else { return nil }
+        if let namespace = ControlSocketProbe.listenerNamespace(path: controlSocketPath(interface)) {
+            return namespace
+        }
+        return (try? show(interface, command: "show", anyNamespace: true))?.interface.netns
+    }
+
+    /// Refuses, in one line, a daemon of `interface` that runs in another network namespace.
+    static func requireSameNamespace(_ interface: String, command: String) throws(ControlCommandError) {
+        if let here = NetworkNamespace.current(), let there = daemonNamespace(interface), here != there {
+            throw .otherNamespace(command: command, interface: interface, daemon: there, caller: here)
         }
     }
 
@@ -106,6 +162,8 @@ enum ControlCommandError: Error, CustomStringConvertible {
     /// The daemon answered with an errno line instead.
     case refused(command: String, interface: String, reply: String)
     case badReply(command: String, interface: String)
+    /// The socket's daemon runs in another network namespace than the caller.
+    case otherNamespace(command: String, interface: String, daemon: UInt64, caller: UInt64)
     /// `down` was acknowledged but the daemon is still there.
     case stillRunning(interface: String, seconds: Int)
 
@@ -135,6 +193,11 @@ enum ControlCommandError: Error, CustomStringConvertible {
         case .badReply(let command, let interface):
             return "tunctl \(command) \(interface): the daemon's reply is not a tunctl report "
                 + "(is this tunctl version the same as the daemon's?)"
+        case .otherNamespace(let command, let interface, let daemon, let caller):
+            return "tunctl \(command) \(interface): \(interface) is run by tunctl in another network namespace "
+                + "(\(NetworkNamespace.name(daemon)); this one is \(NetworkNamespace.name(caller))): run the command "
+                + "there, e.g. ip netns exec NAME tunctl \(command) \(interface) (\(controlDirectory) is shared "
+                + "by all namespaces)"
         case .stillRunning(let interface, let seconds):
             return "tunctl down \(interface): the daemon acknowledged but was still running after \(seconds) s "
                 + "(check its log; ip link del \(interface) also stops it)"

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import TunnelCore
 import TunnelIO
 
 /// The command tree. Each subcommand parses its arguments, calls into TunnelIO/TunnelCore, and
@@ -10,6 +11,7 @@ struct Tunctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tunctl",
         abstract: "A userspace WireGuard-protocol tunnel.",
+        version: tunctlVersionLine,
         subcommands: [
             Keygen.self,
             Genkey.self,
@@ -17,6 +19,7 @@ struct Tunctl: ParsableCommand {
             Genpsk.self,
             Check.self,
             Show.self,
+            BenchDataplane.self,
             Down.self,
             Up.self,
             Userspace.self,
@@ -24,6 +27,12 @@ struct Tunctl: ParsableCommand {
         ]
     )
 }
+
+/// tunctl's release number; `tunctl --version` prints it with the commit it was built from.
+let tunctlVersion = "0.9.0"
+
+/// "tunctl 0.9.0 (commit 1a2b3c4d5e6f)"; the commit is "unknown" when built without git.
+let tunctlVersionLine = "tunctl \(tunctlVersion) (commit \(buildCommit))"
 
 /// Everything the CLI itself can report. Each description is one line a person can act on and
 /// never holds key material.
@@ -48,6 +57,14 @@ enum CLIError: Error, CustomStringConvertible {
     /// The control socket itself cannot be made (e.g. no inode left on that file system).
     case controlSocket(interface: String, path: String, errno: Int32)
     case hardeningFailed(SystemError)
+    /// The UDP port is taken; `location` is the config's ListenPort line when it set the port.
+    case portInUse(interface: String, port: UInt16, location: ConfigLocation?)
+    /// Creating the TUN device was refused: not root, no CAP_NET_ADMIN.
+    case notPermitted(interface: String)
+    case metricsListenNotLoopback(String)
+    /// The interface's control socket is served by tunctl in another network namespace.
+    case otherNamespace(interface: String, socketPath: String, daemon: UInt64, caller: UInt64)
+    case metricsListen(interface: String, MetricsListen, any Error)
 
     var description: String {
         switch self {
@@ -82,6 +99,29 @@ enum CLIError: Error, CustomStringConvertible {
         case .controlSocket(let name, let path, let code):
             return "cannot bring up \(name): cannot create \(shellQuoted(path)): \(errorText(code)) "
                 + "(\(CLIError.advice(forControlDirectory: controlDirectory, code)))"
+        case .portInUse(let name, let port, let location?):
+            return "cannot bring up \(name): UDP port \(port) is in use (\(location): ListenPort = \(port); "
+                + "pick another ListenPort, or find what holds it: ss -ulpn 'sport = :\(port)')"
+        case .portInUse(let name, let port, nil):
+            return "cannot bring up \(name): UDP port \(port) is in use (set another ListenPort, "
+                + "or find what holds it: ss -ulpn 'sport = :\(port)')"
+        case .notPermitted(let name):
+            return "cannot bring up \(name): creating a TUN device needs root or CAP_NET_ADMIN "
+                + "(run it as root, e.g. sudo tunctl up, or under the shipped systemd unit)"
+        case .otherNamespace(let name, let path, let daemon, let caller):
+            return "cannot bring up \(name): already running in another network namespace "
+                + "(\(NetworkNamespace.name(daemon)); this one is \(NetworkNamespace.name(caller))): \(shellQuoted(path)) "
+                + "is served by tunctl there, and that directory is shared by all namespaces (pick another name, "
+                + "or stop it there: ip netns exec NAME tunctl down \(name))"
+        case .metricsListenNotLoopback(let text):
+            return "--metrics-listen \(shellQuoted(text)): not a loopback address and port "
+                + "(use 127.0.0.1:PORT or [::1]:PORT, e.g. 127.0.0.1:9586; put a proxy in front to publish metrics)"
+        case .metricsListen(let name, let metrics, let error):
+            var advice = "pick another port, or find what holds it: ss -ltnp 'sport = :\(metrics.endpoint.port)'"
+            if let code = (error as? MetricsServerError)?.errno, code != EADDRINUSE {
+                advice = "check the address is on this host's loopback, e.g. ip addr show lo"
+            }
+            return "cannot bring up \(name): \(metrics.origin) = \(metrics.endpoint): \(error) (\(advice))"
         case .hardeningFailed(let error):
             return
                 "cannot turn off core dumps: \(error) (a core dump would hold the keys; run on Linux 2.6.13 or later)"

@@ -28,7 +28,7 @@ let previousDaemonWait = 3.0
 /// printed (one line, by ArgumentParser) before the process exits.
 func runTunnel(
     name: String, config: TunnelConfig?, configPath: String?, privateKeyFile: KeyFileReference? = nil, verbose: Bool,
-    ready: (() -> Void)? = nil
+    metrics: MetricsListen? = nil, ready: (() -> Void)? = nil
 ) throws -> Never {
     let logger = Logger(label: "tunctl.\(name)")
     let socketPath = controlSocketPath(name)
@@ -47,6 +47,15 @@ func runTunnel(
     if LinkConfig.linkExists(name: name) {
         throw CLIError.interfaceExists(name)
     }
+    // Bound before anything is made, so a port in use changes nothing.
+    var metricsServer: MetricsServer?
+    if let metrics {
+        do {
+            metricsServer = try MetricsServer.start(metrics.endpoint, logger: logger)
+        } catch {
+            throw CLIError.metricsListen(interface: name, metrics, error)
+        }
+    }
     do {
         try lifecycle?.runPreUp()
     } catch {
@@ -56,9 +65,10 @@ func runTunnel(
     do {
         tunnel = try Tunnel(name: name, config: config, configPath: configPath, logger: logger)
     } catch {
-        throw CLIError.startFailed(interface: name, reason: "\(error)")
+        throw tunnelStartFailure(interface: name, config: config, error)
     }
     lifecycle?.attach(to: tunnel)
+    metricsServer?.attach(tunnel)
     // Set when start-up fails after `run`: the clean-up then returns here, so the error is thrown
     // (and printed) instead of the process exiting from `onStop` first, with nothing said.
     let failedToStart = Atomic<Bool>(false)
@@ -85,6 +95,30 @@ func runTunnel(
     SystemdNotify.send("READY=1")
     ready?()
     dispatchMain()
+}
+
+/// Where metrics are served and where that was said (`wg0.conf:6: MetricsListen`, `--metrics-listen`).
+struct MetricsListen {
+    let endpoint: Endpoint
+    let origin: String
+}
+
+/// The one line for a failed `Tunnel` start: the common mistakes (a port in use, no privilege for
+/// a TUN device) say their cause and what to do, not the system call that failed.
+func tunnelStartFailure(interface: String, config: TunnelConfig?, _ error: any Error) -> CLIError {
+    if let system = error as? SystemError {
+        switch (system.call, system.errno) {
+        case ("bind", EADDRINUSE):
+            return .portInUse(
+                interface: interface, port: config?.interface.listenPort ?? 0,
+                location: config?.interface.listenPortLocation)
+        case ("tunctl_tun_open", EPERM), ("tunctl_tun_open", EACCES):
+            return .notPermitted(interface: interface)
+        default:
+            break
+        }
+    }
+    return .startFailed(interface: interface, reason: "\(error)")
 }
 
 /// A failed PreUp/PostUp: its one line, and the command's own exit status as ours, as wg-quick
@@ -116,13 +150,34 @@ struct Up: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Log debug detail.")
     var verbose = false
 
+    @Option(
+        help: ArgumentHelp(
+            "Serve Prometheus metrics at http://ADDRESS:PORT/metrics (loopback only, e.g. 127.0.0.1:9586).",
+            discussion: "Overrides the config's MetricsListen.", valueName: "address:port"))
+    var metricsListen: String?
+
     func run() throws {
+        var flagEndpoint: Endpoint?
+        if let metricsListen {
+            guard let endpoint = Endpoint(loopback: metricsListen) else {
+                throw CLIError.metricsListenNotLoopback(metricsListen)
+            }
+            flagEndpoint = endpoint
+        }
         try disableCoreDumps()
         let loaded = try loadConfig(config)
         bootstrapLogging(verbose: verbose)
+        let interface = loaded.config.interface
+        let metrics =
+            flagEndpoint.map { MetricsListen(endpoint: $0, origin: "--metrics-listen") }
+            ?? interface.metricsListen.map {
+                MetricsListen(
+                    endpoint: $0,
+                    origin: interface.metricsListenLocation.map { "\($0): MetricsListen" } ?? "MetricsListen")
+            }
         try runTunnel(
             name: loaded.interfaceName.rawValue, config: loaded.config, configPath: loaded.path,
-            privateKeyFile: loaded.privateKeyFile, verbose: verbose)
+            privateKeyFile: loaded.privateKeyFile, verbose: verbose, metrics: metrics)
     }
 }
 
@@ -233,6 +288,10 @@ func checkControlDirectory(interface: String) throws {
 /// the control server then replaces), ends the wait at once.
 func waitForPreviousDaemon(interface: String, socketPath: String) throws {
     let start = DispatchTime.now().uptimeNanoseconds
+    // A tunctl in another namespace holding the name is no daemon about to exit: say so at once.
+    if let here = NetworkNamespace.current(), let there = ControlCommand.daemonNamespace(interface), here != there {
+        throw CLIError.otherNamespace(interface: interface, socketPath: socketPath, daemon: there, caller: here)
+    }
     while ControlSocketProbe.isListening(path: socketPath) {
         let waited = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         guard waited < previousDaemonWait else {
@@ -253,17 +312,46 @@ func startFailure(interface: String, socketPath: String, _ error: any Error) -> 
     return .startFailed(interface: interface, reason: "\(error)")
 }
 
+/// `struct ucred` of <sys/socket.h> (the kernel's, include/linux/socket.h), which Swift's Glibc
+/// module leaves out (it is behind _GNU_SOURCE): what SO_PEERCRED fills in.
+struct PeerCredentials {
+    var pid: pid_t = 0
+    var uid: uid_t = 0
+    var gid: gid_t = 0
+}
+
 /// Whether some process accepts connections on a Unix socket path, without sending it anything:
 /// connect succeeds (or finds the backlog full) only while a listener holds the socket.
 enum ControlSocketProbe {
     static func isListening(path: String) -> Bool {
+        connected(path) { _ in true } ?? false
+    }
+
+    /// The network namespace of the process listening on `path`, from its credentials as the
+    /// kernel recorded them at `listen` (SO_PEERCRED) and its /proc entry; nil when nobody listens
+    /// or its pid is not visible here (another pid namespace). Sends the daemon nothing, so it
+    /// costs a daemon with 100,000 peers no report.
+    static func listenerNamespace(path: String) -> UInt64? {
+        let pid = connected(path) { fd -> pid_t? in
+            var credentials = PeerCredentials()
+            var length = socklen_t(MemoryLayout<PeerCredentials>.size)
+            guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0, credentials.pid > 0 else {
+                return nil
+            }
+            return credentials.pid
+        }
+        return pid.flatMap { $0 }.flatMap(NetworkNamespace.of(pid:))
+    }
+
+    /// `body` on a socket connected to `path`; nil when nothing accepts connections there.
+    private static func connected<R>(_ path: String, _ body: (Int32) -> R) -> R? {
         let fd = socket(
             AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { return false }
+        guard fd >= 0 else { return nil }
         defer { close(fd) }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
-        guard path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        guard path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             raw.copyBytes(from: path.utf8)
             raw[path.utf8.count] = 0
@@ -274,6 +362,7 @@ enum ControlSocketProbe {
             }
         }
         // EAGAIN: the backlog is full, so a listener is there (just busy).
-        return result == 0 || errno == EAGAIN || errno == EINPROGRESS
+        guard result == 0 || errno == EAGAIN || errno == EINPROGRESS else { return nil }
+        return body(fd)
     }
 }

@@ -243,7 +243,7 @@ private func prefix(_ text: String) -> IPPrefix {
         ),
         (
             Fixture.interface + "Colour = blue\n",
-            "wg0.conf:3: [Interface] Colour: unknown key (valid keys in [Interface]: PrivateKey, PrivateKeyFile, Address, ListenPort, MTU, DNS, Table, FwMark, PreUp, PostUp, PreDown, PostDown, SaveConfig)"
+            "wg0.conf:3: [Interface] Colour: unknown key (valid keys in [Interface]: PrivateKey, PrivateKeyFile, Address, ListenPort, MTU, DNS, Table, FwMark, PreUp, PostUp, PreDown, PostDown, SaveConfig, MetricsListen)"
         ),
         (
             Fixture.interface + "AllowedIPs = 10.0.0.0/8\n",

@@ -75,6 +75,34 @@ final class SessionConvergenceTests: XCTestCase {
         }
     }
 
+    /// The outbound path reads the clock once per burst, so it may route a packet with an instant
+    /// older than a keypair the inbound path derived meanwhile (seen in handshake.sh: the echo
+    /// reply to the peer's first ping, read in the same burst, was staged behind a session that
+    /// looked 584 years old, and waited for a handshake that never came). A stale instant sees a
+    /// fresh keypair as new: the packet is sealed at once and starts no handshake.
+    func testPacketRoutedWithAnOlderInstantUsesTheNewerSession() {
+        let network = InMemoryNetwork()
+        let a = network.addNode()
+        let b = network.addNode()
+        network.connect(a, allowing: [IPPrefix("198.18.1.1/32")!], b, allowing: [IPPrefix("198.18.1.2/32")!])
+        let stale = network.clock.now
+        network.clock.advance(seconds: 0.001)
+        XCTAssertEqual(network.inject(ping(aAddress, bAddress, 1), at: a), .staged)
+        network.pump()
+        XCTAssertEqual(b.delivered.count, 1, "the handshake completed and the first packet arrived")
+        let initiations = network.log.filter { $0.messageType == 1 }.count
+
+        let late = ping(aAddress, bAddress, 2)
+        guard case .send = network.inject(late, at: a, now: stale) else {
+            return XCTFail("a packet routed with an instant 1 ms older than its session was not sent")
+        }
+        network.pump()
+        XCTAssertEqual(b.delivered.last, late)
+        XCTAssertEqual(
+            network.log.filter { $0.messageType == 1 }.count, initiations, "the older instant started no handshake")
+        XCTAssertEqual(a.device.drops.total + b.device.drops.total, 0)
+    }
+
     /// The same crossing with the clock running: after a keepalive interval and more, nothing
     /// has stalled and no retry was needed to get data through.
     func testCrossingInitiationsThenQuietLinkKeepsBothSessions() {

@@ -28,8 +28,8 @@ private func sampleReport() -> ShowReport {
     /// One object, sorted keys, `null` for what is unknown, base64 slashes unescaped.
     @Test func jsonShape() {
         let expected =
-            #"{"addresses":["198.18.1.1/24"],"drops":{"no_route":2},"interface":"tt0","listen_port":51820,"mtu":1420,"#
-            + #""peers":[{"allowed_ips":["198.18.2.0/24","fd00:2::/64"],"drops":{"decrypt_failed":3,"replayed":1},"#
+            #"{"addresses":["198.18.1.1/24"],"cookie_replies_sent":null,"drops":{"no_route":2},"handshakes":null,"#
+            + #""interface":"tt0","listen_port":51820,"mtu":1420,"netns":null,"peers":[{"allowed_ips":["198.18.2.0/24","fd00:2::/64"],"drops":{"decrypt_failed":3,"replayed":1},"#
             + #""endpoint":"198.18.0.2:51820","latest_handshake":1700000000,"persistent_keepalive":25,"#
             + #""preshared_key":true,"public_key":"\#(peerA)","rx_bytes":1536,"tx_bytes":3145728},"#
             + #"{"allowed_ips":[],"drops":{},"endpoint":null,"latest_handshake":0,"persistent_keepalive":0,"#

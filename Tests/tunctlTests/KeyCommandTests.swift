@@ -309,6 +309,20 @@ private let needsWg = ConditionTrait.enabled(
         #expect(good.stdout == "wg0: ok, public key \(ours), 1 peer\n")
     }
 
+    /// The in-process data path: every packet sealed on the workers and opened again arrives
+    /// intact (the command fails otherwise), with one worker and with more workers than items
+    /// in a share, at a small and at a jumbo size. Speed is the benchmark's business, not this.
+    @Test(arguments: [("1", "1420", "128"), ("2", "1420", "128"), ("3", "9000", "5"), ("8", "60", "3")])
+    func benchDataplaneDeliversEveryPacket(workers: String, size: String, batch: String) throws {
+        let result = try tunctl([
+            "bench-dataplane", "--workers", workers, "--size", size, "--batch", batch, "--seconds", "0.2",
+        ])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(result.stdout.hasPrefix("{\"workers\":\(workers),\"size\":\(size),\"batch\":\(batch),\"packets\":"))
+        let packets = result.stdout.split(separator: ",").first { $0.hasPrefix("\"packets\":") }
+        #expect((packets.flatMap { Int($0.dropFirst(10)) } ?? 0) > 0, "\(result.stdout)")
+    }
+
     @Test func wgIsAvailableInCI() {
         if Tools.isCI { #expect(Tools.wg != nil, "CI=true but wg (wireguard-tools) is not installed") }
     }

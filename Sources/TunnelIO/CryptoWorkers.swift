@@ -1,0 +1,48 @@
+import Dispatch
+import Glibc
+
+/// Fork-join encryption for a batch: `count` threads seal (or open) one batch's packets at once,
+/// each a contiguous share of it, and `forEach` returns only when every share is done. Whatever
+/// the caller does next with the batch (counters, timers, the send or the TUN write) sees it in
+/// its original order, so order per peer is kept by construction, with no reorder buffer.
+///
+/// The threads are Dispatch's: `concurrentPerform` runs the shares on the global pool, the
+/// caller's thread taking one. Only the crypto step belongs here (`Device.seal` and
+/// `Device.open`, which take no lock); routing, counters and the replay check stay with the
+/// device's owner, before and after.
+public struct CryptoWorkers: Sendable {
+    /// Threads a batch is spread over; 1 runs it on the caller's thread alone.
+    public let count: Int
+
+    public init(count: Int) {
+        self.count = max(1, count)
+    }
+
+    /// Online CPUs: the default, as wireguard-go starts one encryption worker per CPU.
+    public static var onlineCPUs: Int { max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+
+    /// Runs `body(item, worker)` once for each item in `0 ..< items`, the items spread over the
+    /// workers in contiguous shares; `worker` (below `count`) names the share, for per-worker
+    /// scratch. Returns when every item has run. `body` must touch only what its item owns, plus
+    /// its worker's scratch.
+    public func forEach(_ items: Int, _ body: (_ item: Int, _ worker: Int) -> Void) {
+        let shares = min(count, items)
+        guard shares > 1 else {
+            for item in 0..<items { body(item, 0) }
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            let shared = SharedBody(run: body)
+            DispatchQueue.concurrentPerform(iterations: shares) { share in
+                for item in (items * share / shares)..<(items * (share + 1) / shares) { shared.run(item, share) }
+            }
+        }
+    }
+}
+
+/// `forEach`'s body, handed to the share threads for the duration of the call.
+// @unchecked Sendable: each share runs disjoint items (forEach's contract: an item touches only
+// what it owns and its worker's scratch), and concurrentPerform joins them all before returning.
+private struct SharedBody: @unchecked Sendable {
+    let run: (Int, Int) -> Void
+}
