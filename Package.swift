@@ -6,7 +6,12 @@ let package = Package(
     name: "tunctl",
     platforms: [.macOS(.v13)],
     products: [
-        .executable(name: "tunctl", targets: ["tunctl"])
+        .executable(name: "tunctl", targets: ["tunctl"]),
+        // For the libFuzzer targets in Tests/Fuzz, a package of their own that depends on this one
+        // by path (so the sanitizer flags never reach the normal build).
+        .library(name: "TunnelCore", targets: ["TunnelCore"]),
+        .library(name: "TunnelIO", targets: ["TunnelIO"]),
+        .library(name: "TunnelCrypto", targets: ["TunnelCrypto"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
