@@ -14,7 +14,7 @@ import TunnelCrypto
     /// A fresh initiation from the pair's initiator with macs added by `generator`.
     private func signedInitiation(_ pair: F.Pair, _ generator: inout CookieGenerator, now: UInt64) -> [UInt8] {
         var (message, _) = pair.initiation()
-        message.withUnsafeMutableBytes { generator.addMACs(to: $0, now: now) }
+        message.withUnsafeMutableBytes { _ = generator.addMACs(to: $0, now: now) }
         return message
     }
 
@@ -52,7 +52,7 @@ import TunnelCrypto
         let (initiation, _) = pair.initiation()
         var (response, _) = pair.response(to: try #require(pair.consume(initiation)))
         var generator = CookieGenerator(remote: pair.initiatorSeenByResponder)
-        response.withUnsafeMutableBytes { generator.addMACs(to: $0, now: Self.t0) }
+        response.withUnsafeMutableBytes { _ = generator.addMACs(to: $0, now: Self.t0) }
         #expect(response.withUnsafeBytes { CookieChecker(local: pair.initiator).checkMAC1($0) })
         #expect(!response.withUnsafeBytes { CookieChecker(local: pair.responder).checkMAC1($0) })
         response[ResponseMessage.senderOffset] ^= 0x80
