@@ -25,23 +25,7 @@ vxlan_node() {
 
 test_vxlan_inside() {
   local n1 n2 p1 p2 if1 if2
-  n1=$(ns_name n1)
-  n2=$(ns_name n2)
-  p1=$(ns_name p1)
-  p2=$(ns_name p2)
-  if1=$(if_name 1)
-  if2=$(if_name 2)
-  KEYS="$TT_TEST_DIR/keys"
-  mkdir -p "$KEYS"
-  ns_create "$n1" && ns_create "$n2" && ns_create "$p1" && ns_create "$p2" || return 1
-  veth_create "$n1" eth0 "$n2" eth0 || return 1
-  addr_add "$n1" eth0 198.18.0.1/30 && addr_add "$n2" eth0 198.18.0.2/30 || return 1
-  veth_create "$p1" eth0 "$n1" vpod || return 1
-  veth_create "$p2" eth0 "$n2" vpod || return 1
-  addr_add "$p1" eth0 198.18.10.2/24 && addr_add "$n1" vpod 198.18.10.1/24 || return 1
-  addr_add "$p2" eth0 198.18.20.2/24 && addr_add "$n2" vpod 198.18.20.1/24 || return 1
-  nsx "$p1" ip route add default via 198.18.10.1 && nsx "$p2" ip route add default via 198.18.20.1 || return 1
-  nsx "$n1" sysctl -qw net.ipv4.ip_forward=1 && nsx "$n2" sysctl -qw net.ipv4.ip_forward=1 || return 1
+  seed_pods_setup || return 1
 
   # The tunnel carries only the nodes' addresses: the pod subnets ride in VXLAN.
   tt_keypair "$KEYS" n1 && tt_keypair "$KEYS" n2 || return 1
