@@ -141,29 +141,30 @@ public enum OffloadError: Error, Hashable, Sendable, CustomStringConvertible {
 // MARK: - Byte access
 
 // Every helper below is called only after the caller checked `offset + size <= buffer.count`.
+// Internal: the UDP tunnel segmenter (TunnelOffload.swift) reads and writes headers with them too.
 extension UnsafeRawBufferPointer {
-    @inline(__always) fileprivate func be16(_ offset: Int) -> UInt16 {
+    @inline(__always) func be16(_ offset: Int) -> UInt16 {
         UInt16(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self))
     }
-    @inline(__always) fileprivate func be32(_ offset: Int) -> UInt32 {
+    @inline(__always) func be32(_ offset: Int) -> UInt32 {
         UInt32(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt32.self))
     }
-    @inline(__always) fileprivate func le16(_ offset: Int) -> UInt16 {
+    @inline(__always) func le16(_ offset: Int) -> UInt16 {
         UInt16(littleEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self))
     }
-    @inline(__always) fileprivate func be64(_ offset: Int) -> UInt64 {
+    @inline(__always) func be64(_ offset: Int) -> UInt64 {
         UInt64(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
 }
 
 extension UnsafeMutableRawBufferPointer {
-    @inline(__always) fileprivate func storeBE16(_ value: UInt16, at offset: Int) {
+    @inline(__always) func storeBE16(_ value: UInt16, at offset: Int) {
         storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt16.self)
     }
-    @inline(__always) fileprivate func storeBE32(_ value: UInt32, at offset: Int) {
+    @inline(__always) func storeBE32(_ value: UInt32, at offset: Int) {
         storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt32.self)
     }
-    @inline(__always) fileprivate func storeLE16(_ value: UInt16, at offset: Int) {
+    @inline(__always) func storeLE16(_ value: UInt16, at offset: Int) {
         storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt16.self)
     }
 }

@@ -62,8 +62,8 @@ public func interpretTunnelTUNRead(_ record: UnsafeMutableRawBufferPointer) thro
         let bytes = UnsafeRawBufferPointer(record)
         return .tunnelSuperPacket(
             try UDPTunnelSegmenter(
-                header: header, outerTransport: Int(bytes.tunnelLE16(TunnelVirtioHeader.outerTransportOffset)),
-                innerNetwork: Int(bytes.tunnelLE16(TunnelVirtioHeader.innerNetworkOffset)), packet: packet))
+                header: header, outerTransport: Int(bytes.le16(TunnelVirtioHeader.outerTransportOffset)),
+                innerNetwork: Int(bytes.le16(TunnelVirtioHeader.innerNetworkOffset)), packet: packet))
     }
     let shift = TunnelVirtioHeader.size - VirtioNetHeader.size
     // Sound: both ranges lie inside the first 24 bytes of `record`; memmove handles the overlap.
@@ -143,7 +143,7 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
         let outer = try TransportHeaders(parsing: packet, udp: true)
         guard outer.isV6 == (tunnel == TunnelVirtioHeader.gsoUDPTunnelIPv6) else { throw .ipVersionMismatch }
         if !outer.isV6 {
-            let fragment = packet.tunnelBE16(OffloadLayout.ipv4FlagsOffset)
+            let fragment = packet.be16(OffloadLayout.ipv4FlagsOffset)
             guard fragment & (OffloadLayout.ipv4MoreFragments | OffloadLayout.ipv4FragmentOffsetMask) == 0 else {
                 throw .fragmented
             }
@@ -160,7 +160,7 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
             guard inner.isV6 == (kind == VirtioNetHeader.GSOType.tcpV6) else { throw .ipVersionMismatch }
         }
         if !inner.isV6 {
-            let fragment = innerBytes.tunnelBE16(OffloadLayout.ipv4FlagsOffset)
+            let fragment = innerBytes.be16(OffloadLayout.ipv4FlagsOffset)
             guard fragment & (OffloadLayout.ipv4MoreFragments | OffloadLayout.ipv4FragmentOffsetMask) == 0 else {
                 throw .fragmented
             }
@@ -189,10 +189,10 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
         self.outerTransport = outerTransport
         self.innerNetwork = innerNetwork
         self.innerTransport = innerTransport
-        firstOuterIdentification = outer.isV6 ? 0 : packet.tunnelBE16(OffloadLayout.ipv4IdentificationOffset)
+        firstOuterIdentification = outer.isV6 ? 0 : packet.be16(OffloadLayout.ipv4IdentificationOffset)
         firstInnerIdentification =
-            inner.isV6 ? 0 : packet.tunnelBE16(innerNetwork + OffloadLayout.ipv4IdentificationOffset)
-        firstSequence = innerUDP ? 0 : packet.tunnelBE32(innerTransport + OffloadLayout.tcpSequenceOffset)
+            inner.isV6 ? 0 : packet.be16(innerNetwork + OffloadLayout.ipv4IdentificationOffset)
+        firstSequence = innerUDP ? 0 : packet.be32(innerTransport + OffloadLayout.tcpSequenceOffset)
     }
 
     public mutating func next(into destination: UnsafeMutableRawBufferPointer) throws(OffloadError) -> Int? {
@@ -216,10 +216,10 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
             identification: firstInnerIdentification &+ UInt16(truncatingIfNeeded: index))
         let checksumField: Int
         if isInnerUDP {
-            segment.tunnelStoreBE16(UInt16(length - innerTransport), at: innerTransport + OffloadLayout.udpLengthOffset)
+            segment.storeBE16(UInt16(length - innerTransport), at: innerTransport + OffloadLayout.udpLengthOffset)
             checksumField = innerTransport + OffloadLayout.udpChecksumOffset
         } else {
-            segment.tunnelStoreBE32(
+            segment.storeBE32(
                 firstSequence &+ UInt32(truncatingIfNeeded: index * segmentSize),
                 at: innerTransport + OffloadLayout.tcpSequenceOffset)
             var flags = segment[innerTransport + OffloadLayout.tcpFlagsOffset]
@@ -228,7 +228,7 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
             segment[innerTransport + OffloadLayout.tcpFlagsOffset] = flags
             checksumField = innerTransport + OffloadLayout.tcpChecksumOffset
         }
-        segment.tunnelStoreBE16(0, at: checksumField)
+        segment.storeBE16(0, at: checksumField)
         let readable = UnsafeRawBufferPointer(segment)
         let innerAddresses =
             innerNetwork + (isInnerIPv6 ? OffloadLayout.ipv6AddressesOffset : OffloadLayout.ipv4AddressesOffset)
@@ -245,15 +245,15 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
             UnsafeRawBufferPointer(rebasing: readable[innerTransport..<headerLength]),
             initial: InternetChecksum.add(innerPseudo, payloadSum))
         if isInnerUDP && innerChecksum == 0 { innerChecksum = 0xffff }
-        segment.tunnelStoreBE16(innerChecksum, at: checksumField)
+        segment.storeBE16(innerChecksum, at: checksumField)
 
         // Outer headers.
         Self.rewriteIP(
             segment, at: 0, isV6: isOuterIPv6, length: length,
             identification: firstOuterIdentification &+ UInt16(truncatingIfNeeded: index))
-        segment.tunnelStoreBE16(UInt16(length - outerTransport), at: outerTransport + OffloadLayout.udpLengthOffset)
+        segment.storeBE16(UInt16(length - outerTransport), at: outerTransport + OffloadLayout.udpLengthOffset)
         let outerField = outerTransport + OffloadLayout.udpChecksumOffset
-        segment.tunnelStoreBE16(0, at: outerField)
+        segment.storeBE16(0, at: outerField)
         if computesOuterChecksum {
             let addresses = isOuterIPv6 ? OffloadLayout.ipv6AddressesOffset : OffloadLayout.ipv4AddressesOffset
             let outerPseudo = InternetChecksum.pseudoHeaderSum(
@@ -269,7 +269,7 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
                 UnsafeRawBufferPointer(rebasing: readable[outerTransport..<headerLength]),
                 initial: InternetChecksum.add(outerPseudo, alignedPayload))
             if checksum == 0 { checksum = 0xffff }
-            segment.tunnelStoreBE16(checksum, at: outerField)
+            segment.storeBE16(checksum, at: outerField)
         }
         producedCount += 1
         return length
@@ -281,40 +281,16 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
         _ segment: UnsafeMutableRawBufferPointer, at offset: Int, isV6: Bool, length: Int, identification: UInt16
     ) {
         if isV6 {
-            segment.tunnelStoreBE16(
+            segment.storeBE16(
                 UInt16(length - OffloadLayout.ipv6Header), at: offset + OffloadLayout.ipv6PayloadLengthOffset)
             return
         }
-        segment.tunnelStoreBE16(UInt16(length), at: offset + OffloadLayout.ipv4TotalLengthOffset)
-        segment.tunnelStoreBE16(identification, at: offset + OffloadLayout.ipv4IdentificationOffset)
-        segment.tunnelStoreBE16(0, at: offset + OffloadLayout.ipv4ChecksumOffset)
+        segment.storeBE16(UInt16(length), at: offset + OffloadLayout.ipv4TotalLengthOffset)
+        segment.storeBE16(identification, at: offset + OffloadLayout.ipv4IdentificationOffset)
+        segment.storeBE16(0, at: offset + OffloadLayout.ipv4ChecksumOffset)
         let ipHeaderLength = Int(segment[offset] & 0x0f) * 4
         let checksum = InternetChecksum.checksum(
             UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(segment)[offset..<offset + ipHeaderLength]))
-        segment.tunnelStoreBE16(checksum, at: offset + OffloadLayout.ipv4ChecksumOffset)
-    }
-}
-
-// MARK: - Byte access
-
-// Every helper below is called only after the caller checked `offset + size <= buffer.count`.
-extension UnsafeRawBufferPointer {
-    @inline(__always) fileprivate func tunnelBE16(_ offset: Int) -> UInt16 {
-        UInt16(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self))
-    }
-    @inline(__always) fileprivate func tunnelBE32(_ offset: Int) -> UInt32 {
-        UInt32(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-    }
-    @inline(__always) fileprivate func tunnelLE16(_ offset: Int) -> UInt16 {
-        UInt16(littleEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self))
-    }
-}
-
-extension UnsafeMutableRawBufferPointer {
-    @inline(__always) fileprivate func tunnelStoreBE16(_ value: UInt16, at offset: Int) {
-        storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt16.self)
-    }
-    @inline(__always) fileprivate func tunnelStoreBE32(_ value: UInt32, at offset: Int) {
-        storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt32.self)
+        segment.storeBE16(checksum, at: offset + OffloadLayout.ipv4ChecksumOffset)
     }
 }
