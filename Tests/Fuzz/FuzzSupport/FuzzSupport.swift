@@ -58,3 +58,23 @@ public struct FuzzInput {
     /// Everything not read yet.
     public mutating func rest() -> UnsafeRawBufferPointer { take(remaining) }
 }
+
+/// The RFC 1071 ones' complement sum of `bytes` as big-endian 16-bit words, plus `initial`,
+/// folded: the targets' own reference, independent of tunctl's InternetChecksum (in C, outside
+/// the coverage instrumentation, as checks need no coverage).
+public func onesSum(_ bytes: ArraySlice<UInt8>, initial: UInt32 = 0) -> UInt32 {
+    bytes.withUnsafeBufferPointer { fuzz_ones_sum($0.baseAddress, $0.count, initial) }
+}
+
+/// Whether `a` and `b` hold the same bytes (compared outside the coverage instrumentation).
+public func sameBytes(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+    guard a.count == b.count else { return false }
+    guard let first = a.baseAddress, let second = b.baseAddress else { return true }
+    return fuzz_same_bytes(first.assumingMemoryBound(to: UInt8.self), second.assumingMemoryBound(to: UInt8.self), a.count)
+        == 1
+}
+
+/// Whether two byte slices are equal (see `sameBytes(_:_:)` on buffers).
+public func sameBytes(_ a: ArraySlice<UInt8>, _ b: ArraySlice<UInt8>) -> Bool {
+    a.withUnsafeBytes { first in b.withUnsafeBytes { second in sameBytes(first, second) } }
+}

@@ -13,24 +13,6 @@ import FuzzSupport
 import Glibc
 import TunnelCore
 
-/// The ones' complement sum of 16-bit big-endian words (RFC 1071), folded; independent of
-/// InternetChecksum.
-func onesSum(_ bytes: some Sequence<UInt8>, initial: UInt32 = 0) -> UInt32 {
-    var sum = initial
-    var high: UInt8? = nil
-    for byte in bytes {
-        if let first = high {
-            sum += UInt32(first) << 8 | UInt32(byte)
-            high = nil
-        } else {
-            high = byte
-        }
-    }
-    if let first = high { sum += UInt32(first) << 8 }
-    while sum > 0xffff { sum = (sum & 0xffff) + (sum >> 16) }
-    return sum
-}
-
 func be16(_ bytes: [UInt8], _ at: Int) -> Int { Int(bytes[at]) << 8 | Int(bytes[at + 1]) }
 func store16(_ value: Int, _ bytes: inout [UInt8], _ at: Int) {
     bytes[at] = UInt8(value >> 8 & 0xff)
@@ -129,7 +111,8 @@ func segments(of record: [UInt8]) -> [[UInt8]]? {
             // payload the next slice of the super-packet's.
             let payloadStart = segmenter.headerLength + out.count * segmenter.segmentSize
             require(
-                segment[segmenter.headerLength...].elementsEqual(
+                sameBytes(
+                    segment[segmenter.headerLength...],
                     packet[payloadStart..<min(payloadStart + segmenter.segmentSize, packet.count)]),
                 "segment \(out.count) carries other payload")
             require(segment[addresses] == packet[addresses], "segment \(out.count) has other addresses")
@@ -237,7 +220,10 @@ func fuzzGRO(_ selector: UInt8, _ input: inout FuzzInput) {
             require(slot > lastSlot, "outputs out of order: slot \(slot) after \(lastSlot)")
             lastSlot = slot
             require(
-                slots[slot][VirtioNetHeader.size...].elementsEqual(packets[slot]), "an unmerged packet was changed")
+                packets[slot].withUnsafeBytes {
+                    sameBytes(UnsafeRawBufferPointer(rebasing: slots[slot][VirtioNetHeader.size...]), $0)
+                },
+                "an unmerged packet was changed")
         case .merged(let superPacket):
             var record: [UInt8] = []
             for piece in coalescer.pieces(ofSuperPacket: superPacket) { record += piece }
@@ -292,12 +278,17 @@ func sameFlow(_ a: [UInt8], _ b: [UInt8]) -> Bool {
 /// the IPv4 identification under DF (GRO takes a fixed one; the segmenter counts up from it).
 func equalButChecksums(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     guard a.count == b.count, let (ipHeader, proto, _) = layout(b) else { return false }
-    var skip: Set<Int> = []
-    if b[0] >> 4 == 4 { skip.formUnion([10, 11]) }
-    if b[0] >> 4 == 4 && b[6] & 0x40 != 0 { skip.formUnion([4, 5]) }
+    var skip: [Int] = []
+    if b[0] >> 4 == 4 { skip += [10, 11] }
+    if b[0] >> 4 == 4 && b[6] & 0x40 != 0 { skip += [4, 5] }
     let field = ipHeader + (proto == 17 ? 6 : 16)
-    skip.formUnion([field, field + 1])
-    return a.indices.allSatisfy { skip.contains($0) || a[$0] == b[$0] }
+    skip += [field, field + 1]
+    var (first, second) = (a, b)
+    for index in skip where index < first.count {
+        first[index] = 0
+        second[index] = 0
+    }
+    return sameBytes(first[...], second[...])
 }
 
 func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
