@@ -70,8 +70,8 @@ public func onesSum(_ bytes: ArraySlice<UInt8>, initial: UInt32 = 0) -> UInt32 {
 public func sameBytes(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
     guard a.count == b.count else { return false }
     guard let first = a.baseAddress, let second = b.baseAddress else { return true }
-    return fuzz_same_bytes(first.assumingMemoryBound(to: UInt8.self), second.assumingMemoryBound(to: UInt8.self), a.count)
-        == 1
+    let (x, y) = (first.assumingMemoryBound(to: UInt8.self), second.assumingMemoryBound(to: UInt8.self))
+    return fuzz_same_bytes(x, y, a.count) == 1
 }
 
 /// Whether two byte slices are equal (see `sameBytes(_:_:)` on buffers).
