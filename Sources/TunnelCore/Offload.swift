@@ -577,18 +577,9 @@ public struct GSOSegmenter {
     public mutating func next(into destination: UnsafeMutableRawBufferPointer) throws(OffloadError) -> Int? {
         guard producedCount < segmentCount else { return nil }
         let index = producedCount
-        let payloadStart = headerLength + index * segmentSize
-        let payloadEnd = min(payloadStart + segmentSize, packet.count)
-        let length = headerLength + (payloadEnd - payloadStart)
-        guard destination.count >= length, let target = destination.baseAddress, let source = packet.baseAddress
-        else { throw .destinationTooSmall(needed: length) }
-        // Sound: `headerLength <= payloadStart <= payloadEnd <= packet.count`, `length <= destination.count`,
-        // and the caller's destination does not overlap the super-packet (both are caller-owned).
-        target.copyMemory(from: source, byteCount: headerLength)
-        // The payload is summed as it is copied; `headerLength` is even, so the sums combine.
-        let payloadSum = InternetChecksum.copyAndSum(
-            from: source + payloadStart, to: target + headerLength, count: payloadEnd - payloadStart)
-        let segment = UnsafeMutableRawBufferPointer(start: target, count: length)
+        let (segment, payloadSum) = try packet.copySegment(
+            index, headerLength: headerLength, segmentSize: segmentSize, into: destination)
+        let length = segment.count
 
         if isIPv6 {
             segment.storeBE16(UInt16(length - ipHeaderLength), at: OffloadLayout.ipv6PayloadLengthOffset)
@@ -597,7 +588,7 @@ public struct GSOSegmenter {
             segment.storeBE16(
                 firstIdentification &+ UInt16(truncatingIfNeeded: index), at: OffloadLayout.ipv4IdentificationOffset)
             segment.storeBE16(0, at: OffloadLayout.ipv4ChecksumOffset)
-            let ipHeader = UnsafeRawBufferPointer(start: target, count: ipHeaderLength)
+            let ipHeader = UnsafeRawBufferPointer(rebasing: segment[0..<ipHeaderLength])
             segment.storeBE16(InternetChecksum.checksum(ipHeader), at: OffloadLayout.ipv4ChecksumOffset)
         }
 
@@ -1162,4 +1153,28 @@ private func bytesEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, count: Int
         return false
     }
     return true
+}
+
+extension UnsafeRawBufferPointer {
+    /// Segment `index` of this super-packet, cut every `segmentSize` payload bytes after its
+    /// `headerLength` header bytes: copies the header and that slice of payload to the start of
+    /// `destination` and returns the segment written there with the payload's ones' complement
+    /// sum (summed as it is copied; `headerLength` is even, so the caller's header sums combine
+    /// with it). Headers are left as in the super-packet for the caller to fix. A too-small
+    /// destination is refused before anything is written.
+    func copySegment(
+        _ index: Int, headerLength: Int, segmentSize: Int, into destination: UnsafeMutableRawBufferPointer
+    ) throws(OffloadError) -> (segment: UnsafeMutableRawBufferPointer, payloadSum: UInt16) {
+        let payloadStart = headerLength + index * segmentSize
+        let payloadEnd = Swift.min(payloadStart + segmentSize, count)
+        let length = headerLength + (payloadEnd - payloadStart)
+        guard destination.count >= length, let target = destination.baseAddress, let source = baseAddress
+        else { throw .destinationTooSmall(needed: length) }
+        // Sound: `headerLength <= payloadStart <= payloadEnd <= count`, `length <= destination.count`,
+        // and the caller's destination does not overlap the super-packet (both are caller-owned).
+        target.copyMemory(from: source, byteCount: headerLength)
+        let payloadSum = InternetChecksum.copyAndSum(
+            from: source + payloadStart, to: target + headerLength, count: payloadEnd - payloadStart)
+        return (UnsafeMutableRawBufferPointer(start: target, count: length), payloadSum)
+    }
 }

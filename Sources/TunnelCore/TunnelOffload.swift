@@ -198,17 +198,9 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
     public mutating func next(into destination: UnsafeMutableRawBufferPointer) throws(OffloadError) -> Int? {
         guard producedCount < segmentCount else { return nil }
         let index = producedCount
-        let payloadStart = headerLength + index * segmentSize
-        let payloadEnd = min(payloadStart + segmentSize, packet.count)
-        let length = headerLength + (payloadEnd - payloadStart)
-        guard destination.count >= length, let target = destination.baseAddress, let source = packet.baseAddress
-        else { throw .destinationTooSmall(needed: length) }
-        // Sound: `headerLength <= payloadStart <= payloadEnd <= packet.count`, `length <= destination.count`,
-        // and the caller's destination does not overlap the super-packet (both are caller-owned).
-        target.copyMemory(from: source, byteCount: headerLength)
-        let payloadSum = InternetChecksum.copyAndSum(
-            from: source + payloadStart, to: target + headerLength, count: payloadEnd - payloadStart)
-        let segment = UnsafeMutableRawBufferPointer(start: target, count: length)
+        let (segment, payloadSum) = try packet.copySegment(
+            index, headerLength: headerLength, segmentSize: segmentSize, into: destination)
+        let length = segment.count
 
         // Inner headers first: the outer UDP checksum covers them.
         Self.rewriteIP(
