@@ -42,6 +42,17 @@ add_interface_line() {
   sed -i "/^\[Interface\]/a $2" "$1"
 }
 
+# one_node: namespace a with a key pair (NS_A, IF_A, KEYS); CONF_A names its config, not written.
+one_node() {
+  NS_A=$(ns_name a)
+  IF_A=$(if_name a)
+  KEYS="$TT_TEST_DIR/keys"
+  mkdir -p "$KEYS"
+  ns_create "$NS_A" && tt_keypair "$KEYS" a || return 1
+  tt_register_iface "$IF_A"
+  CONF_A="$TT_TEST_DIR/$IF_A.conf"
+}
+
 # one_line_failure WHAT OUT RC: the command failed (non-zero, not a timeout) with exactly one line.
 one_line_failure() {
   local what=$1 out=$2 rc=$3
@@ -149,13 +160,7 @@ print(sent)' >"$TT_TEST_DIR/sent" 2>>"$TT_TEST_DIR/sender.log" &
 }
 
 test_metrics_listen_refused() {
-  NS_A=$(ns_name a)
-  IF_A=$(if_name a)
-  KEYS="$TT_TEST_DIR/keys"
-  mkdir -p "$KEYS"
-  ns_create "$NS_A" && tt_keypair "$KEYS" a || return 1
-  tt_register_iface "$IF_A"
-  CONF_A="$TT_TEST_DIR/$IF_A.conf"
+  one_node || return 1
   local out rc
   # In the file: the line, the key and what to do; nothing is created.
   write_conf "$CONF_A" --key "$KEYS/a.key" --address 198.18.1.1/24 --port 51820 || return 1
@@ -194,13 +199,7 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # endpoint serves again afterwards, and the daemon's descriptors return to their count at rest.
 # Idle, the endpoint costs next to no CPU.
 test_metrics_flood() {
-  NS_A=$(ns_name a)
-  IF_A=$(if_name a)
-  KEYS="$TT_TEST_DIR/keys"
-  mkdir -p "$KEYS"
-  ns_create "$NS_A" && tt_keypair "$KEYS" a || return 1
-  tt_register_iface "$IF_A"
-  CONF_A="$TT_TEST_DIR/$IF_A.conf"
+  one_node || return 1
   write_conf "$CONF_A" --key "$KEYS/a.key" --address 198.18.1.1/24 --port 51820 || return 1
   add_interface_line "$CONF_A" "MetricsListen = 127.0.0.1:$METRICS_PORT"
   ip netns exec "$NS_A" prlimit --nofile=256 "$TUNCTL" up "$CONF_A" >"$TT_TEST_DIR/$IF_A.log" 2>&1 &
@@ -240,13 +239,7 @@ for s in held:
 }
 
 test_port_in_use() {
-  NS_A=$(ns_name a)
-  IF_A=$(if_name a)
-  KEYS="$TT_TEST_DIR/keys"
-  mkdir -p "$KEYS"
-  ns_create "$NS_A" && tt_keypair "$KEYS" a || return 1
-  tt_register_iface "$IF_A"
-  CONF_A="$TT_TEST_DIR/$IF_A.conf"
+  one_node || return 1
   write_conf "$CONF_A" --key "$KEYS/a.key" --address 198.18.1.1/24 --port 51820 || return 1
   ip netns exec "$NS_A" timeout 20 socat -u UDP6-RECV:51820 OPEN:/dev/null 2>>"$TT_TEST_DIR/socat.log" &
   tt_register_pid $!
@@ -262,13 +255,7 @@ test_port_in_use() {
 }
 
 test_not_permitted() {
-  NS_A=$(ns_name a)
-  IF_A=$(if_name a)
-  KEYS="$TT_TEST_DIR/keys"
-  mkdir -p "$KEYS"
-  ns_create "$NS_A" && tt_keypair "$KEYS" a || return 1
-  tt_register_iface "$IF_A"
-  CONF_A="$TT_TEST_DIR/$IF_A.conf"
+  one_node || return 1
   write_conf "$CONF_A" --key "$KEYS/a.key" --address 198.18.1.1/24 --port 51820 || return 1
   # Root without CAP_NET_ADMIN (as in a container that drops it): dropped from the bounding and
   # inheritable sets, so the exec'd tunctl has it in none.
