@@ -192,9 +192,33 @@ test_burst_coalesced() {
   no_offload_drops
 }
 
+# wg set listen-port on B opens a new socket: it must keep the offloads the old one had (it once
+# came up with GSO alone, GRO lost for good) and carry the traffic after A learns the new port.
+test_rebind_keeps_offload() {
+  two_nodes_queued || return 1
+  local before after want=true
+  offload_on || want=false
+  before="$(tunctl_json "$NS_B" "$IF_B" offload.udpSegmentation) $(tunctl_json "$NS_B" "$IF_B" offload.udpCoalescing)"
+  [[ "$before" == "$want $want" ]] || fail "at start B's socket offloads are '$before', expected '$want $want'" || return 1
+  nsx "$NS_B" wg set "$IF_B" listen-port 51999 || fail "wg set listen-port on B failed" || return 1
+  nsx "$NS_A" wg set "$IF_A" peer "$(cat "$KEYS/b.pub")" endpoint "$U_B:51999" || fail "wg set endpoint on A failed" ||
+    return 1
+  [[ $(tunctl_json "$NS_B" "$IF_B" listen_port) == 51999 ]] || fail "B does not listen on 51999" || return 1
+  after="$(tunctl_json "$NS_B" "$IF_B" offload.udpSegmentation) $(tunctl_json "$NS_B" "$IF_B" offload.udpCoalescing)"
+  tt_log "B's socket offloads (GSO GRO): before '$before', after the new port '$after'"
+  [[ "$after" == "$before" ]] || fail "after wg set listen-port B's socket offloads are '$after', were '$before'" ||
+    return 1
+  ping_ok "$NS_A" 198.18.1.2 5 || fail "no ping through the tunnel after the new port" || return 1
+  probe_flows "$NS_A" "$NS_B" 198.18.1.2 --rate 50000 --burst 64 -- --flow "id=1,port=7201,count=5000,size=600" ||
+    return 1
+  received_intact || return 1
+  no_offload_drops
+}
+
 tt_require --tunctl wg python3 tcpdump ping
 tt_init
 run_test udp-gso-send-ipv4 test_gso_send_ipv4
 run_test udp-gso-send-ipv6 test_gso_send_ipv6
 run_test udp-burst-coalesced test_burst_coalesced
+run_test udp-offload-after-new-listen-port test_rebind_keeps_offload
 tt_summary

@@ -150,6 +150,10 @@ public struct ShowReport: Sendable, Equatable {
             }
             start = end
         }
+        var offload = tunnel.offloadReport
+        let udp = tunnel.socket.offload
+        offload.udpSegmentation = udp.contains(.segmentation)
+        offload.udpCoalescing = udp.contains(.coalescing)
         let peers = statuses.map { status in
             PeerReport(
                 publicKey: status.publicKey.base64, hasPresharedKey: status.hasPresharedKey,
@@ -164,7 +168,7 @@ public struct ShowReport: Sendable, Equatable {
             mtu: linkMTU, addresses: tunnel.interfaceAddresses.map(\.description),
             drops: ShowReport.dictionary(deviceDrops),
             peers: peers.sorted { ($0.latestHandshake, $1.publicKey) > ($1.latestHandshake, $0.publicKey) },
-            offload: tunnel.offloadReport, netns: NetworkNamespace.current(), handshakes: events.handshakes,
+            offload: offload, netns: NetworkNamespace.current(), handshakes: events.handshakes,
             cookieRepliesSent: events.cookieRepliesSent)
     }
 

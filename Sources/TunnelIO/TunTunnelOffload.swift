@@ -16,10 +16,18 @@ public struct TunOffloadReport: Codable, Sendable, Equatable {
     /// The kernel hands over UDP tunnel super-packets (VXLAN inside the tunnel crosses the TUN
     /// once per 64 KiB and is segmented here); false means one read per tunnel datagram.
     public var udpTunnelGSO: Bool
+    /// The UDP socket sends batches as GSO super-datagrams (`UDP_SEGMENT`) and takes them
+    /// coalesced (`UDP_GRO`): read from the socket in use when the report is made, since a
+    /// kernel that fails a GSO send turns it off for good, and a new `ListenPort` opens a new
+    /// socket. Nil from a daemon that does not say.
+    public var udpSegmentation: Bool?
+    public var udpCoalescing: Bool?
 
-    public init(tunSegmentation: Bool, udpTunnelGSO: Bool) {
+    public init(tunSegmentation: Bool, udpTunnelGSO: Bool, udpSegmentation: Bool? = nil, udpCoalescing: Bool? = nil) {
         self.tunSegmentation = tunSegmentation
         self.udpTunnelGSO = udpTunnelGSO
+        self.udpSegmentation = udpSegmentation
+        self.udpCoalescing = udpCoalescing
     }
 }
 

@@ -231,10 +231,8 @@ public final class Tunnel: @unchecked Sendable {
             capacity: Tunnel.burst * 48, superPackets: Tunnel.burst, virtio: offload.tun, mergesUDP: udpSuperPackets,
             headerSize: tunHeaderSize)
         do {
-            socket = try UDPSocket(
-                port: config?.interface.listenPort ?? 0, offload: offload.udp ? [.segmentation, .coalescing] : [])
             fwmark = config?.interface.fwMark ?? 0
-            if fwmark != 0 { try socket.setMark(fwmark) }
+            socket = try Tunnel.openSocket(port: config?.interface.listenPort ?? 0, offload: offload, mark: fwmark)
             link = try LinkManager(interfaceName: tun.name, logger: logger)
             if case .number(let table) = routing {
                 link.setRouting(table: table, fullTunnelTable: nil)
@@ -842,8 +840,7 @@ public final class Tunnel: @unchecked Sendable {
             var listenPort: (old: UInt16, new: UInt16)?
             if let port = wanted.listenPort, port != 0, port != applied?.listenPort, port != socket.port {
                 do {
-                    replacement = try UDPSocket(port: port, offload: offload.udp ? [.segmentation, .coalescing] : [])
-                    if newMark != 0 { try replacement?.setMark(newMark) }
+                    replacement = try Tunnel.openSocket(port: port, offload: offload, mark: newMark)
                 } catch {
                     throw ReloadError(step: "ListenPort = \(port)", error)
                 }
@@ -908,9 +905,21 @@ public final class Tunnel: @unchecked Sendable {
     /// Rebinds the UDP socket to `port` (UAPI `listen_port=`).
     func rebind(port: UInt16) throws {
         guard port != socket.port || port == 0 else { return }
-        let replacement = try UDPSocket(port: port)
-        if fwmark != 0 { try replacement.setMark(fwmark) }
-        swapSocket(replacement)
+        swapSocket(try Tunnel.openSocket(port: port, offload: offload, mark: fwmark))
+    }
+
+    /// The UDP socket on `port` with the offloads the tunnel runs with (GSO and GRO, unless
+    /// `TUNCTL_OFFLOAD=off`) and `mark` (0: none): the same at start, on reload and on a UAPI
+    /// `listen_port=` (which once opened it with GSO alone, losing GRO for good).
+    private static func openSocket(port: UInt16, offload: OffloadSettings, mark: UInt32) throws -> UDPSocket {
+        let socket = try UDPSocket(port: port, offload: offload.udp ? [.segmentation, .coalescing] : [])
+        do {
+            if mark != 0 { try socket.setMark(mark) }
+        } catch {
+            try? socket.close()
+            throw error
+        }
+        return socket
     }
 
     /// Puts `replacement` in the old socket's place and closes the old one.
