@@ -153,6 +153,43 @@ test_save_config() {
   [[ $(nsx "$NS_A" wg show "$IF_A" persistent-keepalive | grep -c 15) == 1 ]] || fail "keepalive not restored" || return 1
 }
 
+# up_read_only DIR: `tunctl up $CONF_A` in A, in a private mount namespace where DIR is read-only.
+up_read_only() {
+  # shellcheck disable=SC2016 # the inner shell expands its own arguments
+  ip netns exec "$NS_A" timeout 20 unshare -m sh -c 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" &&
+    exec "$2" up "$3"' sh "$1" "$TUNCTL" "$CONF_A"
+}
+
+# (b2) SaveConfig where the config's directory is read-only (tunctl@.service's ProtectSystem=strict
+# makes /etc so): refused at start with one line naming the line and what to do, nothing made,
+# rather than the running configuration lost at exit. Without SaveConfig the same file starts.
+test_save_config_read_only() {
+  one_ns || return 1
+  local dir="$TT_TEST_DIR/ro" err="$TT_TEST_DIR/ro.err" rc=0 line
+  mkdir -p "$dir"
+  CONF_A="$dir/$IF_A.conf"
+  server_conf "$CONF_A" "SaveConfig = true" || return 1
+  # A private mount namespace inside the test's network namespace, the directory bound read-only.
+  up_read_only "$dir" >/dev/null 2>"$err" || rc=$?
+  line=$(grep '^Error: ' "$err")
+  tt_log "SaveConfig with a read-only directory: exit $rc: $line"
+  ((rc != 0 && rc != 124)) || fail "exit status $rc, expected a refusal (stderr: $(tail -n 3 "$err"))" || return 1
+  [[ $(grep -c . "$err") == 1 ]] || fail "expected one line on stderr, got: $(cat "$err")" || return 1
+  [[ "$line" == *"$IF_A.conf:5: [Interface] SaveConfig = true, but $dir cannot be written here (Read-only file system)"* &&
+    "$line" == *"ReadWritePaths=$dir"* ]] || fail "the line does not name SaveConfig's line and what to do: $line" ||
+    return 1
+  [[ $(link_state) == nolink ]] || fail "a refused start left a link" || return 1
+  # The check is SaveConfig's alone: the same directory, read-only, without it.
+  server_conf "$CONF_A" || return 1
+  up_read_only "$dir" >"$TT_TEST_DIR/ro.log" 2>&1 &
+  PID_A=$!
+  tt_register_pid "$PID_A"
+  wait_for 10 nsx "$NS_A" wg show "$IF_A" public-key >/dev/null ||
+    fail "without SaveConfig the read-only config did not start: $(tail -n 3 "$TT_TEST_DIR/ro.log")" || return 1
+  kill -TERM "$PID_A"
+  wait_exit "$PID_A" 15 || fail "still running 15 s after SIGTERM" || return 1
+}
+
 # resolvconf_name IF: the name wg-quick gives resolvconf (prefix from interface-order).
 resolvconf_name() {
   local prefix=""
@@ -278,6 +315,7 @@ tt_init
 run_test hooks-run-in-wg-quick-order test_hook_order
 run_test failing-postup-stops-the-start test_failing_postup
 run_test save-config-writes-running-peers test_save_config
+run_test save-config-read-only-refused-at-start test_save_config_read_only
 run_test dns-through-resolvconf test_dns
 run_test sighup-applies-address-mtu-port test_reload_interface
 tt_summary

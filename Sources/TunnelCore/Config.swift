@@ -59,15 +59,18 @@ public struct InterfaceConfig: Sendable {
     public let fwMark: UInt32?
     /// `MetricsListen =`: a loopback address and port to serve Prometheus metrics on; nil when absent.
     public let metricsListen: Endpoint?
-    /// The `ListenPort` and `MetricsListen` lines, for errors about them at start-up (port in use).
+    /// The `ListenPort`, `MetricsListen` and `SaveConfig` lines, for errors about them at start-up
+    /// (port in use, a file that cannot be written back).
     public let listenPortLocation: ConfigLocation?
     public let metricsListenLocation: ConfigLocation?
+    public let saveConfigLocation: ConfigLocation?
 
     public init(
         privateKey: KeySource<PrivateKey>, addresses: [IPPrefix], listenPort: UInt16?, mtu: Int?,
         location: ConfigLocation, dns: DNSSettings = DNSSettings(), hooks: Hooks = Hooks(), saveConfig: Bool = false,
         table: RoutingTable? = nil, fwMark: UInt32? = nil, metricsListen: Endpoint? = nil,
-        listenPortLocation: ConfigLocation? = nil, metricsListenLocation: ConfigLocation? = nil
+        listenPortLocation: ConfigLocation? = nil, metricsListenLocation: ConfigLocation? = nil,
+        saveConfigLocation: ConfigLocation? = nil
     ) {
         self.privateKey = privateKey
         self.addresses = addresses
@@ -82,6 +85,7 @@ public struct InterfaceConfig: Sendable {
         self.metricsListen = metricsListen
         self.listenPortLocation = listenPortLocation
         self.metricsListenLocation = metricsListenLocation
+        self.saveConfigLocation = saveConfigLocation
     }
 
     /// This interface with another private key (the rest unchanged).
@@ -89,7 +93,8 @@ public struct InterfaceConfig: Sendable {
         InterfaceConfig(
             privateKey: privateKey, addresses: addresses, listenPort: listenPort, mtu: mtu, location: location,
             dns: dns, hooks: hooks, saveConfig: saveConfig, table: table, fwMark: fwMark, metricsListen: metricsListen,
-            listenPortLocation: listenPortLocation, metricsListenLocation: metricsListenLocation)
+            listenPortLocation: listenPortLocation, metricsListenLocation: metricsListenLocation,
+            saveConfigLocation: saveConfigLocation)
     }
 }
 
@@ -873,7 +878,8 @@ struct ConfigParser {
                 mtu: mtu?.value, location: at(interfaceLine), dns: dns, hooks: hooks,
                 saveConfig: saveConfig?.value ?? false, table: table?.value, fwMark: fwMark?.value ?? nil,
                 metricsListen: metricsListen?.value, listenPortLocation: listenPort.map { at($0.line) },
-                metricsListenLocation: metricsListen.map { at($0.line) }),
+                metricsListenLocation: metricsListen.map { at($0.line) },
+                saveConfigLocation: saveConfig.map { at($0.line) }),
             peers: peers)
         try config.checkNoPeerIsSelf()
         return config

@@ -63,7 +63,8 @@ extension Tunnel {
                 privateKey: privateKey.map { .inline($0) } ?? base.interface.privateKey, addresses: addresses,
                 listenPort: keepPort ? port : nil, mtu: keepMTU ? mtu : nil, location: interface.location,
                 dns: interface.dns, hooks: interface.hooks, saveConfig: interface.saveConfig, table: interface.table,
-                fwMark: interface.fwMark, metricsListen: interface.metricsListen),
+                fwMark: interface.fwMark, metricsListen: interface.metricsListen,
+                saveConfigLocation: interface.saveConfigLocation),
             peers: sorted)
     }
 }

@@ -60,6 +60,29 @@ final class QuickLifecycle: @unchecked Sendable {
         state = Mutex(State(config, keyFile: privateKeyFile))
         resolvconf = Mutex(nil)
         if !config.interface.dns.isEmpty { _ = try findResolvconf(for: config.interface.dns) }
+        if config.interface.saveConfig {
+            try QuickLifecycle.checkWritable(
+                configPath, location: config.interface.saveConfigLocation ?? config.interface.location,
+                interface: interface)
+        }
+    }
+
+    /// SaveConfig writes a new file beside the config and renames it over: refused at start when
+    /// that directory cannot be written (a read-only file system, as tunctl@.service's
+    /// ProtectSystem=strict makes /etc), rather than found out at exit, when the running
+    /// configuration would be lost with only a log line to say so.
+    private static func checkWritable(
+        _ path: String, location: ConfigLocation, interface: String
+    ) throws(SaveConfigError) {
+        var target = path
+        if let resolved = realpath(path, nil) {
+            target = String(cString: resolved)
+            free(resolved)
+        }
+        let directory = target.lastIndex(of: "/").map { String(target[..<$0]) } ?? "."
+        guard access(directory.isEmpty ? "/" : directory, W_OK) != 0 else { return }
+        throw SaveConfigError(
+            location: location, directory: directory.isEmpty ? "/" : directory, errno: errno, interface: interface)
     }
 
     private var config: TunnelConfig { state.withLock { $0.config } }
@@ -244,6 +267,21 @@ final class QuickLifecycle: @unchecked Sendable {
 
 /// Why DNS could not be set, one line from the config's DNS line on (the caller says whether it
 /// was a start or a reload).
+/// SaveConfig = true with a config directory that cannot be written.
+struct SaveConfigError: Error, CustomStringConvertible {
+    let location: ConfigLocation
+    let directory: String
+    let errno: Int32
+    let interface: String
+
+    var description: String {
+        "\(location): [Interface] SaveConfig = true, but \(directory) cannot be written here "
+            + "(\(String(cString: strerror(errno)))), so the running configuration could not be saved at exit: "
+            + "remove SaveConfig, or let tunctl write there (under tunctl@.service: `systemctl edit tunctl@\(interface)`, "
+            + "[Service] ReadWritePaths=\(directory))"
+    }
+}
+
 enum DNSError: Error, CustomStringConvertible {
     case resolvconfMissing(location: ConfigLocation?)
     case resolvconfFailed(location: ConfigLocation?, command: String, outcome: ProcessRunner.Outcome)

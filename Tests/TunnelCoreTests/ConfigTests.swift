@@ -499,6 +499,7 @@ private func prefix(_ text: String) -> IPPrefix {
         #expect(interface.hooks.preDown.map(\.command) == ["echo down"])
         #expect(interface.hooks.postDown.map(\.command) == ["echo post-down", "echo post-down-2"])
         #expect(interface.saveConfig)
+        #expect(interface.saveConfigLocation == ConfigLocation(file: "wg0.conf", line: 11))
         #expect(interface.table == .number(1234))
         #expect(interface.fwMark == 0xca6c)
     }
@@ -507,6 +508,7 @@ private func prefix(_ text: String) -> IPPrefix {
         let interface = try parse(Fixture.interface).interface
         #expect(interface.dns.isEmpty && interface.hooks.isEmpty)
         #expect(!interface.saveConfig && interface.table == nil && interface.fwMark == nil)
+        #expect(interface.saveConfigLocation == nil)
         #expect(try parse(Fixture.interface + "SaveConfig = false\n").interface.saveConfig == false)
         #expect(try parse(Fixture.interface + "Table = off\n").interface.table == .off)
         #expect(try parse(Fixture.interface + "Table = Auto\n").interface.table == .auto)
