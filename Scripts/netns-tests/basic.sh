@@ -102,8 +102,33 @@ test_v6_underlay() {
   ((n4 == 0 && n6 >= 6)) || fail "IPv6 underlay: saw $n4 IPv4 and $n6 IPv6 UDP packets" || return 1
 }
 
-tt_require --tunctl wg tcpdump python3 ping
+# A firewall in A that drops tunctl's datagrams to B (its sends fail with EPERM): the pings are
+# lost, each counted as udp_send_refused (they once vanished uncounted with the rest of the
+# batch); the daemon keeps running and traffic flows again once the rule goes.
+test_send_refused_counted() {
+  two_nodes_setup || return 1
+  ping_ok "$NS_A" 198.18.1.2 || fail "tunnel not up" || return 1
+  nsx "$NS_A" nft -f - <<EOF || fail "nft rule in A" || return 1
+table inet tt_block {
+  chain out { type filter hook output priority 0; udp dport $PORT_B counter drop; }
+}
+EOF
+  nsx "$NS_A" ping -4 -n -q -c 20 -i 0.05 -W 1 198.18.1.2 >/dev/null 2>&1 && {
+    fail "pings crossed with A's datagrams to B dropped"
+    return 1
+  }
+  local refused
+  refused=$(tunctl_drops "$NS_A" "$IF_A" '^udp_send_refused$')
+  tt_log "20 pings with A's sends refused: udp_send_refused=$refused"
+  ((refused >= 20)) || fail "udp_send_refused=$refused after 20 refused pings (expected >= 20)" || return 1
+  pid_alive "$PID_A" || fail "tunctl in A died" || return 1
+  nsx "$NS_A" nft delete table inet tt_block || fail "removing the rule" || return 1
+  ping_ok "$NS_A" 198.18.1.2 5 || fail "no ping once the rule was gone" || return 1
+}
+
+tt_require --tunctl wg tcpdump python3 ping nft
 tt_init
 run_test basic-v4-underlay test_v4_underlay
 run_test basic-v6-underlay test_v6_underlay
+run_test udp-send-refused-counted test_send_refused_counted
 tt_summary

@@ -34,6 +34,9 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// A packet longer than the peer's path carries (issue 17): the sender was told with a
     /// synthetic ICMP "fragmentation needed" / "packet too big" (rate-limited).
     case pathMTUExceeded
+    /// A sealed datagram the UDP socket did not take: its buffer was full, or the kernel refused
+    /// the send (a firewall's reject, no route to the peer): dropped as a full link would.
+    case udpSendRefused
     // Packets to the TUN.
     /// A decrypted packet (or coalesced super-packet, counted once) the TUN would not take: its
     /// queue was full, as a full link's would be.
@@ -66,6 +69,7 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .badOffloadPacket: return "bad_offload_packet"
         case .packetTooLarge: return "packet_too_large"
         case .pathMTUExceeded: return "path_mtu_exceeded"
+        case .udpSendRefused: return "udp_send_refused"
         case .tunWriteRefused: return "tun_write_refused"
         }
     }

@@ -662,9 +662,14 @@ public final class Tunnel: @unchecked Sendable {
             sendBatch.removeAll()
             return
         }
-        // A datagram the kernel will not take now is dropped, as a full link queue would.
-        _ = try? socket.send(&sendBatch)
+        // A datagram the kernel will not take now is dropped, as a full link queue would, and
+        // counted (the engine is taken only then). A refusal consumes its datagram and stops the
+        // send; what would block is left pending.
+        var refused: UInt64 = 0
+        do { _ = try socket.send(&sendBatch) } catch { refused = 1 }
+        let unsent = refused + UInt64(sendBatch.pendingCount)
         sendBatch.removeAll()
+        if unsent > 0 { withEngine { $0.countDrop(.udpSendRefused, times: unsent) } }
     }
 
     /// UDP → decrypt → TUN. Receives batches with recvmmsg (each slot possibly several datagrams
