@@ -1,5 +1,6 @@
 import Dispatch
 import Glibc
+import Synchronization
 
 /// Fork-join encryption for a batch: `count` threads seal (or open) one batch's packets at once,
 /// each a contiguous share of it, and `forEach` returns only when every share is done. Whatever
@@ -38,11 +39,37 @@ public struct CryptoWorkers: Sendable {
             }
         }
     }
+
+    /// Runs `body(task, worker)` once for each task in `0 ..< tasks`, handed out one at a time, in
+    /// order, to whichever worker is free: a task starts only after every lower-numbered one has
+    /// started, so a long task put first (a pipeline's serial step) overlaps the short ones after
+    /// it, and the workers finish within one short task of each other. `worker` (below `count`)
+    /// names the thread's share, for per-worker scratch; one worker runs one task at a time.
+    /// Returns when every task has run. `body` must touch only what its task owns, plus its
+    /// worker's scratch.
+    public func run(tasks: Int, _ body: (_ task: Int, _ worker: Int) -> Void) {
+        let shares = min(count, tasks)
+        guard shares > 1 else {
+            for task in 0..<tasks { body(task, 0) }
+            return
+        }
+        let next = Atomic<Int>(0)
+        withoutActuallyEscaping(body) { body in
+            let shared = SharedBody(run: body)
+            DispatchQueue.concurrentPerform(iterations: shares) { share in
+                while true {
+                    let task = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                    guard task < tasks else { return }
+                    shared.run(task, share)
+                }
+            }
+        }
+    }
 }
 
-/// `forEach`'s body, handed to the share threads for the duration of the call.
-// @unchecked Sendable: each share runs disjoint items (forEach's contract: an item touches only
-// what it owns and its worker's scratch), and concurrentPerform joins them all before returning.
+/// `forEach`'s and `run`'s body, handed to the share threads for the duration of the call.
+// @unchecked Sendable: each item or task runs once, on one share (the callers' contract: it touches
+// only what it owns and its worker's scratch), and concurrentPerform joins them all before returning.
 private struct SharedBody: @unchecked Sendable {
     let run: (Int, Int) -> Void
 }

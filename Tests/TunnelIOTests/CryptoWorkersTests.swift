@@ -1,3 +1,6 @@
+import Dispatch
+import Glibc
+import Synchronization
 import TunnelIO
 import XCTest
 
@@ -39,6 +42,70 @@ final class CryptoWorkersTests: XCTestCase {
         let (_, worker) = record(workers: 3, items: 100)
         XCTAssertEqual(worker, worker.sorted(), "shares in order: \(worker)")
         XCTAssertEqual(Set(worker), [0, 1, 2])
+    }
+
+    /// Runs `run(tasks:)` and returns, per task, how often it ran and the worker that ran it.
+    private func recordTasks(workers: Int, tasks: Int) -> (runs: [Int], worker: [Int]) {
+        let runs = UnsafeMutableBufferPointer<Int>.allocate(capacity: max(tasks, 1))
+        let worker = UnsafeMutableBufferPointer<Int>.allocate(capacity: max(tasks, 1))
+        defer {
+            runs.deallocate()
+            worker.deallocate()
+        }
+        runs.initialize(repeating: 0)
+        worker.initialize(repeating: -1)
+        CryptoWorkers(count: workers).run(tasks: tasks) { task, share in
+            runs[task] += 1
+            worker[task] = share
+        }
+        return (Array(runs.prefix(tasks)), Array(worker.prefix(tasks)))
+    }
+
+    /// Every task runs exactly once, on a worker below the count, for fewer, as many and more
+    /// tasks than workers.
+    func testEveryTaskRunsOnceOnAWorkerInRange() {
+        for workers in [1, 2, 3, 8] {
+            for tasks in [0, 1, 2, 7, 129] {
+                let (runs, worker) = recordTasks(workers: workers, tasks: tasks)
+                XCTAssertEqual(runs, [Int](repeating: 1, count: tasks), "workers \(workers), tasks \(tasks)")
+                XCTAssertTrue(worker.allSatisfy { (0..<workers).contains($0) }, "workers \(workers), tasks \(tasks)")
+            }
+        }
+    }
+
+    /// One worker runs the tasks in order on the caller's thread.
+    func testOneWorkerRunsTasksInOrder() {
+        var order: [Int] = []
+        CryptoWorkers(count: 1).run(tasks: 5) { task, worker in
+            XCTAssertEqual(worker, 0)
+            order.append(task)
+        }
+        XCTAssertEqual(order, [0, 1, 2, 3, 4])
+    }
+
+    /// With two workers, the others' tasks run while task 0 is still running (a pipeline's serial
+    /// step overlaps the crypto): task 0 waits, bounded, until every other task has finished.
+    /// Needs two CPUs, as Dispatch runs the shares on one thread otherwise.
+    func testTaskZeroOverlapsTheRest() throws {
+        try XCTSkipIf(CryptoWorkers.onlineCPUs < 2, "one CPU: the shares cannot overlap")
+        let finished = Atomic<Int>(0)
+        let overlapped = Atomic<Bool>(false)
+        let tasks = 9
+        CryptoWorkers(count: 2).run(tasks: tasks) { task, _ in
+            guard task == 0 else {
+                finished.add(1, ordering: .relaxed)
+                return
+            }
+            let deadline = DispatchTime.now().uptimeNanoseconds + 5_000_000_000
+            while DispatchTime.now().uptimeNanoseconds < deadline {
+                if finished.load(ordering: .relaxed) == tasks - 1 {
+                    overlapped.store(true, ordering: .relaxed)
+                    return
+                }
+                sched_yield()
+            }
+        }
+        XCTAssertTrue(overlapped.load(ordering: .relaxed), "task 0 held the others back")
     }
 
     func testCountIsAtLeastOne() {
