@@ -220,20 +220,24 @@ private final class DataplanePipeline {
         let sealing = inFlight(round) ? first(round) : nil
         let opening = inFlight(round - 2) ? first(round - 2) : nil
         let chunks = (batch + Self.chunk - 1) / Self.chunk
-        let sealChunks = sealing == nil ? 0 : chunks
-        let openChunks = opening == nil ? 0 : chunks
-        workers.run(tasks: 1 + sealChunks + openChunks) { task, worker in
-            if task == 0 {
+        // Seal and open chunks alternate, so that chunk c of a set is sealed and, two rounds
+        // later, opened by the same worker (`CryptoWorkers.run` keeps task numbers on workers).
+        let kinds = (sealing == nil ? 0 : 1) + (opening == nil ? 0 : 1)
+        workers.run(tasks: 1 + chunks * kinds) { task, worker in
+            guard task > 0 else {
                 deviceSteps(round, issuing: issuing, now: now)
-            } else if task <= sealChunks, let sealing {
-                for index in span(sealing, chunk: task - 1) {
+                return
+            }
+            let chunk = (task - 1) / kinds
+            if let sealing, opening == nil || (task - 1) % kinds == 0 {
+                for index in span(sealing, chunk: chunk) {
                     // Moved out and back, not copied: a copy retains the keypair.
                     let ticket = (sealTickets + index).move()
                     lengths[index] = Device.seal(slot(index), datagramAt: Device.sealingRoom, ticket)
                     (sealTickets + index).initialize(to: consume ticket)
                 }
             } else if let opening {
-                for index in span(opening, chunk: task - 1 - sealChunks) {
+                for index in span(opening, chunk: chunk) {
                     let ticket = (openTickets + index).move()
                     opened[index] = Device.open(
                         slot(index), datagramAt: Device.sealingRoom, ticket, scratch: scratch[worker])

@@ -62,13 +62,16 @@ final class CryptoWorkersTests: XCTestCase {
     }
 
     /// Every task runs exactly once, on a worker below the count, for fewer, as many and more
-    /// tasks than workers.
+    /// tasks than workers; repeated, so that the workers also race to steal from each other.
     func testEveryTaskRunsOnceOnAWorkerInRange() {
-        for workers in [1, 2, 3, 8] {
-            for tasks in [0, 1, 2, 7, 129] {
-                let (runs, worker) = recordTasks(workers: workers, tasks: tasks)
-                XCTAssertEqual(runs, [Int](repeating: 1, count: tasks), "workers \(workers), tasks \(tasks)")
-                XCTAssertTrue(worker.allSatisfy { (0..<workers).contains($0) }, "workers \(workers), tasks \(tasks)")
+        for _ in 0..<50 {
+            for workers in [1, 2, 3, 8] {
+                for tasks in [0, 1, 2, 7, 33, 129] {
+                    let (runs, worker) = recordTasks(workers: workers, tasks: tasks)
+                    XCTAssertEqual(runs, [Int](repeating: 1, count: tasks), "workers \(workers), tasks \(tasks)")
+                    XCTAssertTrue(
+                        worker.allSatisfy { (0..<workers).contains($0) }, "workers \(workers), tasks \(tasks)")
+                }
             }
         }
     }
