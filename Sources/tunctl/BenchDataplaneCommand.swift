@@ -270,12 +270,7 @@ private final class DataplanePipeline {
                 failure = "a packet was not cleared to send"
                 return
             }
-            if index < sealFilled {
-                sealTickets[index] = ticket
-            } else {
-                (sealTickets + index).initialize(to: ticket)
-                sealFilled = index + 1
-            }
+            Self.store(ticket, at: index, in: sealTickets, filled: &sealFilled)
         }
         issued = number + 1
     }
@@ -295,12 +290,20 @@ private final class DataplanePipeline {
                 failure = "a sealed packet was not taken for opening"
                 return
             }
-            if index < openFilled {
-                openTickets[index] = ticket
-            } else {
-                (openTickets + index).initialize(to: ticket)
-                openFilled = index + 1
-            }
+            Self.store(ticket, at: index, in: openTickets, filled: &openFilled)
+        }
+    }
+
+    /// Puts `ticket` in `tickets[index]`, which is initialized when below `filled` (the first
+    /// batches fill the slots in order).
+    private static func store<Ticket>(
+        _ ticket: Ticket, at index: Int, in tickets: UnsafeMutablePointer<Ticket>, filled: inout Int
+    ) {
+        if index < filled {
+            tickets[index] = ticket
+        } else {
+            (tickets + index).initialize(to: ticket)
+            filled = index + 1
         }
     }
 

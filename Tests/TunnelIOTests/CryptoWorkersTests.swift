@@ -8,8 +8,9 @@ import XCTest
 /// join at the end of `forEach` is what makes those writes visible here. (A `Mutex` would hide a
 /// missing join, and the thread sanitizer cannot see its futex.)
 final class CryptoWorkersTests: XCTestCase {
-    /// Runs `forEach` and returns, per item, how often it ran and the last worker that ran it.
-    private func record(workers: Int, items: Int) -> (runs: [Int], worker: [Int]) {
+    /// Runs `forEach` (or `run`, with `tasks`) and returns, per item, how often it ran and the
+    /// last worker that ran it.
+    private func record(workers: Int, items: Int, tasks: Bool = false) -> (runs: [Int], worker: [Int]) {
         let runs = UnsafeMutableBufferPointer<Int>.allocate(capacity: max(items, 1))
         let worker = UnsafeMutableBufferPointer<Int>.allocate(capacity: max(items, 1))
         defer {
@@ -18,9 +19,14 @@ final class CryptoWorkersTests: XCTestCase {
         }
         runs.initialize(repeating: 0)
         worker.initialize(repeating: -1)
-        CryptoWorkers(count: workers).forEach(items) { item, share in
+        let body = { (item: Int, share: Int) in
             runs[item] += 1
             worker[item] = share
+        }
+        if tasks {
+            CryptoWorkers(count: workers).run(tasks: items, body)
+        } else {
+            CryptoWorkers(count: workers).forEach(items, body)
         }
         return (Array(runs.prefix(items)), Array(worker.prefix(items)))
     }
@@ -44,30 +50,13 @@ final class CryptoWorkersTests: XCTestCase {
         XCTAssertEqual(Set(worker), [0, 1, 2])
     }
 
-    /// Runs `run(tasks:)` and returns, per task, how often it ran and the worker that ran it.
-    private func recordTasks(workers: Int, tasks: Int) -> (runs: [Int], worker: [Int]) {
-        let runs = UnsafeMutableBufferPointer<Int>.allocate(capacity: max(tasks, 1))
-        let worker = UnsafeMutableBufferPointer<Int>.allocate(capacity: max(tasks, 1))
-        defer {
-            runs.deallocate()
-            worker.deallocate()
-        }
-        runs.initialize(repeating: 0)
-        worker.initialize(repeating: -1)
-        CryptoWorkers(count: workers).run(tasks: tasks) { task, share in
-            runs[task] += 1
-            worker[task] = share
-        }
-        return (Array(runs.prefix(tasks)), Array(worker.prefix(tasks)))
-    }
-
     /// Every task runs exactly once, on a worker below the count, for fewer, as many and more
     /// tasks than workers; repeated, so that the workers also race to steal from each other.
     func testEveryTaskRunsOnceOnAWorkerInRange() {
         for _ in 0..<50 {
             for workers in [1, 2, 3, 8] {
                 for tasks in [0, 1, 2, 7, 33, 129] {
-                    let (runs, worker) = recordTasks(workers: workers, tasks: tasks)
+                    let (runs, worker) = record(workers: workers, items: tasks, tasks: true)
                     XCTAssertEqual(runs, [Int](repeating: 1, count: tasks), "workers \(workers), tasks \(tasks)")
                     XCTAssertTrue(
                         worker.allSatisfy { (0..<workers).contains($0) }, "workers \(workers), tasks \(tasks)")
