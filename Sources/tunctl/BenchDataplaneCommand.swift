@@ -45,14 +45,17 @@ struct BenchDataplane: ParsableCommand {
         let limit = UInt64(seconds * 1e9)
         var elapsed: UInt64 = 0
         var round = 0
-        // Batches go in until the time is up; those in flight then finish, and count.
-        while pipeline.delivered < pipeline.issued {
-            pipeline.runRound(round, issuing: elapsed < limit)
-            if let failure = pipeline.failure {
-                throw ValidationError("\(failure) after \(pipeline.delivered * batch) packets")
-            }
-            round += 1
-            elapsed = currentInstant().monotonic - start
+        // Batches go in until the time is up; those in flight then finish, and count. Planned on
+        // a worker between rounds, when no task runs.
+        pipeline.workers.runRounds(
+            plan: {
+                elapsed = currentInstant().monotonic - start
+                guard pipeline.failure == nil, pipeline.delivered < pipeline.issued else { return nil }
+                defer { round += 1 }
+                return pipeline.plan(round, issuing: elapsed < limit)
+            }, pipeline.runTask)
+        if let failure = pipeline.failure {
+            throw ValidationError("\(failure) after \(pipeline.delivered * batch) packets")
         }
         let packets = pipeline.delivered * batch
         let wall = Double(elapsed) / 1e9
@@ -211,39 +214,51 @@ private final class DataplanePipeline {
     /// Whether batch `number` was prepared and not yet delivered, so a step applies to it.
     private func inFlight(_ number: Int) -> Bool { number >= delivered && number < issued }
 
-    /// Round `round`: seals batch `round` and opens batch `round - 2` on the workers while task 0
-    /// delivers batch `round - 3`, hands over batch `round - 1` and, when `issuing`, prepares
-    /// batch `round + 1` in the slots batch `round - 3` leaves.
-    func runRound(_ round: Int, issuing: Bool) {
-        let now = currentInstant()
+    /// The round being planned or run, and what its tasks do: set by `plan` between rounds,
+    /// read by the tasks.
+    private var round = 0
+    private var issuing = false
+    private var now = Instant(monotonic: 0, unixNanoseconds: 0)
+    private var sealing: Int?
+    private var opening: Int?
+    private var kinds = 0
+
+    /// Plans round `round`, which seals batch `round` and opens batch `round - 2` on the workers
+    /// while task 0 delivers batch `round - 3`, hands over batch `round - 1` and, when `issuing`,
+    /// prepares batch `round + 1` in the slots batch `round - 3` leaves. Returns its task count.
+    func plan(_ round: Int, issuing: Bool) -> Int {
+        (self.round, self.issuing, now) = (round, issuing, currentInstant())
         // Decided before the tasks start: task 0 changes `issued` and `delivered`.
-        let sealing = inFlight(round) ? first(round) : nil
-        let opening = inFlight(round - 2) ? first(round - 2) : nil
-        let chunks = (batch + Self.chunk - 1) / Self.chunk
+        sealing = inFlight(round) ? first(round) : nil
+        opening = inFlight(round - 2) ? first(round - 2) : nil
         // Seal and open chunks alternate, so that chunk c of a set is sealed and, two rounds
-        // later, opened by the same worker (`CryptoWorkers.run` keeps task numbers on workers).
-        let kinds = (sealing == nil ? 0 : 1) + (opening == nil ? 0 : 1)
-        workers.run(tasks: 1 + chunks * kinds) { task, worker in
-            guard task > 0 else {
-                deviceSteps(round, issuing: issuing, now: now)
-                return
+        // later, opened by the same worker (`CryptoWorkers` keeps task numbers on workers).
+        kinds = (sealing == nil ? 0 : 1) + (opening == nil ? 0 : 1)
+        return 1 + (batch + Self.chunk - 1) / Self.chunk * kinds
+    }
+
+    /// Task `task` of the round planned: 0 is every device call, the others a chunk of the
+    /// sealing or the opening batch.
+    func runTask(_ task: Int, worker: Int) {
+        guard task > 0 else {
+            deviceSteps(round, issuing: issuing, now: now)
+            return
+        }
+        let chunk = (task - 1) / kinds
+        if let sealing, opening == nil || (task - 1) % kinds == 0 {
+            for index in span(sealing, chunk: chunk) {
+                // Moved out and back, not copied: a copy retains the keypair.
+                let ticket = (sealTickets + index).move()
+                lengths[index] = Device.seal(slot(index), datagramAt: Device.sealingRoom, ticket)
+                (sealTickets + index).initialize(to: consume ticket)
             }
-            let chunk = (task - 1) / kinds
-            if let sealing, opening == nil || (task - 1) % kinds == 0 {
-                for index in span(sealing, chunk: chunk) {
-                    // Moved out and back, not copied: a copy retains the keypair.
-                    let ticket = (sealTickets + index).move()
-                    lengths[index] = Device.seal(slot(index), datagramAt: Device.sealingRoom, ticket)
-                    (sealTickets + index).initialize(to: consume ticket)
-                }
-            } else if let opening {
-                for index in span(opening, chunk: chunk) {
-                    let ticket = (openTickets + index).move()
-                    opened[index] = Device.open(
-                        slot(index), datagramAt: Device.sealingRoom, ticket, scratch: scratch[worker])
-                    (openTickets + index).initialize(to: consume ticket)
-                    intact[index] = opened[index] != nil && isIntact(index)
-                }
+        } else if let opening {
+            for index in span(opening, chunk: chunk) {
+                let ticket = (openTickets + index).move()
+                opened[index] = Device.open(
+                    slot(index), datagramAt: Device.sealingRoom, ticket, scratch: scratch[worker])
+                (openTickets + index).initialize(to: consume ticket)
+                intact[index] = opened[index] != nil && isIntact(index)
             }
         }
     }

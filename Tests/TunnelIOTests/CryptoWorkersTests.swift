@@ -65,6 +65,36 @@ final class CryptoWorkersTests: XCTestCase {
         }
     }
 
+    /// Round after round, each round's tasks run exactly once, and `plan` comes only after every
+    /// task of the round before has finished (it sees all of them counted), for fewer, as many
+    /// and more workers than cores; the plan's count is what runs, and nil stops.
+    func testRoundsRunEveryTaskBeforeTheNextPlan() {
+        let sizes = [1, 5, 33, 2, 129, 7]
+        for workers in [1, 2, 3, 8] {
+            let runs = UnsafeMutableBufferPointer<Int>.allocate(capacity: 129)
+            defer { runs.deallocate() }
+            runs.initialize(repeating: 0)
+            var round = 0
+            var complete = true
+            CryptoWorkers(count: workers).runRounds(
+                plan: {
+                    if round > 0 {
+                        complete = complete && runs.prefix(sizes[round - 1]).allSatisfy { $0 == 1 }
+                        complete = complete && runs.dropFirst(sizes[round - 1]).allSatisfy { $0 == 0 }
+                    }
+                    runs.update(repeating: 0)
+                    defer { round += 1 }
+                    return round < sizes.count ? sizes[round] : nil
+                },
+                { task, worker in
+                    XCTAssertLessThan(worker, workers)
+                    runs[task] += 1
+                })
+            XCTAssertEqual(round, sizes.count + 1, "workers \(workers): every round planned, then the stop")
+            XCTAssertTrue(complete, "workers \(workers): a round was planned before the last had run once each")
+        }
+    }
+
     /// One worker runs the tasks in order on the caller's thread.
     func testOneWorkerRunsTasksInOrder() {
         var order: [Int] = []
