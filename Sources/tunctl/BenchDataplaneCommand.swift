@@ -71,12 +71,14 @@ struct BenchDataplane: ParsableCommand {
 /// round after round. Batch k is prepared (A's `prepareSend`) in round k - 1, sealed in round k,
 /// handed over (A's `completeSend`, B's `prepareReceive`) in round k + 1, opened in round k + 2
 /// and delivered (B's `completeReceive`) in round k + 3; its slots are then those of batch k + 4,
-/// prepared next in the same task. A round is one `CryptoWorkers.run`: task 0 is every device
-/// step of the round, in that order; the others are chunks of the sealing and the opening batch.
+/// prepared next in the same task. A round is one of `CryptoWorkers.runRounds`: task 0 is every
+/// device step of the round, in that order; the others are chunks of the sealing and the opening
+/// batch.
 ///
-/// Not Sendable: one thread drives it. In a round each task touches only its own batch's slots
-/// and tickets (the sealing batch, the opening batch, or the others for task 0), and only task 0
-/// calls the devices, so each device has one caller at a time and sees its batches in order.
+/// Not Sendable: `plan` runs between rounds, when no task runs; in a round each task touches only
+/// its own batch's slots and tickets (the sealing batch, the opening batch, or the others for
+/// task 0) and reads what `plan` set, and only task 0 calls the devices, so each device has one
+/// caller at a time and sees its batches in order.
 private final class DataplanePipeline {
     /// Batches in flight: one being prepared or delivered, one sealed, one between, one opened.
     static let depth = 4
