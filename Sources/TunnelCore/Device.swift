@@ -38,6 +38,24 @@ public struct SealTicket {
     let packetLength: Int
     /// Where the sealed datagram goes.
     public let endpoint: Endpoint
+    /// The keypair's sending key and the peer's index, taken here so that `seal`, on a crypto
+    /// worker, reads neither the keypair nor a reference count: the device's owner writes the
+    /// keypair's cache line on every packet (the counter, retains), and a retain of the key on
+    /// each worker bounces the key's line between them.
+    // Unmanaged (no retain when used): `keypair` holds this key for as long as the ticket lives.
+    let key: Unmanaged<SecretKey>
+    let receiver: UInt32
+
+    init(peer: Peer, keypair: Keypair, counter: UInt64, mtu: Int, packetLength: Int, endpoint: Endpoint) {
+        self.peer = peer
+        self.keypair = keypair
+        self.counter = counter
+        self.mtu = mtu
+        self.packetLength = packetLength
+        self.endpoint = endpoint
+        self.key = Unmanaged.passUnretained(keypair.sendingKey)
+        self.receiver = keypair.remoteIndex
+    }
 }
 
 /// What `Device.prepareSend` decided: seal now (step 2), or nothing more to do.
@@ -52,6 +70,17 @@ public struct OpenTicket {
     let keypair: Keypair
     let counter: UInt64
     let length: Int
+    /// The keypair's receiving key, taken here for `open` as `SealTicket.key` is for `seal`.
+    // Unmanaged (no retain when used): `keypair` holds this key for as long as the ticket lives.
+    let key: Unmanaged<SecretKey>
+
+    init(peer: Peer, keypair: Keypair, counter: UInt64, length: Int) {
+        self.peer = peer
+        self.keypair = keypair
+        self.counter = counter
+        self.length = length
+        self.key = Unmanaged.passUnretained(keypair.receivingKey)
+    }
 }
 
 /// What `Device.prepareReceive` decided: open now (step 2), or already handled.
@@ -349,9 +378,11 @@ public final class Device {
     public static func seal(
         _ region: UnsafeMutableRawBufferPointer, datagramAt offset: Int, _ ticket: SealTicket
     ) -> Int {
-        Transport.seal(
-            region, datagramAt: offset, plaintextLength: ticket.packetLength, mtu: ticket.mtu,
-            keypair: ticket.keypair, counter: ticket.counter)
+        ticket.key._withUnsafeGuaranteedRef { key in
+            Transport.seal(
+                region, datagramAt: offset, plaintextLength: ticket.packetLength, mtu: ticket.mtu, key: key,
+                receiver: ticket.receiver, counter: ticket.counter)
+        }
     }
 
     /// Bytes in front of a datagram that let `seal(_:datagramAt:_:)` skip its copies: the
@@ -468,7 +499,9 @@ public final class Device {
     /// place; the plaintext length, or nil when the tag does not verify. Touches no device state,
     /// so it may run on any thread, outside whatever serializes the device.
     public static func open(_ buffer: UnsafeMutableRawBufferPointer, _ ticket: OpenTicket) -> Int? {
-        Transport.open(buffer, length: ticket.length, counter: ticket.counter, keypair: ticket.keypair)
+        ticket.key._withUnsafeGuaranteedRef { key in
+            Transport.open(buffer, length: ticket.length, counter: ticket.counter, key: key)
+        }
     }
 
     /// `open` for the datagram at `region[offset...]` (the buffer given to `prepareReceive` being
@@ -481,9 +514,10 @@ public final class Device {
         _ region: UnsafeMutableRawBufferPointer, datagramAt offset: Int, _ ticket: OpenTicket,
         scratch: UnsafeMutableRawBufferPointer
     ) -> Int? {
-        Transport.open(
-            region, datagramAt: offset, length: ticket.length, counter: ticket.counter, keypair: ticket.keypair,
-            scratch: scratch)
+        ticket.key._withUnsafeGuaranteedRef { key in
+            Transport.open(
+                region, datagramAt: offset, length: ticket.length, counter: ticket.counter, key: key, scratch: scratch)
+        }
     }
 
     /// Readable bytes in front of a datagram that let `open(_:datagramAt:_:scratch:)` skip its

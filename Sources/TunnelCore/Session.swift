@@ -107,6 +107,17 @@ enum Transport {
         _ region: UnsafeMutableRawBufferPointer, datagramAt offset: Int = 0, plaintextLength: Int, mtu: Int,
         keypair: Keypair, counter: UInt64
     ) -> Int {
+        seal(
+            region, datagramAt: offset, plaintextLength: plaintextLength, mtu: mtu, key: keypair.sendingKey,
+            receiver: keypair.remoteIndex, counter: counter)
+    }
+
+    /// `seal` under `key` for the peer's index `receiver` (a keypair's sending key and remote
+    /// index, taken by a `SealTicket`), reading nothing else.
+    static func seal(
+        _ region: UnsafeMutableRawBufferPointer, datagramAt offset: Int, plaintextLength: Int, mtu: Int,
+        key: SecretKey, receiver: UInt32, counter: UInt64
+    ) -> Int {
         let header = TransportMessage.headerSize
         let padded = paddedLength(plaintextLength, mtu: mtu)
         let message = (offset + header)..<(offset + header + padded)
@@ -117,20 +128,20 @@ enum Transport {
             (base + message.lowerBound + plaintextLength).initializeMemory(
                 as: UInt8.self, repeating: 0, count: padded - plaintextLength)
         }
-        ChaChaPoly.sealInPlace(key: keypair.sendingKey, counter: counter, message: message, in: region)
+        ChaChaPoly.sealInPlace(key: key, counter: counter, message: message, in: region)
         // After sealing: the header's bytes are part of the room the seal may use.
         TransportMessage.writeHeader(
-            receiver: keypair.remoteIndex, counter: counter,
+            receiver: receiver, counter: counter,
             to: UnsafeMutableRawBufferPointer(rebasing: region[offset...]))
         return header + padded + MessageSize.tag
     }
 
     /// Opens a transport datagram in `buffer[0..<length]` in place; the plaintext lands at
     /// `TransportMessage.headerSize`. Returns its length, or nil when the tag does not verify.
-    /// The replay check is the caller's, after this succeeds. Reads only the keypair's immutable
-    /// key, so it may run on another thread than the one that owns the device.
+    /// The replay check is the caller's, after this succeeds. Reads only `key` (a keypair's
+    /// immutable receiving key), so it may run on another thread than the one that owns the device.
     static func open(
-        _ buffer: UnsafeMutableRawBufferPointer, length: Int, counter: UInt64, keypair: Keypair
+        _ buffer: UnsafeMutableRawBufferPointer, length: Int, counter: UInt64, key: SecretKey
     ) -> Int? {
         let header = TransportMessage.headerSize
         guard length >= header + MessageSize.tag, let base = buffer.baseAddress else { return nil }
@@ -138,7 +149,7 @@ enum Transport {
         let message = UnsafeMutableRawBufferPointer(start: base + header, count: messageLength)
         guard
             ChaChaPoly.openInPlace(
-                key: keypair.receivingKey, counter: counter, message: message, tag: base + header + messageLength)
+                key: key, counter: counter, message: message, tag: base + header + messageLength)
         else { return nil }
         return length - header - MessageSize.tag
     }
@@ -150,7 +161,7 @@ enum Transport {
     /// only the datagram's own bytes are written.
     static func open(
         _ region: UnsafeMutableRawBufferPointer, datagramAt offset: Int, length: Int, counter: UInt64,
-        keypair: Keypair, scratch: UnsafeMutableRawBufferPointer
+        key: SecretKey, scratch: UnsafeMutableRawBufferPointer
     ) -> Int? {
         let header = TransportMessage.headerSize
         precondition(offset >= 0 && offset + length <= region.count, "the datagram must lie inside the region")
@@ -159,7 +170,7 @@ enum Transport {
         let message = (offset + header)..<(offset + header + messageLength)
         guard
             ChaChaPoly.openInPlace(
-                key: keypair.receivingKey, counter: counter, message: message, in: region, scratch: scratch)
+                key: key, counter: counter, message: message, in: region, scratch: scratch)
         else { return nil }
         return messageLength
     }

@@ -5,11 +5,13 @@ import TunnelCrypto
 import TunnelIO
 
 /// The data path without the kernel: synthetic IPv4 packets from one device to another through
-/// the production steps, batch by batch: `prepareSend` (route, counter), `Device.seal` on the
-/// workers, `completeSend`; then `prepareReceive`, `Device.open` on the workers, and
-/// `completeReceive` (replay check, source check) in order. Every packet must come out
-/// delivered and intact, or the command fails. Shows how the crypto scales with
-/// `CryptoWorkers`; wall-clock time, so a busy machine lowers the figure.
+/// the production steps: `prepareSend` (route, counter), `Device.seal` on the workers,
+/// `completeSend`; then `prepareReceive`, `Device.open` on the workers, and `completeReceive`
+/// (replay check, source check), each device's steps in order, batch after batch. Pipelined as a
+/// tunnel would be: while the workers seal one batch and open another, one of them runs the
+/// devices' steps for the batches in between. Every packet must come out delivered and intact,
+/// or the command fails. Shows how the data path scales with `CryptoWorkers`; wall-clock time,
+/// so a busy machine lowers the figure.
 struct BenchDataplane: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-dataplane",
@@ -42,14 +44,20 @@ struct BenchDataplane: ParsableCommand {
         let start = currentInstant().monotonic
         let limit = UInt64(seconds * 1e9)
         var elapsed: UInt64 = 0
-        var packets = 0
-        while elapsed < limit {
-            guard pipeline.runBatch() else {
-                throw ValidationError("a packet was not delivered intact after \(packets) packets")
-            }
-            packets += batch
-            elapsed = currentInstant().monotonic - start
+        var round = 0
+        // Batches go in until the time is up; those in flight then finish, and count. Planned on
+        // a worker between rounds, when no task runs.
+        pipeline.workers.runRounds(
+            plan: {
+                elapsed = currentInstant().monotonic - start
+                guard pipeline.failure == nil, pipeline.delivered < pipeline.issued else { return nil }
+                defer { round += 1 }
+                return pipeline.plan(round, issuing: elapsed < limit)
+            }, pipeline.runTask)
+        if let failure = pipeline.failure {
+            throw ValidationError("\(failure) after \(pipeline.delivered * batch) packets")
         }
+        let packets = pipeline.delivered * batch
         let wall = Double(elapsed) / 1e9
         let rate = Double(packets) / wall
         print(
@@ -59,9 +67,25 @@ struct BenchDataplane: ParsableCommand {
     }
 }
 
-/// Two devices with a session from A to B, and one batch of send slots reused for every round.
-/// Not Sendable: one thread drives it; only `CryptoWorkers.forEach` shares a batch, item by item.
+/// Two devices with a session from A to B, and the slots of `depth` batches in flight, reused
+/// round after round. Batch k is prepared (A's `prepareSend`) in round k - 1, sealed in round k,
+/// handed over (A's `completeSend`, B's `prepareReceive`) in round k + 1, opened in round k + 2
+/// and delivered (B's `completeReceive`) in round k + 3; its slots are then those of batch k + 4,
+/// prepared next in the same task. A round is one of `CryptoWorkers.runRounds`: task 0 is every
+/// device step of the round, in that order; the others are chunks of the sealing and the opening
+/// batch.
+///
+/// Not Sendable: `plan` runs between rounds, when no task runs; in a round each task touches only
+/// its own batch's slots and tickets (the sealing batch, the opening batch, or the others for
+/// task 0) and reads what `plan` set, and only task 0 calls the devices, so each device has one
+/// caller at a time and sees its batches in order.
 private final class DataplanePipeline {
+    /// Batches in flight: one being prepared or delivered, one sealed, one between, one opened.
+    static let depth = 4
+    /// Packets per sealing or opening task: small enough that the workers end a round together
+    /// (a full-size seal is about 1.2 µs), large enough that handing tasks out costs nothing.
+    static let chunk = 8
+
     let a: Device
     let b: Device
     let aEndpoint = Endpoint(address: IPAddress("198.18.0.1")!, port: 51820)
@@ -70,13 +94,26 @@ private final class DataplanePipeline {
     let batch: Int
     let workers: CryptoWorkers
     let slotSize: Int
+    /// Per slot, `depth * batch` of each: batch k uses those from `(k % depth) * batch`.
     let slots: UnsafeMutableRawBufferPointer
-    let sealTickets: UnsafeMutablePointer<SealTicket?>
-    let openTickets: UnsafeMutablePointer<OpenTicket?>
+    /// Initialized up to `sealFilled` and `openFilled` (the first batches fill the slots in
+    /// order), so that a worker reads a ticket in place: copying one out retains its keypair,
+    /// whose cache line task 0 writes (the counter, the replay window), on every packet.
+    let sealTickets: UnsafeMutablePointer<SealTicket>
+    let openTickets: UnsafeMutablePointer<OpenTicket>
+    private var sealFilled = 0
+    private var openFilled = 0
     let lengths: UnsafeMutableBufferPointer<Int>
     let opened: UnsafeMutableBufferPointer<Int?>
+    /// Whether the packet came out of `open` with its bytes intact (checked there, while hot).
+    let intact: UnsafeMutableBufferPointer<Bool>
     let scratch: [UnsafeMutableRawBufferPointer]
     var sink = HandshakeSink()
+    /// Batches prepared so far, and delivered: written by task 0 only, read between rounds.
+    private(set) var issued = 0
+    private(set) var delivered = 0
+    /// What went wrong, when a packet was not carried through or not intact.
+    private(set) var failure: String?
 
     init(size: Int, batch: Int, workers: CryptoWorkers) throws {
         self.size = size
@@ -93,49 +130,53 @@ private final class DataplanePipeline {
         a.addAllowedIP(IPPrefix("198.18.1.2/32")!, for: peerOfA)
         b.addAllowedIP(IPPrefix("198.18.1.1/32")!, for: peerOfB)
 
+        let count = Self.depth * batch
         slotSize = (Device.sealingRoom + Device.sealingSlotSize(mtu: mtu) + 63) & ~63
-        slots = .allocate(byteCount: slotSize * batch, alignment: 64)
+        slots = .allocate(byteCount: slotSize * count, alignment: 64)
         slots.initializeMemory(as: UInt8.self, repeating: 0)
-        sealTickets = .allocate(capacity: batch)
-        sealTickets.initialize(repeating: nil, count: batch)
-        openTickets = .allocate(capacity: batch)
-        openTickets.initialize(repeating: nil, count: batch)
-        lengths = .allocate(capacity: batch)
+        sealTickets = .allocate(capacity: count)
+        openTickets = .allocate(capacity: count)
+        lengths = .allocate(capacity: count)
         lengths.initialize(repeating: 0)
-        opened = .allocate(capacity: batch)
+        opened = .allocate(capacity: count)
         opened.initialize(repeating: nil)
+        intact = .allocate(capacity: count)
+        intact.initialize(repeating: false)
         scratch = (0..<workers.count).map { _ in
             UnsafeMutableRawBufferPointer.allocate(byteCount: Device.openingScratchSize, alignment: 64)
         }
-        for item in 0..<batch { writePacket(item) }
+        for index in 0..<count { writePacket(index) }
         try handshake()
+        prepare(0, now: currentInstant())
     }
 
     func release() {
         slots.deallocate()
-        sealTickets.deinitialize(count: batch)
+        sealTickets.deinitialize(count: sealFilled)
         sealTickets.deallocate()
-        openTickets.deinitialize(count: batch)
+        openTickets.deinitialize(count: openFilled)
         openTickets.deallocate()
         lengths.deallocate()
         opened.deallocate()
+        intact.deallocate()
         for area in scratch { area.deallocate() }
     }
 
-    private func slot(_ item: Int) -> UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(rebasing: slots[(item * slotSize)..<((item + 1) * slotSize)])
+    private func slot(_ index: Int) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(rebasing: slots[(index * slotSize)..<((index + 1) * slotSize)])
     }
 
     /// The datagram's view of a slot: behind the sealing room, as the tunnel's send slots are.
-    private func datagram(_ item: Int) -> UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(rebasing: slot(item)[Device.sealingRoom...])
+    private func datagram(_ index: Int) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(rebasing: slot(index)[Device.sealingRoom...])
     }
 
-    /// An IPv4 packet 198.18.1.1 → 198.18.1.2 (UDP, payload the item's number) at the packet's
+    /// An IPv4 packet 198.18.1.1 → 198.18.1.2 (UDP, payload the slot's number) at the packet's
     /// place in the slot; opening in place puts it back there, so it is written once.
-    private func writePacket(_ item: Int) {
-        let packet = UnsafeMutableRawBufferPointer(rebasing: datagram(item)[Device.headroom..<(Device.headroom + size)])
-        packet.initializeMemory(as: UInt8.self, repeating: UInt8(truncatingIfNeeded: item))
+    private func writePacket(_ index: Int) {
+        let packet = UnsafeMutableRawBufferPointer(
+            rebasing: datagram(index)[Device.headroom..<(Device.headroom + size)])
+        packet.initializeMemory(as: UInt8.self, repeating: UInt8(truncatingIfNeeded: index))
         let header: [UInt8] = [
             0x45, 0, UInt8(size >> 8), UInt8(size & 0xff), 0, 0, 0x40, 0, 64, 17, 0, 0,
             198, 18, 1, 1, 198, 18, 1, 2,
@@ -143,10 +184,10 @@ private final class DataplanePipeline {
         for (offset, byte) in header.enumerated() { packet[offset] = byte }
     }
 
-    /// The packet at `item` after a round: its payload byte must still be the item's.
-    private func isIntact(_ item: Int) -> Bool {
-        let packet = datagram(item)
-        return packet[Device.headroom + size - 1] == UInt8(truncatingIfNeeded: item)
+    /// The packet in slot `index` after a round trip: its payload byte must still be the slot's.
+    private func isIntact(_ index: Int) -> Bool {
+        let packet = datagram(index)
+        return packet[Device.headroom + size - 1] == UInt8(truncatingIfNeeded: index)
             && packet[Device.headroom + 12] == 198 && packet[Device.headroom + 19] == 2
     }
 
@@ -169,45 +210,134 @@ private final class DataplanePipeline {
         }
     }
 
-    /// One batch A → B. False when any packet was not delivered intact.
-    func runBatch() -> Bool {
-        let now = currentInstant()
-        for item in 0..<batch {
-            guard case .seal(let ticket) = a.prepareSend(datagram(item), packetLength: size, now: now, sink: &sink)
-            else { return false }
-            sealTickets[item] = ticket
-        }
-        workers.forEach(batch) { item, _ in
-            lengths[item] = Device.seal(slot(item), datagramAt: Device.sealingRoom, sealTickets[item]!)
-        }
-        for item in 0..<batch {
-            a.completeSend(sealTickets[item]!, datagramLength: lengths[item], now: now, sink: &sink)
-        }
+    /// The first slot of batch `number`'s set.
+    private func first(_ number: Int) -> Int { (number % Self.depth) * batch }
 
-        for item in 0..<batch {
-            let view = UnsafeMutableRawBufferPointer(rebasing: datagram(item)[0..<lengths[item]])
-            guard
-                case .open(let ticket) = b.prepareReceive(
-                    view, length: lengths[item], from: aEndpoint, now: now, sink: &sink)
-            else { return false }
-            openTickets[item] = ticket
+    /// Whether batch `number` was prepared and not yet delivered, so a step applies to it.
+    private func inFlight(_ number: Int) -> Bool { number >= delivered && number < issued }
+
+    /// The round being planned or run, and what its tasks do: set by `plan` between rounds,
+    /// read by the tasks.
+    private var round = 0
+    private var issuing = false
+    private var now = Instant(monotonic: 0, unixNanoseconds: 0)
+    private var sealing: Int?
+    private var opening: Int?
+    private var kinds = 0
+
+    /// Plans round `round`, which seals batch `round` and opens batch `round - 2` on the workers
+    /// while task 0 delivers batch `round - 3`, hands over batch `round - 1` and, when `issuing`,
+    /// prepares batch `round + 1` in the slots batch `round - 3` leaves. Returns its task count.
+    func plan(_ round: Int, issuing: Bool) -> Int {
+        (self.round, self.issuing, now) = (round, issuing, currentInstant())
+        // Decided before the tasks start: task 0 changes `issued` and `delivered`.
+        sealing = inFlight(round) ? first(round) : nil
+        opening = inFlight(round - 2) ? first(round - 2) : nil
+        // Seal and open chunks alternate, so that chunk c of a set is sealed and, two rounds
+        // later, opened by the same worker (`CryptoWorkers` keeps task numbers on workers).
+        kinds = (sealing == nil ? 0 : 1) + (opening == nil ? 0 : 1)
+        return 1 + (batch + Self.chunk - 1) / Self.chunk * kinds
+    }
+
+    /// Task `task` of the round planned: 0 is every device call, the others a chunk of the
+    /// sealing or the opening batch.
+    func runTask(_ task: Int, worker: Int) {
+        guard task > 0 else {
+            deviceSteps(round, issuing: issuing, now: now)
+            return
         }
-        workers.forEach(batch) { item, worker in
-            opened[item] = Device.open(
-                slot(item), datagramAt: Device.sealingRoom, openTickets[item]!, scratch: scratch[worker])
-        }
-        var intact = true
-        for item in 0..<batch {
-            let view = UnsafeMutableRawBufferPointer(rebasing: datagram(item)[0..<lengths[item]])
-            let action = b.completeReceive(
-                view, openTickets[item]!, plaintextLength: opened[item], from: aEndpoint, now: now, sink: &sink)
-            guard case .deliver = action, isIntact(item) else {
-                intact = false
-                continue
+        let chunk = (task - 1) / kinds
+        if let sealing, opening == nil || (task - 1) % kinds == 0 {
+            for index in span(sealing, chunk: chunk) {
+                // Moved out and back, not copied: a copy retains the keypair.
+                let ticket = (sealTickets + index).move()
+                lengths[index] = Device.seal(slot(index), datagramAt: Device.sealingRoom, ticket)
+                (sealTickets + index).initialize(to: consume ticket)
+            }
+        } else if let opening {
+            for index in span(opening, chunk: chunk) {
+                let ticket = (openTickets + index).move()
+                opened[index] = Device.open(
+                    slot(index), datagramAt: Device.sealingRoom, ticket, scratch: scratch[worker])
+                (openTickets + index).initialize(to: consume ticket)
+                intact[index] = opened[index] != nil && isIntact(index)
             }
         }
+    }
+
+    /// The slots of chunk `chunk` of the batch whose set starts at `first`.
+    private func span(_ first: Int, chunk: Int) -> Range<Int> {
+        (first + chunk * Self.chunk)..<(first + min(batch, (chunk + 1) * Self.chunk))
+    }
+
+    /// Task 0 of round `round`: every device call of the round, each device's in batch order.
+    private func deviceSteps(_ round: Int, issuing: Bool, now: Instant) {
+        if inFlight(round - 3) { deliver(round - 3, now: now) }
+        if inFlight(round - 1) { handOver(round - 1, now: now) }
+        if issuing && failure == nil && issued == round + 1 { prepare(round + 1, now: now) }
         sink.sent.removeAll(keepingCapacity: true)
-        return intact
+    }
+
+    /// A's `prepareSend` for each packet of batch `number`: route and counter.
+    private func prepare(_ number: Int, now: Instant) {
+        let first = first(number)
+        for index in first..<(first + batch) {
+            guard case .seal(let ticket) = a.prepareSend(datagram(index), packetLength: size, now: now, sink: &sink)
+            else {
+                failure = "a packet was not cleared to send"
+                return
+            }
+            Self.store(ticket, at: index, in: sealTickets, filled: &sealFilled)
+        }
+        issued = number + 1
+    }
+
+    /// A's `completeSend` and B's `prepareReceive` for each sealed packet of batch `number`.
+    private func handOver(_ number: Int, now: Instant) {
+        let first = first(number)
+        for index in first..<(first + batch) {
+            a.completeSend(sealTickets[index], datagramLength: lengths[index], now: now, sink: &sink)
+        }
+        for index in first..<(first + batch) {
+            let view = UnsafeMutableRawBufferPointer(rebasing: datagram(index)[0..<lengths[index]])
+            guard
+                case .open(let ticket) = b.prepareReceive(
+                    view, length: lengths[index], from: aEndpoint, now: now, sink: &sink)
+            else {
+                failure = "a sealed packet was not taken for opening"
+                return
+            }
+            Self.store(ticket, at: index, in: openTickets, filled: &openFilled)
+        }
+    }
+
+    /// Puts `ticket` in `tickets[index]`, which is initialized when below `filled` (the first
+    /// batches fill the slots in order).
+    private static func store<Ticket>(
+        _ ticket: Ticket, at index: Int, in tickets: UnsafeMutablePointer<Ticket>, filled: inout Int
+    ) {
+        if index < filled {
+            tickets[index] = ticket
+        } else {
+            (tickets + index).initialize(to: ticket)
+            filled = index + 1
+        }
+    }
+
+    /// B's `completeReceive` for each opened packet of batch `number`: each must be delivered
+    /// whole, as it was sent.
+    private func deliver(_ number: Int, now: Instant) {
+        let first = first(number)
+        for index in first..<(first + batch) {
+            let view = UnsafeMutableRawBufferPointer(rebasing: datagram(index)[0..<lengths[index]])
+            let action = b.completeReceive(
+                view, openTickets[index], plaintextLength: opened[index], from: aEndpoint, now: now, sink: &sink)
+            guard action == .deliver(offset: Device.headroom, length: size), intact[index] else {
+                failure = "a packet was not delivered intact"
+                return
+            }
+        }
+        delivered = number + 1
     }
 }
 
