@@ -254,10 +254,8 @@ public final class Device {
         if let prefixes = prefixesByPeer[ObjectIdentifier(peer)] { list.append(contentsOf: prefixes) }
     }
 
-    /// The peers' public keys: plain values, so copying 100,000 of them under the engine's lock
-    /// costs no reference counting (`ShowReport` looks each peer up again in its next hold;
-    /// `UAPI.get` lists them in pieces with a `PeerWalk` instead).
-    public var peerKeys: [PublicKey] { Array(peersByKey.keys) }
+    /// How many peers there are (to size a `PeerWalk.keys` list before taking it).
+    public var peerCount: Int { peersByKey.count }
 
     public func status(of peer: Peer) -> PeerStatus {
         PeerStatus(

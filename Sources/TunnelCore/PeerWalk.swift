@@ -42,3 +42,25 @@ public struct PeerWalk {
         isFinished = index == table.endIndex
     }
 }
+
+extension PeerWalk {
+    /// Every peer's public key, listed `perHold` keys a hold, reaching the device only through
+    /// `locked` (which runs its argument with exclusive use of it: the caller's lock). The list
+    /// is sized outside the lock from `expected` (the count from an earlier hold), so that it
+    /// does not grow by doubling, megabytes at a time, under it.
+    public static func keys(expected: Int, perHold: Int, locked: ((Device) -> Void) -> Void) -> [PublicKey] {
+        var keys: [PublicKey] = []
+        keys.reserveCapacity(expected)
+        var walk = PeerWalk()
+        while !walk.isFinished {
+            locked { device in
+                walk.step(device, limit: perHold) {
+                    keys.removeAll(keepingCapacity: true)
+                } visit: { peer in
+                    keys.append(peer.publicKey)
+                }
+            }
+        }
+        return keys
+    }
+}

@@ -13,7 +13,7 @@ extension UAPI {
     /// lock get their turn while the piece is written out.
     public static let peersPerHold = 250
     /// Keys copied per hold while listing the peers (a key is 32 bytes, a fraction of a status).
-    static let keysPerStatus = 4
+    public static let keysPerStatus = 4
 
     /// Writes the `get=1` reply into `reply`, reaching the device only through `locked`, which
     /// runs its argument with exclusive use of the device (the caller's lock). `locked` runs once
@@ -33,21 +33,9 @@ extension UAPI {
         var count = 0
         locked { device in
             privateKey = device.local?.privateKey
-            count = device.peersByKey.count
+            count = device.peerCount
         }
-        // Room made outside the lock: doubling 100,000 keys under it moves megabytes in one hold.
-        var keys: [PublicKey] = []
-        keys.reserveCapacity(count)
-        var walk = PeerWalk()
-        while !walk.isFinished {
-            locked { device in
-                walk.step(device, limit: perHold * keysPerStatus) {
-                    keys.removeAll(keepingCapacity: true)
-                } visit: { peer in
-                    keys.append(peer.publicKey)
-                }
-            }
-        }
+        let keys = PeerWalk.keys(expected: count, perHold: perHold * keysPerStatus, locked: locked)
         if let privateKey {
             reply.append("private_key=")
             privateKey.secret.withUnsafeBytes { reply.appendHex($0) }
