@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Many peers (issue 16): an interface with 100,000 peers comes up, `wg show IFACE dump` answers in
 # under a second (median of 3) with one line per peer, the data path does not notice dumps running
-# back to back (pings through the tunnel keep a low round trip), and `wg setconf` of 100,000 peers
-# in one request finishes in under 5 s.
+# back to back (pings through the tunnel stay under 5 ms, but for 1% stragglers), and `wg setconf`
+# of 100,000 peers in one request finishes in under 5 s.
 #
 # Topology: two_nodes_setup (Scripts/lib/netns.sh); A's config gets 99,999 extra peers with random
 # public keys (any 32 bytes are a key the daemon accepts; they need not be points anyone holds),
@@ -49,12 +49,12 @@ elapsed_ms() {
   echo $(((t1 - t0) / 1000000))
 }
 
-# ping_stats FILE: sets PING_RECEIVED, PING_MEDIAN and PING_MAX (ms) from ping's output
-# (duplicate replies, marked DUP!, left out).
+# ping_stats FILE: sets PING_RECEIVED, PING_MEDIAN, PING_MAX (ms) and PING_SLOW (replies that
+# took 5 ms or more) from ping's output (duplicate replies, marked DUP!, left out).
 ping_stats() {
   PING_RECEIVED=$(grep 'time=' "$1" | grep -vc 'DUP!')
-  read -r PING_MEDIAN PING_MAX < <(grep 'time=' "$1" | grep -v 'DUP!' | grep -o 'time=[0-9.]*' | cut -d= -f2 | sort -n |
-    awk '{ v[NR] = $1 } END { if (NR) printf "%s %s\n", v[int((NR + 1) / 2)], v[NR]; else print "999 999" }')
+  read -r PING_MEDIAN PING_MAX PING_SLOW < <(grep 'time=' "$1" | grep -v 'DUP!' | grep -o 'time=[0-9.]*' | cut -d= -f2 | sort -n |
+    awk '{ v[NR] = $1; if ($1 >= 5) slow++ } END { if (NR) printf "%s %s %d\n", v[int((NR + 1) / 2)], v[NR], slow; else print "999 999 999" }')
 }
 
 median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
@@ -104,36 +104,50 @@ while s.recv(1 << 20):
     pass
 ' "$TT_SOCK_DIR/$IF_A.sock") && tt_log "the raw get=1 reply alone: $ms ms"
 
-  # The baseline: 200 pings 10 ms apart through the tunnel, nothing else running.
-  nsx "$NS_A" ping -4 -n -c 200 -i 0.01 -W 1 -w 30 198.18.1.2 >"$TT_TEST_DIR/ping-idle.out" 2>&1
-  ping_stats "$TT_TEST_DIR/ping-idle.out"
-  local idle_max=$PING_MAX
-  tt_log "ping without dumps: $PING_RECEIVED/200 replies, median $PING_MEDIAN ms, max $PING_MAX ms"
-
-  # The data path while 10 dumps run back to back: the same 200 pings.
-  # The dumps start first and stop after 10 (or 60 s); the pings start once the first is under way.
-  local dumps=$TT_TEST_DIR/dumps.sh
+  # The data path while dumps run: 200 pings 10 ms apart through the tunnel with nothing else
+  # running, then the same 200 while 10 dumps run back to back (they start first and stop after
+  # 10, or 60 s; the pings start once the first is under way). A second try, both measured again,
+  # only when the first has more than 2 pings of 5 ms or more during dumps and at least one
+  # without (see the assertion below).
+  local dumps=$TT_TEST_DIR/dumps.sh try idle_max idle_slow dump_pid dumping
   printf 'for i in 1 2 3 4 5 6 7 8 9 10; do timeout 30 wg show %s dump >/dev/null || exit 1; done\n' "$IF_A" >"$dumps"
-  ip netns exec "$NS_A" timeout 60 bash "$dumps" &
-  local dump_pid=$!
-  tt_register_pid "$dump_pid"
-  sleep 0.2
-  nsx "$NS_A" ping -4 -n -c 200 -i 0.01 -W 1 -w 30 198.18.1.2 >"$TT_TEST_DIR/ping.out" 2>&1
-  local dumping=0
-  pid_alive "$dump_pid" && dumping=1
-  wait_exit "$dump_pid" 60 || fail "10 dumps did not finish in 60 s" || return 1
-  ((TT_EXIT_CODE == 0)) || fail "a dump failed during the pings (status $TT_EXIT_CODE)" || return 1
-  ((dumping)) || tt_log "note: the 10 dumps ended before the 200 pings did"
-  ping_stats "$TT_TEST_DIR/ping.out"
-  tt_log "ping during dumps: $PING_RECEIVED/200 replies, median $PING_MEDIAN ms, max $PING_MAX ms (without: max $idle_max ms)"
+  for try in 1 2; do
+    nsx "$NS_A" ping -4 -n -c 200 -i 0.01 -W 1 -w 30 198.18.1.2 >"$TT_TEST_DIR/ping-idle.out" 2>&1
+    ping_stats "$TT_TEST_DIR/ping-idle.out"
+    idle_max=$PING_MAX idle_slow=$PING_SLOW
+    tt_log "try $try: ping without dumps: $PING_RECEIVED/200 replies, median $PING_MEDIAN ms, max $PING_MAX ms, $PING_SLOW of 5 ms or more"
+    ip netns exec "$NS_A" timeout 60 bash "$dumps" &
+    dump_pid=$!
+    tt_register_pid "$dump_pid"
+    sleep 0.2
+    nsx "$NS_A" ping -4 -n -c 200 -i 0.01 -W 1 -w 30 198.18.1.2 >"$TT_TEST_DIR/ping.out" 2>&1
+    dumping=0
+    pid_alive "$dump_pid" && dumping=1
+    wait_exit "$dump_pid" 60 || fail "10 dumps did not finish in 60 s" || return 1
+    ((TT_EXIT_CODE == 0)) || fail "a dump failed during the pings (status $TT_EXIT_CODE)" || return 1
+    ((dumping)) || tt_log "note: the 10 dumps ended before the 200 pings did"
+    ping_stats "$TT_TEST_DIR/ping.out"
+    tt_log "try $try: ping during dumps: $PING_RECEIVED/200 replies, median $PING_MEDIAN ms, max $PING_MAX ms, $PING_SLOW of 5 ms or more (without dumps: max $idle_max ms, $idle_slow)"
+    # A second try only when this one failed and its pings without dumps were held up too.
+    ((PING_SLOW <= 2 || idle_slow == 0)) && break
+  done
   ((PING_RECEIVED >= 198)) || fail "only $PING_RECEIVED of 200 pings answered while dumps ran" || failed=1
   # What the data path waits for: the engine-lock holds of each `get` (the daemon logs the longest,
   # in wall time and in its thread's CPU time). Asserted: the work under the lock (CPU) under 5 ms
   # in every get, and the median over the gets of the longest wall-time hold under 5 ms (a single
   # hold stretched by a preemption on this shared 2-core machine is the scheduler's doing). The
   # ping median is asserted under 5 ms (at the start of issue 16: 296 ms, max 2,796 ms, with
-  # 10,000 peers); the ping max is reported, not asserted, for the same reason, next to the max
-  # of the same pings without dumps.
+  # 10,000 peers), and the max under 5 ms (the issue's figure) but for at most 2 of the 200
+  # pings (1%): on this shared 2-core machine one ping in a hundred or so is held up by a
+  # scheduler tick (4 ms at HZ=250) or more whatever the tunnel does; the same 200 pings without
+  # dumps show it (their max and count are logged beside). When those had a straggler too, the
+  # machine was busy with other work: one more try, both measured again, decides.
+  # Measured at load 5.4-7, 8 single tries each (this machine shared with fuzzers and builds):
+  # with a get's first hold copying all 100,000 keys (0.8-2.7 ms of CPU), 2-17 pings (median 6)
+  # took 5 ms or more during dumps, max 8-23 ms (median 14.2), failing this in 7 of 8 (6 of them
+  # with no straggler without dumps); with the keys listed in pieces, 0-11 (median 0.5),
+  # max 1.0-39 ms (median 5.2; without dumps, median 2.5), the 2 failures both in tries whose
+  # pings without dumps had stragglers too.
   local holds="$TT_TEST_DIR/holds" wall cpu
   grep -o 'the longest [0-9]* µs (CPU [0-9]* µs)' "$TT_TEST_DIR/$IF_A.log" | tr -d '()' |
     awk '{ print $3, $6 }' >"$holds"
@@ -144,6 +158,8 @@ while s.recv(1 << 20):
   ((wall < 5000)) || fail "median longest engine-lock hold of a get=1: $wall µs (limit 5000 µs)" || failed=1
   awk -v m="$PING_MEDIAN" 'BEGIN { exit !(m < 5) }' ||
     fail "ping median $PING_MEDIAN ms while dumps ran (limit 5 ms)" || failed=1
+  ((PING_SLOW <= 2)) ||
+    fail "$PING_SLOW of 200 pings took 5 ms or more while dumps ran, max $PING_MAX ms, in both tries (limit: 2; without dumps: $idle_slow, max $idle_max ms)" || failed=1
 
   # `tunctl show --json` lists every peer (its reply, about 25 MB, was over the CLI's old limit).
   ms=$(elapsed_ms nsx "$NS_A" timeout 60 "$TUNCTL" show "$IF_A" --json) ||

@@ -111,7 +111,10 @@ public final class Device {
         }
     }
 
-    var peersByKey: [PublicKey: Peer] = [:]
+    /// Changed only by `addPeer` and `removePeer`, which bump `peerTableGeneration`.
+    private(set) var peersByKey: [PublicKey: Peer] = [:]
+    /// Tells a `PeerWalk` taken in pieces whether its place in `peersByKey` is still valid.
+    private(set) var peerTableGeneration: UInt64 = 0
     @exclusivity(unchecked) private var routes = AllowedIPs<Peer>()
     /// Each peer's prefixes in `routes`, so that one peer's are found without walking the whole
     /// table (with 10,000 peers, start-up and shutdown were quadratic: seconds in `entries`).
@@ -202,11 +205,13 @@ public final class Device {
         let peer = Peer(publicKey: key, remote: remote, endpoint: nil, persistentKeepalive: 0)
         peer.timerQueue = timers
         peersByKey[key] = peer
+        peerTableGeneration &+= 1
         return peer
     }
 
     public func removePeer(_ key: PublicKey) {
         guard let peer = peersByKey.removeValue(forKey: key) else { return }
+        peerTableGeneration &+= 1
         removeAllowedIPs(for: peer)
         clearSessions(peer)
         timers.detach(peer)
@@ -271,15 +276,15 @@ public final class Device {
         (prefixesByPeer[ObjectIdentifier(peer)] ?? []).sorted { ($0.address, $0.length) < ($1.address, $1.length) }
     }
 
-    /// `peer`'s prefixes in no particular order: a copy of the per-peer index, cheap enough to
-    /// take under the engine's lock for every peer (`UAPI.get` sorts them after releasing it).
-    public func unsortedAllowedIPs(of peer: Peer) -> [IPPrefix] {
-        Array(prefixesByPeer[ObjectIdentifier(peer)] ?? [])
+    /// Appends `peer`'s prefixes, in no particular order, to `list`: one array for many peers,
+    /// so that copying 100,000 peers' prefixes under the engine's lock allocates nothing per
+    /// peer (`UAPI.get` sorts each peer's after releasing it).
+    public func appendAllowedIPs(of peer: Peer, to list: inout [IPPrefix]) {
+        if let prefixes = prefixesByPeer[ObjectIdentifier(peer)] { list.append(contentsOf: prefixes) }
     }
 
-    /// The peers' public keys: plain values, so copying 100,000 of them under the engine's lock
-    /// costs no reference counting (`UAPI.get` looks each peer up again in its next hold).
-    public var peerKeys: [PublicKey] { Array(peersByKey.keys) }
+    /// How many peers there are (to size a `PeerWalk.keys` list before taking it).
+    public var peerCount: Int { peersByKey.count }
 
     public func status(of peer: Peer) -> PeerStatus {
         PeerStatus(

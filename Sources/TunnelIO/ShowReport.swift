@@ -124,19 +124,23 @@ public struct ShowReport: Sendable, Equatable {
 
     /// A snapshot of `tunnel`, with the link's MTU as the kernel has it (not the config's). Call
     /// it on the tunnel's queue, NOT holding the engine: it takes the engine itself, once for the
-    /// device's fields and the peers' keys, then once per `UAPI.peersPerHold` peers to copy their
-    /// status, and builds the report (base64 keys, text, sorting) with the lock released, so that
-    /// 100,000 peers do not stall the data path. A peer removed in between is left out.
+    /// device's fields, then in pieces to list the peers' keys (`PeerWalk.keys`), then once per
+    /// `UAPI.peersPerHold` peers to copy their status, and builds the report (base64 keys, text,
+    /// sorting) with the lock released, so that 100,000 peers do not stall the data path. A peer
+    /// removed after the list is left out.
     init(tunnel: Tunnel, linkMTU: Int) {
         var publicKey: PublicKey?
         var deviceDrops: [(DropReason, UInt64)] = []
         var events = DeviceEvents()
-        var keys: [PublicKey] = []
+        var count = 0
         tunnel.withEngine { device in
             publicKey = device.publicKey
             deviceDrops = device.drops.nonzero
             events = device.events
-            keys = device.peerKeys
+            count = device.peerCount
+        }
+        let keys = PeerWalk.keys(expected: count, perHold: UAPI.peersPerHold * UAPI.keysPerStatus) { body in
+            tunnel.withEngine(body)
         }
         var statuses: [PeerStatus] = []
         statuses.reserveCapacity(keys.count)

@@ -981,17 +981,20 @@ public final class Tunnel: @unchecked Sendable {
             var holds = 0
             var longest: UInt64 = 0
             var longestCPU: UInt64 = 0
+            var heldCPU: UInt64 = 0
             UAPI.get(listenPort: port, fwmark: mark, into: reply) { body in
                 withEngine { device in
                     let entered = (currentInstant().monotonic, Tunnel.threadCPUTime())
                     body(device)
+                    let cpu = Tunnel.threadCPUTime() - entered.1
                     longest = max(longest, currentInstant().monotonic - entered.0)
-                    longestCPU = max(longestCPU, Tunnel.threadCPUTime() - entered.1)
+                    longestCPU = max(longestCPU, cpu)
+                    heldCPU += cpu
                 }
                 holds += 1
             }
             logger.debug(
-                "\(name): get=1 of \(reply.count) bytes in \((currentInstant().monotonic - started) / 1000) µs, \(holds) lock holds, the longest \(longest / 1000) µs (CPU \(longestCPU / 1000) µs)"
+                "\(name): get=1 of \(reply.count) bytes in \((currentInstant().monotonic - started) / 1000) µs, \(holds) lock holds, the longest \(longest / 1000) µs (CPU \(longestCPU / 1000) µs), CPU under the lock \(heldCPU / 1000) µs in all"
             )
         case .set(let body):
             var listenPort: UInt16?

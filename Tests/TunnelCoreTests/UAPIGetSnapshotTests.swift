@@ -50,8 +50,8 @@ import TunnelCrypto
             body(device)
         }
         #expect(String(decoding: reply.bytes, as: UTF8.self) == whole)
-        // One hold for the device's fields and the list, then one per peer.
-        #expect(holds == 1 + Self.keys.count)
+        // One hold for the device's fields, two for the list (four keys a hold), one per peer.
+        #expect(holds == 1 + 2 + Self.keys.count)
         let expected = Self.keys.map { $0.withUnsafeBytes { Array($0) } }.sorted { $0.lexicographicallyPrecedes($1) }
             .map(Self.hex)
         #expect(Self.publicKeys(in: whole) == expected)
@@ -76,5 +76,51 @@ import TunnelCrypto
         #expect(text == UAPI.get(device: device, listenPort: 51820))
         #expect(Self.publicKeys(in: text).count == Self.keys.count - 1)
         #expect(text.hasSuffix("errno=0\n\n"))
+    }
+
+    /// A change to the table while its keys are being listed (pieces of `keysPerStatus` keys
+    /// at one peer per hold) starts the list again: the reply is that of the table as changed,
+    /// each peer once.
+    @Test func aChangeWhileListingStartsTheListAgain() {
+        let device = Self.device()
+        let reply = SecretBuffer(capacity: 16)
+        var holds = 0
+        let added = Self.key([0x01, 0x02, 0x03])
+        UAPI.get(listenPort: 51820, into: reply, peersPerHold: 1) { body in
+            holds += 1
+            if holds == 3 {
+                device.removePeer(Self.keys[5])
+                device.addPeer(added)
+            }
+            body(device)
+        }
+        let text = String(decoding: reply.bytes, as: UTF8.self)
+        #expect(text == UAPI.get(device: device, listenPort: 51820))
+        let listed = Self.publicKeys(in: text)
+        #expect(listed.count == Self.keys.count)
+        #expect(Set(listed).count == listed.count)
+        #expect(listed.contains(Self.hex(added.withUnsafeBytes { Array($0) })))
+        // Fields; four keys; the list begun again (four, two); one hold per peer.
+        #expect(holds == 1 + 1 + 2 + Self.keys.count)
+    }
+
+    /// A table that changes before every hold cannot keep the list from ending: after two
+    /// restarts the rest is listed in one hold. Peers added after the list are left out, and
+    /// every peer listed appears once.
+    @Test func aTableThatKeepsChangingStillEndsTheList() {
+        let device = Self.device()
+        let reply = SecretBuffer(capacity: 16)
+        var holds = 0
+        UAPI.get(listenPort: 51820, into: reply, peersPerHold: 1) { body in
+            holds += 1
+            device.addPeer(Self.key([0x10, UInt8(holds)]))
+            body(device)
+        }
+        let listed = Self.publicKeys(in: String(decoding: reply.bytes, as: UTF8.self))
+        #expect(Set(listed).count == listed.count)
+        // Fields, a first piece, two restarts, then the whole list (11 peers by then) in one.
+        #expect(listed.count == Self.keys.count + 5)
+        #expect(holds == 5 + listed.count)
+        for key in Self.keys { #expect(listed.contains(Self.hex(key.withUnsafeBytes { Array($0) }))) }
     }
 }
