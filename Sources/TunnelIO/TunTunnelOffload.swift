@@ -8,7 +8,8 @@ extension TunDevice.Offloads {
     public static var udpTunnelSegmentationChecksum: TunDevice.Offloads { TunDevice.Offloads(rawValue: 0x100) }
 }
 
-/// Which TUN offload path runs, for `show --json` ("offload"). Decided once at start-up.
+/// Which offload paths run, for `show --json` ("offload"): the TUN's, decided once at start-up,
+/// and the UDP socket's, read when the report is made.
 public struct TunOffloadReport: Codable, Sendable, Equatable {
     /// The kernel took TCP segmentation offload on the TUN (`TUNSETOFFLOAD`): TCP crosses it as
     /// super-packets both ways; false with `TUNCTL_OFFLOAD=off` or a kernel that refused it.

@@ -78,14 +78,9 @@ public enum ConfigFileWriter {
     /// held by the caller alone (e.g. `TunnelConfig.text`), never a literal.
     public static func write(_ text: inout String, to path: String) throws {
         defer { ConfigLoader.wipe(&text) }
-        var target = path
-        if let resolved = realpath(path, nil) {
-            target = String(cString: resolved)
-            free(resolved)
-        }
-        let directory = target.lastIndex(of: "/").map { String(target[..<$0]) } ?? "."
+        let (target, directory) = placement(of: path)
         let base = target.split(separator: "/").last.map(String.init) ?? target
-        let temporary = "\(directory.isEmpty ? "" : directory)/.\(base).tmp.\(getpid())"
+        let temporary = "\(directory == "/" ? "" : directory)/.\(base).tmp.\(getpid())"
         let fd = try Syscall.check("open \(temporary)") {
             open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         }
@@ -112,11 +107,25 @@ public enum ConfigFileWriter {
         close(fd)
         _ = try Syscall.check("rename \(temporary) \(target)") { rename(temporary, target) }
         done = true
-        let directoryFD = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if directoryFD >= 0 {
             fsync(directoryFD)
             close(directoryFD)
         }
+    }
+}
+
+extension ConfigFileWriter {
+    /// Where `write` puts `path`'s new text: the file it names (a symlink followed, as wg-quick's
+    /// readlink -f does) and the directory the new file is made in and renamed within.
+    public static func placement(of path: String) -> (target: String, directory: String) {
+        var target = path
+        if let resolved = realpath(path, nil) {
+            target = String(cString: resolved)
+            free(resolved)
+        }
+        guard let slash = target.lastIndex(of: "/") else { return (target, ".") }
+        return (target, slash == target.startIndex ? "/" : String(target[..<slash]))
     }
 }
 

@@ -74,15 +74,9 @@ final class QuickLifecycle: @unchecked Sendable {
     private static func checkWritable(
         _ path: String, location: ConfigLocation, interface: String
     ) throws(SaveConfigError) {
-        var target = path
-        if let resolved = realpath(path, nil) {
-            target = String(cString: resolved)
-            free(resolved)
-        }
-        let directory = target.lastIndex(of: "/").map { String(target[..<$0]) } ?? "."
-        guard access(directory.isEmpty ? "/" : directory, W_OK) != 0 else { return }
-        throw SaveConfigError(
-            location: location, directory: directory.isEmpty ? "/" : directory, errno: errno, interface: interface)
+        let directory = ConfigFileWriter.placement(of: path).directory
+        guard access(directory, W_OK) != 0 else { return }
+        throw SaveConfigError(location: location, directory: directory, errno: errno, interface: interface)
     }
 
     private var config: TunnelConfig { state.withLock { $0.config } }
@@ -265,8 +259,6 @@ final class QuickLifecycle: @unchecked Sendable {
     }
 }
 
-/// Why DNS could not be set, one line from the config's DNS line on (the caller says whether it
-/// was a start or a reload).
 /// SaveConfig = true with a config directory that cannot be written.
 struct SaveConfigError: Error, CustomStringConvertible {
     let location: ConfigLocation
@@ -282,6 +274,8 @@ struct SaveConfigError: Error, CustomStringConvertible {
     }
 }
 
+/// Why DNS could not be set, one line from the config's DNS line on (the caller says whether it
+/// was a start or a reload).
 enum DNSError: Error, CustomStringConvertible {
     case resolvconfMissing(location: ConfigLocation?)
     case resolvconfFailed(location: ConfigLocation?, command: String, outcome: ProcessRunner.Outcome)
