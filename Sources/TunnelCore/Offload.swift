@@ -581,16 +581,9 @@ public struct GSOSegmenter {
             index, headerLength: headerLength, segmentSize: segmentSize, into: destination)
         let length = segment.count
 
-        if isIPv6 {
-            segment.storeBE16(UInt16(length - ipHeaderLength), at: OffloadLayout.ipv6PayloadLengthOffset)
-        } else {
-            segment.storeBE16(UInt16(length), at: OffloadLayout.ipv4TotalLengthOffset)
-            segment.storeBE16(
-                firstIdentification &+ UInt16(truncatingIfNeeded: index), at: OffloadLayout.ipv4IdentificationOffset)
-            segment.storeBE16(0, at: OffloadLayout.ipv4ChecksumOffset)
-            let ipHeader = UnsafeRawBufferPointer(rebasing: segment[0..<ipHeaderLength])
-            segment.storeBE16(InternetChecksum.checksum(ipHeader), at: OffloadLayout.ipv4ChecksumOffset)
-        }
+        segment.rewriteIPHeader(
+            at: 0, isV6: isIPv6, length: length,
+            identification: firstIdentification &+ UInt16(truncatingIfNeeded: index))
 
         let transport = ipHeaderLength
         let checksumField: Int
@@ -1176,5 +1169,25 @@ extension UnsafeRawBufferPointer {
         let payloadSum = InternetChecksum.copyAndSum(
             from: source + payloadStart, to: target + headerLength, count: payloadEnd - payloadStart)
         return (UnsafeMutableRawBufferPointer(start: target, count: length), payloadSum)
+    }
+}
+
+extension UnsafeMutableRawBufferPointer {
+    /// Rewrites a segment's IP header at `offset` for its new size: IPv4 total length,
+    /// identification and header checksum, or IPv6 payload length; `length` counts from that
+    /// header's first byte. Both segmenters' (the UDP tunnel one calls it for its inner and outer
+    /// headers).
+    func rewriteIPHeader(at offset: Int, isV6: Bool, length: Int, identification: UInt16) {
+        if isV6 {
+            storeBE16(UInt16(length - OffloadLayout.ipv6Header), at: offset + OffloadLayout.ipv6PayloadLengthOffset)
+            return
+        }
+        storeBE16(UInt16(length), at: offset + OffloadLayout.ipv4TotalLengthOffset)
+        storeBE16(identification, at: offset + OffloadLayout.ipv4IdentificationOffset)
+        storeBE16(0, at: offset + OffloadLayout.ipv4ChecksumOffset)
+        let ipHeaderLength = Int(self[offset] & 0x0f) * 4
+        let checksum = InternetChecksum.checksum(
+            UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(self)[offset..<offset + ipHeaderLength]))
+        storeBE16(checksum, at: offset + OffloadLayout.ipv4ChecksumOffset)
     }
 }

@@ -203,8 +203,8 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
         let length = segment.count
 
         // Inner headers first: the outer UDP checksum covers them.
-        Self.rewriteIP(
-            segment, at: innerNetwork, isV6: isInnerIPv6, length: length - innerNetwork,
+        segment.rewriteIPHeader(
+            at: innerNetwork, isV6: isInnerIPv6, length: length - innerNetwork,
             identification: firstInnerIdentification &+ UInt16(truncatingIfNeeded: index))
         let checksumField: Int
         if isInnerUDP {
@@ -240,8 +240,8 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
         segment.storeBE16(innerChecksum, at: checksumField)
 
         // Outer headers.
-        Self.rewriteIP(
-            segment, at: 0, isV6: isOuterIPv6, length: length,
+        segment.rewriteIPHeader(
+            at: 0, isV6: isOuterIPv6, length: length,
             identification: firstOuterIdentification &+ UInt16(truncatingIfNeeded: index))
         segment.storeBE16(UInt16(length - outerTransport), at: outerTransport + OffloadLayout.udpLengthOffset)
         let outerField = outerTransport + OffloadLayout.udpChecksumOffset
@@ -265,24 +265,5 @@ public struct UDPTunnelSegmenter: PacketSegmenter {
         }
         producedCount += 1
         return length
-    }
-
-    /// Rewrites the IP header at `offset`: IPv4 total length, identification and header checksum,
-    /// or IPv6 payload length; `length` counts from that header's first byte.
-    private static func rewriteIP(
-        _ segment: UnsafeMutableRawBufferPointer, at offset: Int, isV6: Bool, length: Int, identification: UInt16
-    ) {
-        if isV6 {
-            segment.storeBE16(
-                UInt16(length - OffloadLayout.ipv6Header), at: offset + OffloadLayout.ipv6PayloadLengthOffset)
-            return
-        }
-        segment.storeBE16(UInt16(length), at: offset + OffloadLayout.ipv4TotalLengthOffset)
-        segment.storeBE16(identification, at: offset + OffloadLayout.ipv4IdentificationOffset)
-        segment.storeBE16(0, at: offset + OffloadLayout.ipv4ChecksumOffset)
-        let ipHeaderLength = Int(segment[offset] & 0x0f) * 4
-        let checksum = InternetChecksum.checksum(
-            UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(segment)[offset..<offset + ipHeaderLength]))
-        segment.storeBE16(checksum, at: offset + OffloadLayout.ipv4ChecksumOffset)
     }
 }
